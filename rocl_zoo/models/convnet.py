@@ -1,0 +1,64 @@
+"""A small convolutional family that trains on a 2-core CPU: four 3x3 conv layers, BN, ReLU, max-pools.
+
+Built for 28x28 inputs (Fashion-MNIST) and fine at 32x32. `cnn4_rocl` has widths 32-64-128-256 (256-d
+features, about 0.39M parameters, 25M multiply-adds at 28x28); `cnn4w_rocl` doubles them (512-d features,
+the RoCL projector's input size, about 1.6M parameters, 98M multiply-adds). For scale, the CIFAR ResNet-18
+costs 556M multiply-adds at 32x32.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from ..zoo import timm_default_cfgs
+from ._base import ClassifierBase, Normalize, check_in_chans, init_weights
+
+__all__ = ["ConvNet"]
+
+
+def conv_bn_relu(in_chs: int, out_chs: int, pool: bool) -> nn.Sequential:
+    layers = [nn.Conv2d(in_chs, out_chs, 3, 1, 1, bias=False), nn.BatchNorm2d(out_chs), nn.ReLU(inplace=True)]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class ConvNet(ClassifierBase):
+    def __init__(self, widths=(32, 64, 128, 256), num_classes: int = 10, in_chans: int = 1, mean=None, std=None,
+                 drop_rate: float = 0.0, **kwargs):
+        super().__init__()
+        check_in_chans(in_chans)
+        self.in_chans = in_chans
+        self.normalize = Normalize(in_chans, mean, std)
+        self.stem = conv_bn_relu(in_chans, widths[0], pool=False)
+        self.stage1 = conv_bn_relu(widths[0], widths[1], pool=True)
+        self.stage2 = conv_bn_relu(widths[1], widths[2], pool=True)
+        self.stage3 = conv_bn_relu(widths[2], widths[3], pool=True)
+        self.feature_info = [dict(num_chs=w, reduction=r, module=m)
+                             for w, r, m in zip(widths, (1, 2, 4, 8), ("stem", "stage1", "stage2", "stage3"))]
+        self._init_head(widths[3], num_classes, drop_rate)
+        init_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stage3(self.stage2(self.stage1(self.stem(self.normalize(x)))))
+
+
+def _create(variant: str, pretrained: bool, widths, **kwargs) -> ConvNet:
+    return build_model_with_cfg(ConvNet, variant, pretrained, feature_cfg=dict(out_indices=(0, 1, 2, 3)),
+                                widths=widths, **kwargs)
+
+
+default_cfgs = generate_default_cfgs(timm_default_cfgs("cnn4_rocl", "cnn4w_rocl"))
+
+
+@register_model
+def cnn4_rocl(pretrained: bool = False, **kwargs) -> ConvNet:
+    """Four-conv CNN, widths 32-64-128-256: the zoo's CPU-trainable encoder for 28x28 images (256-d features)."""
+    return _create("cnn4_rocl", pretrained, (32, 64, 128, 256), **kwargs)
+
+
+@register_model
+def cnn4w_rocl(pretrained: bool = False, **kwargs) -> ConvNet:
+    """Four-conv CNN at double width, 64-128-256-512 (512-d features)."""
+    return _create("cnn4w_rocl", pretrained, (64, 128, 256, 512), **kwargs)

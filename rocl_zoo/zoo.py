@@ -1,0 +1,139 @@
+"""The zoo's pretrained entries, torchvision-style: each weight carries its data, preprocessing, recipe and metrics.
+
+An entry is named `arch.tag`. Its weights live in the Hub repo `hf_hub_id`; entries small enough ship inside
+the package (`rocl_zoo/weights/<name>/`) so they load with no network. `sha256` is None until the recipe has
+been run and the weights published; loading such an entry raises an error naming the recipe.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .data import DATASETS
+
+HF_ORG = "rocl-zoo"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str                      # "arch.tag"
+    dataset: str                   # a key of rocl_zoo.data.DATASETS
+    recipe: str                    # `python -m training.pretrain --recipe <recipe>` (or training.supervised)
+    description: str
+    sha256: str | None = None      # of model.safetensors; None = not published yet
+    metrics: dict = field(default_factory=dict)  # clean/pgd/autoattack accuracies, eps, norm, split, n_examples
+    filename: str = "model.safetensors"
+    default: bool = False          # the tag `create_model(arch, pretrained=True)` picks
+
+    @property
+    def architecture(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    @property
+    def tag(self) -> str:
+        return self.name.split(".", 1)[1]
+
+    @property
+    def hf_hub_id(self) -> str:
+        return f"{HF_ORG}/{self.name}"
+
+    @property
+    def info(self):
+        return DATASETS[self.dataset]
+
+    @property
+    def input_size(self) -> tuple:
+        return self.info.input_size
+
+    @property
+    def label_names(self) -> tuple:
+        return self.info.classes
+
+    @property
+    def mean(self) -> tuple:
+        return self.info.mean
+
+    @property
+    def std(self) -> tuple:
+        return self.info.std
+
+    @property
+    def embedded_dir(self) -> Path:
+        return WEIGHTS_DIR / self.name
+
+    @property
+    def published(self) -> bool:
+        return self.sha256 is not None
+
+    def model_kwargs(self) -> dict:
+        """Constructor arguments that make the architecture fit these weights."""
+        return dict(num_classes=len(self.label_names), in_chans=self.input_size[0], mean=self.mean, std=self.std)
+
+
+def _entry(name, dataset, recipe, description, **kw) -> ZooEntry:
+    return ZooEntry(name=name, dataset=dataset, recipe=recipe, description=description, **kw)
+
+
+ZOO: dict[str, ZooEntry] = {e.name: e for e in [
+    _entry("cnn4_rocl.fmnist", "fashion_mnist", "fmnist_rocl",
+           "RoCL encoder (no labels) + linear head, Fashion-MNIST", default=True),
+    _entry("cnn4_rocl.fmnist_simclr", "fashion_mnist", "fmnist_simclr",
+           "SimCLR encoder + linear head, Fashion-MNIST: the non-robust baseline"),
+    _entry("cnn4_rocl.fmnist_at", "fashion_mnist", "fmnist_at",
+           "Supervised PGD adversarial training, Fashion-MNIST"),
+    _entry("cnn4_rocl.fmnist_trades", "fashion_mnist", "fmnist_trades", "Supervised TRADES, Fashion-MNIST"),
+    _entry("cnn4w_rocl.fmnist", "fashion_mnist", "fmnist_rocl_wide",
+           "RoCL encoder + linear head, Fashion-MNIST, double-width CNN", default=True),
+    _entry("resnet18_rocl.cifar10", "cifar10", "cifar10_resnet18_rocl",
+           "RoCL encoder + linear head, CIFAR-10 (the paper's setting)", default=True),
+    _entry("resnet18_rocl.cifar10_simclr", "cifar10", "cifar10_resnet18_simclr", "SimCLR baseline, CIFAR-10"),
+    _entry("resnet18_rocl.fmnist", "fashion_mnist", "fmnist_resnet18_rocl", "RoCL ResNet-18, Fashion-MNIST"),
+    _entry("resnet50_rocl.cifar10", "cifar10", "cifar10_resnet50_rocl", "RoCL ResNet-50, CIFAR-10", default=True),
+    _entry("wrn34_10_rocl.cifar10", "cifar10", "cifar10_wrn34_10_rocl", "RoCL WideResNet-34-10, CIFAR-10",
+           default=True),
+]}
+
+
+def get_entry(name: str) -> ZooEntry:
+    """The entry for `arch.tag`, or for `arch` its default tag. Raises ModelNotFoundError with close matches."""
+    from .errors import ModelNotFoundError
+
+    if name in ZOO:
+        return ZOO[name]
+    for entry in ZOO.values():
+        if entry.architecture == name and entry.default:
+            return entry
+    import difflib
+
+    close = difflib.get_close_matches(name, list(ZOO) + sorted({e.architecture for e in ZOO.values()}), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ModelNotFoundError(f"No zoo entry named {name!r}.{hint} `rocl_zoo.list_models(pretrained=True)` lists them.")
+
+
+def list_entries(pattern: str | None = None, published_only: bool = False) -> list[str]:
+    names = [n for n, e in ZOO.items() if e.published or not published_only]
+    return sorted(n for n in names if pattern is None or fnmatch.fnmatch(n, pattern))
+
+
+def timm_default_cfgs(*architectures: str) -> dict:
+    """timm `default_cfgs` for the given architectures, derived from the zoo entries (the one source of truth).
+
+    The model normalises inside, so the timm-visible mean/std are identity: timm's transforms give [0, 1] input.
+    """
+    cfgs = {}
+    # The default tag goes first: timm takes the first tag of an architecture as its default.
+    entries = sorted((e for e in ZOO.values() if e.architecture in architectures), key=lambda e: not e.default)
+    for e in entries:
+        c = e.input_size[0]
+        cfg = dict(hf_hub_id=e.hf_hub_id, num_classes=len(e.label_names), input_size=e.input_size,
+                   mean=(0.0,) * c, std=(1.0,) * c, interpolation="bilinear", crop_pct=1.0, crop_mode="center",
+                   fixed_input_size=False, first_conv=None, classifier="fc", label_names=e.label_names,
+                   license="mit", paper_ids="arXiv:2006.07589", paper_name="Adversarial Self-Supervised "
+                   "Contrastive Learning", origin_url="https://github.com/Kim-Minseon/RoCL")
+        weights = e.embedded_dir / e.filename
+        if weights.is_file():
+            cfg["file"] = str(weights)
+        cfgs[e.name] = cfg
+    return cfgs
