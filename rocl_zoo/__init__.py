@@ -1,0 +1,12 @@
+"""rocl-zoo: adversarially robust self-supervised image encoders (RoCL, NeurIPS 2020).
+
+    import rocl_zoo
+    model = rocl_zoo.load("cnn4_rocl.fmnist")          # zoo name, "hf-hub:org/repo[@rev]" or a folder
+    rocl_zoo.predict(model, ["shirt.png"], topk=3)
+    feats = rocl_zoo.extract_features(model, images)
+"""
+from . import models  # noqa: F401  (registers the architectures with timm)
+from .errors import (ConfigError, DataError, IntegrityError, ModelNotFoundError, RoclZooError,
+                     WeightsUnavailableError)
+
+__version__ = "0.1.0"
