@@ -1,0 +1,168 @@
+"""Supervised attacks: known worst cases on linear models, budgets, modes, AutoAttack adapter, transfer, errors."""
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from rocl_zoo import attacks
+from rocl_zoo.errors import ConfigError
+
+
+def linear_model(d=20, k=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(d, k)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(k, d, generator=g))
+        lin.bias.copy_(torch.randn(k, generator=g) * 0.1)
+    return nn.Sequential(nn.Flatten(), lin)
+
+
+def interior_batch(n=16, d=20, seed=1):
+    # Pixels in [0.3, 0.7] and eps <= 0.1: the [0, 1] box never binds, so the worst case is analytic.
+    g = torch.Generator().manual_seed(seed)
+    return 0.3 + 0.4 * torch.rand(n, 1, 1, d, generator=g)
+
+
+def margins(model, x, y):
+    with torch.no_grad():
+        return attacks.per_example_loss(model(x), y, "margin")
+
+
+def analytic_worst_margin(model, x, y, eps, norm):
+    """Exact max over the ball of max_{j != y} z_j - z_y for a linear model: w_diff . delta is maximised by
+    eps * sign(w_diff) (l-inf, gain eps * ||w_diff||_1) or eps * w_diff / ||w_diff|| (l2, gain eps * ||w_diff||_2)."""
+    lin = model[1]
+    with torch.no_grad():
+        z = model(x)
+        best = torch.full((len(y),), float("-inf"))
+        for j in range(lin.out_features):
+            w_diff = lin.weight[j][None] - lin.weight[y]
+            gain = eps * (w_diff.abs().sum(1) if norm == "linf" else w_diff.norm(dim=1))
+            cand = z[:, j] - z.gather(1, y[:, None]).squeeze(1) + gain
+            best = torch.where(y == j, best, torch.maximum(best, cand))
+    return best
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.5)])
+@pytest.mark.parametrize("loss", ["ce", "margin"])
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_pgd_reaches_analytic_worst_case_binary(norm, eps, loss, keep_best):
+    model, x = linear_model(k=2), interior_batch()
+    y = torch.randint(0, 2, (len(x),))
+    # l2 steps converge on the sphere geometrically; eps/4 gets within 1e-3 in 20 steps (2.5 eps/20 needs ~60).
+    alpha = eps / 4 if norm == "l2" else None
+    x_adv = attacks.pgd(model, x, y, eps=eps, alpha=alpha, steps=20, norm=norm, loss=loss, keep_best=keep_best)
+    got, want = margins(model, x_adv, y), analytic_worst_margin(model, x, y, eps, norm)
+    assert torch.all(got <= want + 1e-4), "PGD beat the analytic optimum: the budget leaked"
+    assert torch.allclose(got, want, atol=2e-3 * want.abs().max().item() + 1e-3), (got - want).abs().max()
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.5)])
+def test_pgd_multiclass_margin_near_optimum_with_restarts(norm, eps):
+    model, x = linear_model(k=5), interior_batch(n=32)
+    y = torch.randint(0, 5, (len(x),))
+    want = analytic_worst_margin(model, x, y, eps, norm)
+    alpha = eps / 4 if norm == "l2" else None
+    got = margins(model, attacks.pgd(model, x, y, eps=eps, alpha=alpha, steps=30, norm=norm, loss="margin",
+                                     restarts=3), y)
+    assert torch.all(got <= want + 1e-4)
+    assert (got >= want - 1e-3 * want.abs().max()).float().mean() >= 0.9  # max of linear pieces: local optima are rare
+
+
+def test_fgsm_is_exact_on_binary_linear_model():
+    model, x = linear_model(k=2), interior_batch()
+    y = torch.randint(0, 2, (len(x),))
+    got = margins(model, attacks.fgsm(model, x, y, eps=0.05), y)
+    assert torch.allclose(got, analytic_worst_margin(model, x, y, 0.05, "linf"), atol=1e-4)
+
+
+def small_cnn(num_classes=10, in_chans=1):
+    return nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.5),
+                         nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(128, num_classes))
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
+def test_budgets_box_and_mode_hold(norm, eps):
+    model = small_cnn().train()
+    x = torch.rand(12, 1, 12, 12)
+    x[:4] = 0.0  # corners of the box: the clamp must act
+    x[4:8] = 1.0
+    y = torch.randint(0, 10, (12,))
+    bn_before = model[1].running_mean.clone()
+    runs = [attacks.pgd(model, x, y, eps=eps, norm=norm, steps=5, restarts=2),
+            attacks.pgd(model, x, y, eps=eps, norm=norm, steps=5, loss="margin", targeted=True),
+            attacks.pgd(model, x, y, eps=eps, norm=norm, steps=3, alpha=10.0)]  # a huge step must still be projected
+    if norm == "linf":
+        runs.append(attacks.fgsm(model, x, y, eps=eps))
+    for x_adv in runs:
+        assert x_adv.shape == x.shape and not x_adv.requires_grad
+        assert x_adv.min() >= 0 and x_adv.max() <= 1
+        delta = (x_adv - x).flatten(1)
+        size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+        assert size.max() <= eps + 1e-5
+    assert model.training and all(m.training for m in model.modules()), "attack must restore train mode"
+    assert torch.equal(model[1].running_mean, bn_before), "attack must run in eval mode (no BN update)"
+    assert all(p.grad is None for p in model.parameters()), "attacks take input gradients only"
+
+
+def test_random_init_l2_inside_ball():
+    x = torch.full((64, 3, 8, 8), 0.5)
+    r = (attacks.random_init(x, 0.3, "l2") - x).flatten(1).norm(dim=1)
+    assert r.max() <= 0.3 + 1e-6 and r.min() > 0.2  # uniform in a 192-d ball sits near its surface
+
+
+def test_pgd_breaks_a_plain_model_and_targeted_hits_target():
+    model, x = linear_model(k=4), interior_batch(n=32)
+    y = attacks.predict_labels(model, x)
+    assert attacks.accuracy(model, attacks.pgd(model, x, y, eps=0.1), y) == 0.0
+    target = (y + 1) % 4
+    hit = attacks.predict_labels(model, attacks.pgd(model, x, target, eps=0.3, targeted=True, loss="margin"))
+    assert (hit == target).float().mean() >= 0.9
+
+
+def test_transfer_attack_self_equals_white_box():
+    model, x = linear_model(k=4), interior_batch(n=32)
+    y = attacks.predict_labels(model, x)
+    torch.manual_seed(3)
+    res = attacks.transfer_attack(model, model, x, y, attack="pgd", eps=0.02, steps=10)
+    assert torch.equal(res.source_correct, res.target_correct)
+    other = linear_model(k=4, seed=5)
+    res2 = attacks.transfer_attack(model, other, x, y, attack="fgsm", eps=0.02)
+    assert res2.x_adv.shape == x.shape and res2.target_correct.dtype == torch.bool
+    with pytest.raises(ConfigError, match="transfer attack"):
+        attacks.transfer_attack(model, model, x, y, attack="nope")
+
+
+@pytest.mark.parametrize("k", [10, 3])
+def test_autoattack_runs_on_tiny_model(k):
+    model = linear_model(d=64, k=k)
+    x = torch.rand(6, 1, 8, 8)
+    y = attacks.predict_labels(model, x)
+    x_adv = attacks.autoattack(model, x, y, eps=0.3, norm="linf")
+    assert (x_adv - x).abs().max() <= 0.3 + 1e-5 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert attacks.accuracy(model, x_adv, y) <= attacks.accuracy(model, x, y)
+
+
+def test_autoattack_missing_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyautoattack", None)
+    monkeypatch.setitem(sys.modules, "autoattack", None)
+    model, x = linear_model(d=64), torch.rand(2, 1, 8, 8)
+    with pytest.raises(ImportError, match=r"pip install 'rocl-zoo\[eval\]'"):
+        attacks.autoattack(model, x, torch.zeros(2, dtype=torch.long), eps=0.1)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(eps=-0.1), "eps"), (dict(eps=float("nan")), "eps"), (dict(eps=0.1, norm="l1"), "norm"),
+    (dict(eps=0.1, loss="hinge"), "loss"), (dict(eps=0.1, steps=-1), "steps"), (dict(eps=0.1, restarts=0), "restarts"),
+])
+def test_bad_arguments_raise_config_error(kwargs, match):
+    model, x = linear_model(), interior_batch(n=2)
+    with pytest.raises(ConfigError, match=match):
+        attacks.pgd(model, x, torch.zeros(2, dtype=torch.long), **kwargs)
+
+
+def test_inputs_outside_unit_box_are_refused():
+    model = linear_model()
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        attacks.pgd(model, torch.full((2, 1, 1, 20), 255.0), torch.zeros(2, dtype=torch.long), eps=0.1)
