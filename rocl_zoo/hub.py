@@ -99,20 +99,26 @@ def default_card(config: dict) -> str:
 def save_pretrained(model: nn.Module, folder, *, dataset: str | None = None, recipe: str | None = None,
                     metrics: dict | None = None, label_names=None, extra: dict | None = None,
                     card: str | None = None) -> Path:
-    """Write `model` as a Hub folder: model.safetensors, config.json (with checksums), README.md. Each file is
-    written atomically, the weights first, so a folder whose config exists always describes complete weights."""
+    """Write `model` as a Hub folder: model.safetensors, config.json (with checksums), README.md.
+
+    Everything is built in memory first and each file is replaced atomically, so a failure leaves the previous
+    folder as it was; a crash between two files leaves weights that fail their checksum, never a silent mismatch.
+    """
+    import hashlib
+
     from safetensors.torch import save
 
     folder = Path(folder)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     data = save(state, metadata={"format": "pt", "architecture": architecture_of(model)})
+    config = build_config(model, weights_sha256=hashlib.sha256(data).hexdigest(), weights_size=len(data),
+                          dataset=dataset, recipe=recipe, metrics=metrics, label_names=label_names, extra=extra)
+    card = card if card is not None else default_card(config)
     with atomic_write(folder / WEIGHTS_NAME) as f:
         f.write(data)
-    config = build_config(model, weights_sha256=sha256_file(folder / WEIGHTS_NAME), weights_size=len(data),
-                          dataset=dataset, recipe=recipe, metrics=metrics, label_names=label_names, extra=extra)
     write_json(folder / CONFIG_NAME, config)
     with atomic_write(folder / CARD_NAME, "w") as f:
-        f.write(card if card is not None else default_card(config))
+        f.write(card)
     return folder
 
 
