@@ -1,0 +1,94 @@
+"""Contrastive losses: NT-Xent (SimCLR) and the RoCL loss (DESIGN.md section 1).
+
+Conventions. Embeddings are rows; a batch of V views of N images is stacked view by view:
+`z = cat([z_view0, z_view1, ...])`, shape (V*N, d), so row `v*N + i` is view v of image i. Every view of
+image i is a positive of every other view of image i; all other rows are negatives.
+
+The loss of one anchor row a and one of its positives p is
+
+    -log( exp(s(a, p)) / sum_{k != a} exp(s(a, k)) ),   s(a, k) = cos(z_a, z_k) / temperature,
+
+so the denominator holds every other row (V*N - 1 entries, the other positives included). An anchor with
+two positives (RoCL) contributes two such terms. The total is the sum over anchors and positives divided by
+the number of rows V*N: exactly the original code's `NT_xent` (whose 1e-8 guards we replace by logsumexp).
+
+`detach_other_side=True` reproduces the original code's `z @ z.T.detach()`: the similarity matrix gets its
+gradient through the anchor (row) side only. The value is the same either way; the gradient is not. The zoo's
+recipes use `True` (the original behaviour, also what the released weights were trained with); the
+function defaults are `False`, the textbook SimCLR gradient.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["contrastive_rows", "multi_view_nt_xent", "nt_xent", "simclr_loss", "rocl_loss"]
+
+
+def contrastive_rows(anchors: torch.Tensor, columns: torch.Tensor, self_index: torch.Tensor,
+                     positive_index: torch.Tensor, temperature: float = 0.5,
+                     detach_other_side: bool = False) -> torch.Tensor:
+    """Per-anchor sum of the -log terms of its positives. The building block of every loss here.
+
+    anchors (A, d); columns (K, d): the rows an anchor is compared with (the anchors themselves among them);
+    self_index (A,): the column of each anchor (excluded from its denominator); positive_index (A, P): the
+    columns of its P positives. Returns (A,) losses (float32).
+    """
+    a = F.normalize(anchors.float(), dim=1)
+    c = F.normalize(columns.float(), dim=1)
+    if detach_other_side:
+        c = c.detach()
+    logits = a @ c.t() / temperature
+    logits = logits.masked_fill(F.one_hot(self_index, logits.shape[1]).bool(), float("-inf"))
+    log_denominator = torch.logsumexp(logits, dim=1, keepdim=True)
+    return (log_denominator - logits.gather(1, positive_index)).sum(dim=1)
+
+
+def multi_view_nt_xent(z: torch.Tensor, n_views: int, temperature: float = 0.5,
+                       detach_other_side: bool = False) -> torch.Tensor:
+    """NT-Xent over V = n_views stacked views: every row has V-1 positives, each its own -log term over all
+    V*N-1 other rows; the sum is divided by V*N. V=2 is SimCLR's loss, V=3 RoCL's contrastive term."""
+    rows = z.shape[0]
+    if n_views < 2 or rows % n_views:
+        raise ValueError(f"z has {rows} rows, not a multiple of n_views={n_views} (>= 2).")
+    n = rows // n_views
+    idx = torch.arange(rows, device=z.device)
+    image, view = idx % n, idx // n
+    others = torch.stack([((view + k) % n_views) * n + image for k in range(1, n_views)], dim=1)
+    return contrastive_rows(z, z, idx, others, temperature, detach_other_side).sum() / rows
+
+
+def nt_xent(z_anchor: torch.Tensor, z_positive: torch.Tensor, temperature: float = 0.5,
+            detach_other_side: bool = False) -> torch.Tensor:
+    """SimCLR's NT-Xent between two views (N, d) of the same N images: 2N rows, one positive each, / 2N."""
+    if z_anchor.shape != z_positive.shape:
+        raise ValueError(f"the two views differ in shape: {tuple(z_anchor.shape)} vs {tuple(z_positive.shape)}.")
+    return multi_view_nt_xent(torch.cat([z_anchor, z_positive]), 2, temperature, detach_other_side)
+
+
+def simclr_loss(z: torch.Tensor, temperature: float = 0.5, detach_other_side: bool = False) -> torch.Tensor:
+    """SimCLR, the non-robust baseline: z = cat([t(x), t'(x)]) of shape (2N, d)."""
+    return multi_view_nt_xent(z, 2, temperature, detach_other_side)
+
+
+def rocl_loss(z: torch.Tensor, temperature: float = 0.5, lam: float = 256.0, detach_other_side: bool = False,
+              z_reg: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The RoCL loss. z = cat([t(x), t'(x), t(x)_adv]) of shape (3N, d).
+
+    Returns (total, contrastive, regulariser) with total = contrastive + regulariser:
+    - contrastive: 3-view NT-Xent (two positives per anchor, 3N-1 entries per denominator, sum / 3N);
+    - regulariser: (1/lam) * NT-Xent(t(x)_adv, t'(x)). By default its embeddings are the adversarial and the
+      t'(x) rows of z itself (the fused form: no extra forward pass, BN statistics of the 3N batch). Pass
+      `z_reg=(z_adv, z_other)` from a separate train-mode pass on the 2N batch for the original's exact form.
+    `lam=0` or `lam=inf` turns the regulariser off.
+    """
+    if z.shape[0] % 3:
+        raise ValueError(f"RoCL needs 3N rows (t(x), t'(x), adversarial), got {z.shape[0]}.")
+    contrastive = multi_view_nt_xent(z, 3, temperature, detach_other_side)
+    if not lam or lam == float("inf"):
+        return contrastive, contrastive, torch.zeros_like(contrastive)
+    if z_reg is None:
+        n = z.shape[0] // 3
+        z_reg = (z[2 * n:], z[n:2 * n])
+    reg = nt_xent(z_reg[0], z_reg[1], temperature, detach_other_side) / lam
+    return contrastive + reg, contrastive, reg
