@@ -298,3 +298,86 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
 # ---------------------------------------------------------------------------------------------------------------
 # RoCL's instance-wise attack: no labels, maximises the contrastive loss against the other view.
 # ---------------------------------------------------------------------------------------------------------------
+
+# The attack of RoCL's original code, made cheaper with the same math (DESIGN section 4, facts 1 and 2):
+# - with the similarity's other side detached (the original's `z @ z.T.detach()`), the target view t'(x) only
+#   ever appears as a constant, so its embedding is computed once, without gradient, not at every step;
+# - each step needs the gradient with respect to the input only: parameters stop requiring grad for the
+#   duration (no weight-gradient kernels run), and `.grad` of the parameters is never touched.
+
+
+class _frozen_params:
+    """Context manager: parameters of `model` do not require grad inside; their flags are restored on exit."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        for p, _ in self.flags:
+            p.requires_grad_(False)
+        return self.model
+
+    def __exit__(self, *exc):
+        for p, flag in self.flags:
+            p.requires_grad_(flag)
+        return False
+
+
+def instance_attack(model: nn.Module, x: torch.Tensor, x_target: torch.Tensor, eps: float = 8 / 255,
+                    alpha: float = 0.007, steps: int = 7, temperature: float = 0.5, random_start: bool = True,
+                    delta_init: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                    detach_other_side: bool = True, gather: Callable | None = None,
+                    eval_mode: bool = True) -> torch.Tensor:
+    """RoCL's instance-wise attack: l-inf PGD that maximises NT-Xent between the perturbed view and `x_target`.
+
+    model: maps [0, 1] images to projections (encoder + projector). x: the view t(x) to perturb; x_target: the
+    other view t'(x) of the same images; the other images of the batch are the negatives. Uniform random
+    start in [-eps, eps] (or `delta_init`, e.g. noise drawn for a whole distributed batch), then `steps`
+    sign-gradient steps of size alpha, each followed by projection onto the eps-ball and clamping to [0, 1].
+    The model runs in eval mode (BN running statistics) unless eval_mode=False; its mode is restored.
+    gather: optional callable applied to the (detached) embeddings each step, returning (all rows, offset of the
+    local rows): with `torch.distributed` it makes the negatives come from every rank. Needs
+    detach_other_side=True. Returns the adversarial images, detached.
+    """
+    from .errors import ConfigError
+    from .losses import contrastive_rows, nt_xent
+
+    _check_norm_eps(eps, "linf")
+    if x.shape != x_target.shape:
+        raise ConfigError(f"x and x_target differ in shape: {tuple(x.shape)} vs {tuple(x_target.shape)}.")
+    if gather is not None and not detach_other_side:
+        raise ConfigError("a gathered (multi-rank) instance attack needs detach_other_side=True.")
+    x = x.detach()
+    if delta_init is not None:
+        x_adv = (x + delta_init.to(x).clamp(-eps, eps)).clamp(0, 1)
+    elif random_start and eps > 0:
+        noise = torch.rand(x.shape, generator=generator, device=generator.device if generator else x.device)
+        x_adv = (x + (2 * noise.to(x) - 1) * eps).clamp(0, 1)
+    else:
+        x_adv = x.clone()
+    if steps <= 0:
+        return x_adv.detach()
+    n = x.shape[0]
+    with _model_mode(model, eval_mode), _frozen_params(model):
+        with torch.no_grad():
+            z_target = model(x_target).float()
+        targets_all, t_offset = gather(z_target) if gather is not None else (z_target, 0)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            z_adv = model(x_adv).float()
+            if detach_other_side:
+                # Only the adversarial anchors' rows depend on x_adv; the target rows are a constant.
+                adv_all, a_offset = gather(z_adv.detach()) if gather is not None else (z_adv.detach(), 0)
+                m = adv_all.shape[0]
+                columns = torch.cat([adv_all, targets_all])
+                rows = torch.arange(n, device=x.device)
+                loss = contrastive_rows(z_adv, columns, a_offset + rows, (m + t_offset + rows)[:, None],
+                                        temperature, detach_other_side=True).sum()
+            else:
+                loss = nt_xent(z_adv, z_target, temperature, detach_other_side=False)
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            with torch.no_grad():
+                x_adv = x_adv.detach() + alpha * grad.sign()
+                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+    return x_adv.detach()
