@@ -23,7 +23,8 @@ class ZooEntry:
     recipe: str                    # `python -m training.pretrain --recipe <recipe>` (or training.supervised)
     description: str
     sha256: str | None = None      # of model.safetensors; None = not published yet
-    metrics: dict = field(default_factory=dict)  # clean/pgd/autoattack accuracies, eps, norm, split, n_examples
+    # measured on `split`: clean_acc, pgd20_acc, autoattack_acc (fractions), eps, norm, n_examples, results (path)
+    metrics: dict = field(default_factory=dict)
     filename: str = "model.safetensors"
     default: bool = False          # the tag `create_model(arch, pretrained=True)` picks
 
@@ -137,3 +138,21 @@ def timm_default_cfgs(*architectures: str) -> dict:
             cfg["file"] = str(weights)
         cfgs[e.name] = cfg
     return cfgs
+
+
+def _pct(value) -> str:
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+def zoo_table_markdown() -> str:
+    """The README's zoo table: every entry, its data, recipe, measured accuracy and whether weights exist."""
+    rows = ["| name | dataset | recipe | clean % | PGD-20 % | AutoAttack % | threat model | weights |",
+            "|---|---|---|---|---|---|---|---|"]
+    for e in ZOO.values():
+        m = e.metrics
+        threat = f"{m['norm']} eps={m['eps']:g}, {m['n_examples']} {m['split']} images" if m else ""
+        status = "embedded" if (e.embedded_dir / e.filename).is_file() else ("Hub" if e.published else
+                                                                             f"not yet: run `{e.recipe}`")
+        rows.append(f"| `{e.name}` | {e.dataset} | `{e.recipe}` | {_pct(m.get('clean_acc'))} | "
+                    f"{_pct(m.get('pgd20_acc'))} | {_pct(m.get('autoattack_acc'))} | {threat} | {status} |")
+    return "\n".join(rows)

@@ -77,3 +77,18 @@ def test_list_models():
     assert set(timm.list_models("*_rocl")) >= set(ARCHITECTURES)
     published = rocl_zoo.list_models(pretrained=True)
     assert all(rocl_zoo.get_entry(n).published for n in published)
+
+
+@pytest.mark.parametrize("arch,params_m,macs_m", [("cnn4_rocl", 0.39, 44), ("cnn4w_rocl", 1.56, 174),
+                                                  ("resnet18_rocl", 11.17, 555), ("resnet50_rocl", 23.52, 1298),
+                                                  ("wrn34_10_rocl", 46.16, 6659)])
+def test_documented_cost(arch, params_m, macs_m):
+    """The parameter and multiply-add counts stated in the README and docstrings."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    in_chans = 1 if arch.startswith("cnn4") else 3
+    model = timm.create_model(arch, in_chans=in_chans).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.rand(1, in_chans, SIZES[arch], SIZES[arch]))
+    assert counter.get_total_flops() / 2e6 == pytest.approx(macs_m, rel=0.01)
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params_m, rel=0.01)

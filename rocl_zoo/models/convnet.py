@@ -1,9 +1,9 @@
 """A small convolutional family that trains on a 2-core CPU: four 3x3 conv layers, BN, ReLU, max-pools.
 
 Built for 28x28 inputs (Fashion-MNIST) and fine at 32x32. `cnn4_rocl` has widths 32-64-128-256 (256-d
-features, about 0.39M parameters, 25M multiply-adds at 28x28); `cnn4w_rocl` doubles them (512-d features,
-the RoCL projector's input size, about 1.6M parameters, 98M multiply-adds). For scale, the CIFAR ResNet-18
-costs 556M multiply-adds at 32x32.
+features, 0.39M parameters, 44M multiply-adds at 28x28); `cnn4w_rocl` doubles them (512-d features, the RoCL
+projector's input size, 1.56M parameters, 174M multiply-adds). For scale, the CIFAR ResNet-18 costs 555M
+multiply-adds at 32x32 (counted with torch.utils.flop_counter; see tests/test_models.py).
 """
 from __future__ import annotations
 
