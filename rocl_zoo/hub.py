@@ -154,14 +154,15 @@ def _hub_file(repo_id: str, filename: str, revision: str | None) -> Path:
         raise ModelNotFoundError(f"No Hub repo {repo_id!r} (or it is private: log in with `hf auth login`).") from e
     except RevisionNotFoundError as e:
         raise ModelNotFoundError(f"Hub repo {repo_id!r} has no revision {revision!r}.") from e
-    except EntryNotFoundError as e:
-        raise IntegrityError(f"Hub repo {repo_id!r} has no file {filename!r}: it is not a rocl-zoo/timm folder "
-                             f"(expected {WEIGHTS_NAME}, {CONFIG_NAME}, {CARD_NAME}).") from e
+    # LocalEntryNotFoundError (offline, not cached) subclasses EntryNotFoundError: it must come first.
     except LocalEntryNotFoundError as e:
         raise WeightsUnavailableError(
             f"{filename} of {repo_id!r} is not in the local Hugging Face cache and cannot be downloaded now "
             f"(offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}, or no network). Connect and unset "
             f"HF_HUB_OFFLINE, or download the folder elsewhere and load it by path.") from e
+    except EntryNotFoundError as e:
+        raise IntegrityError(f"Hub repo {repo_id!r} has no file {filename!r}: it is not a rocl-zoo/timm folder "
+                             f"(expected {WEIGHTS_NAME}, {CONFIG_NAME}, {CARD_NAME}).") from e
 
 
 def _read_config(path: Path) -> dict:
