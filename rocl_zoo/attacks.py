@@ -83,7 +83,11 @@ def _input_grad(model, x_adv, y, loss, targeted):
         x_adv = x_adv.detach().requires_grad_(True)
         logits = model(x_adv)
         value = per_example_loss(logits, y, loss, targeted)
-        (grad,) = torch.autograd.grad(value.sum(), x_adv)
+        grad = None
+        if value.requires_grad:  # a model whose output ignores its input gets a zero gradient, not an error
+            (grad,) = torch.autograd.grad(value.sum(), x_adv, allow_unused=True)
+    if grad is None:
+        grad = torch.zeros_like(x_adv)
     return logits.detach(), value.detach(), grad
 
 

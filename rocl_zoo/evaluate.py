@@ -1,0 +1,642 @@
+"""Robustness evaluation: protocols, the attack suite, gradient-masking checks, results files and tables.
+
+    python -m rocl_zoo.evaluate cnn4_rocl.fmnist --attacks clean,pgd20,autoattack --out results/x.json
+    python -m rocl_zoo.evaluate ENCODER --protocol linear --epochs 20 --dataset fashion_mnist --sanity
+    python -m rocl_zoo.evaluate --table results/
+
+From Python: `evaluate(model, x, y, attacks=..., eps=..., norm=...)` returns the results dict;
+`run_sanity_checks(...)` the gradient-masking checks; `render_table(results)` the markdown table.
+
+A results file describes one model under one threat model (norm, eps). It carries RobustBench's keys
+(clean_acc, autoattack_acc in percent, eps, dataset, threat_model "Linf"/"L2", architecture) and ours: every
+attack's config, accuracy and wall time, n_examples, seed, hardware, wall time and the sanity flags.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import attacks as A
+from .errors import ConfigError, DataError, RoclZooError
+
+THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
+DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
+DATASET_DEFAULT_EPS = {("fashion_mnist", "linf"): 0.1, ("digits", "linf"): 0.1}  # DESIGN section 2
+DEFAULT_ATTACKS = "clean,pgd20"
+SCHEMA = "rocl_zoo.eval/1"
+
+# --------------------------------------------------------------------------------------------- attack specs
+
+_PGD_RE = re.compile(r"^pgd(?P<steps>\d+)(?:-(?P<norm>linf|l2))?(?:-(?P<loss>ce|cw))?(?:x(?P<restarts>\d+))?$")
+
+
+def parse_eps(text) -> float:
+    """'8/255', '0.1' or a number -> float; refuses what is not a finite number >= 0."""
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        try:
+            value = float(Fraction(str(text).strip()))
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(f"eps {text!r} is not a number; write e.g. 8/255, 0.03 or 0.5.") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"eps must be a finite number >= 0, got {text!r}.")
+    return value
+
+
+def eps_str(eps: float) -> str:
+    """8/255 for multiples of 1/255, else the decimal."""
+    k = eps * 255
+    return f"{round(k)}/255" if eps > 0 and abs(k - round(k)) < 1e-6 else f"{eps:g}"
+
+
+def check_eps(eps: float, norm: str) -> None:
+    if norm not in THREAT_MODELS:
+        raise ConfigError(f"norm must be linf or l2, got {norm!r}.")
+    if eps <= 0:
+        raise ConfigError(f"eps must be > 0 for a robustness evaluation, got {eps}.")
+    if norm == "linf" and eps > 1:
+        raise ConfigError(f"an l-inf eps of {eps} is larger than the whole [0, 1] pixel range; pixel units are "
+                          f"[0, 1], so 8/255 (not 8) is the usual CIFAR budget.")
+
+
+def parse_attack(spec: str, eps: float, norm: str) -> dict:
+    """One attack of --attacks -> its config.
+
+    clean | fgsm | pgd<N>[-linf|-l2][-cw][x<R>] | cw | autoattack | apgd-ce, each with an optional @EPS.
+    Without a norm suffix an attack uses the threat model (--norm, --eps); with another norm it is an "unseen"
+    attack whose eps defaults to that norm's usual budget (l-inf 8/255, l2 0.5) unless @EPS gives one.
+    PGD steps are eps/10 in l-inf (DESIGN: PGD-20 at step eps/10) when N >= 20, else 2.5 eps / N; eps/5 in l2.
+    """
+    name, _, at = spec.strip().partition("@")
+    name = name.lower()
+    if not name:
+        raise ConfigError("empty attack name in --attacks.")
+    cfg: dict = {"name": spec.strip()}
+    if name == "clean":
+        return {**cfg, "attack": "clean"}
+    if name == "cw":
+        name = "pgd30-cw"
+    m = _PGD_RE.match(name)
+    if name == "fgsm":
+        cfg.update(attack="fgsm", norm="linf", loss="ce")
+    elif m:
+        steps = int(m["steps"])
+        if steps < 1:
+            raise ConfigError(f"{spec}: PGD needs at least one step.")
+        cfg.update(attack="pgd", norm=m["norm"] or norm, steps=steps, restarts=int(m["restarts"] or 1),
+                   loss="margin" if m["loss"] == "cw" else "ce", random_start=True)
+    elif name in ("autoattack", "aa", "apgd-ce"):
+        cfg.update(attack="autoattack", norm=norm, version="standard" if name != "apgd-ce" else "custom")
+        if name == "apgd-ce":
+            cfg["attacks"] = ["apgd-ce"]
+    else:
+        raise ConfigError(f"unknown attack {spec!r}. Known: clean, fgsm, pgd<N>[-linf|-l2][-cw][x<R>] (e.g. pgd20, "
+                          f"pgd20-l2, pgd100x5), cw, autoattack, apgd-ce; add @EPS to set a budget (pgd20-l2@1.0).")
+    if at:
+        cfg["eps"] = parse_eps(at)
+    elif cfg["norm"] == norm:
+        cfg["eps"] = eps
+    else:
+        cfg["eps"] = DEFAULT_EPS[cfg["norm"]]
+    check_eps(cfg["eps"], cfg["norm"])
+    if cfg["attack"] == "pgd":
+        e, n = cfg["eps"], cfg["steps"]
+        cfg["alpha"] = (e / 10 if n >= 20 else 2.5 * e / n) if cfg["norm"] == "linf" else e / 5
+    cfg["threat_model"] = THREAT_MODELS[cfg["norm"]]
+    return cfg
+
+
+def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict, seed: int = 0) -> torch.Tensor:
+    """Adversarial images for one attack config (clean returns x)."""
+    torch.manual_seed(seed)
+    kind = cfg["attack"]
+    if kind == "clean":
+        return x
+    if kind == "fgsm":
+        return A.fgsm(model, x, y, cfg["eps"], loss=cfg.get("loss", "ce"))
+    if kind == "pgd":
+        return A.pgd(model, x, y, cfg["eps"], alpha=cfg.get("alpha"), steps=cfg["steps"], norm=cfg["norm"],
+                     random_start=cfg.get("random_start", True), restarts=cfg.get("restarts", 1),
+                     loss=cfg.get("loss", "ce"))
+    if kind == "autoattack":
+        return A.autoattack(model, x, y, cfg["eps"], cfg["norm"], version=cfg.get("version", "standard"),
+                            attacks=cfg.get("attacks"), batch_size=max(len(x), 1), seed=seed)
+    raise ConfigError(f"unknown attack kind {kind!r}.")
+
+
+def correct_under(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict, *, batch_size: int = 256,
+                  seed: int = 0, source_model: nn.Module | None = None, progress: bool = False,
+                  device=None) -> torch.Tensor:
+    """Per example (bool, on the CPU): is it still classified correctly under the attack?
+
+    With source_model the examples are made on it (black-box transfer) and scored on `model`.
+    """
+    device = device or next(model.parameters()).device
+    out = []
+    desc = cfg["name"] + (" (transfer)" if source_model is not None else "")
+    for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress or None, leave=False):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        if cfg["attack"] == "clean":
+            with A._model_mode(model), torch.inference_mode():
+                pred = model(xb).argmax(1)
+        else:
+            x_adv = run_attack(source_model if source_model is not None else model, xb, yb, cfg, seed + i)
+            pred = A.predict_labels(model, x_adv)
+        out.append((pred == yb).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+# ------------------------------------------------------------------------------------------ sanity checks
+
+
+def _tol(n: int) -> float:
+    """Absolute accuracy tolerance for paired comparisons on n examples: 2 points or 2 examples."""
+    return max(0.02, 2.0 / max(n, 1))
+
+
+def _check(name: str, ok, message: str, **values) -> dict:
+    return {"name": name, "ok": ok, "message": message, "values": values}
+
+
+def _acc(model, x, y, cfg, batch_size, seed, source_model=None) -> float:
+    return correct_under(model, x, y, cfg, batch_size=batch_size, seed=seed, source_model=source_model
+                         ).float().mean().item()
+
+
+def check_eps_monotone(model, x, y, *, eps: float, norm: str, steps: int = 20, factors=(0.25, 0.5, 1.0, 2.0),
+                       batch_size: int = 256, seed: int = 0) -> dict:
+    """PGD accuracy must not rise as eps grows (beyond sampling noise)."""
+    accs = {}
+    for f in factors:
+        cfg = parse_attack(f"pgd{steps}@{eps * f!r}", eps * f, norm)
+        accs[eps_str(eps * f)] = _acc(model, x, y, cfg, batch_size, seed)
+    values = list(accs.values())
+    tol = _tol(len(y))
+    rises = [(a, b) for a, b in zip(values, values[1:]) if b > a + tol]
+    return _check("eps_monotone", not rises,
+                  "accuracy does not rise as eps grows" if not rises else
+                  "accuracy ROSE as eps grew: the attack is not following the loss (gradient masking?)",
+                  accuracy_by_eps=accs, tolerance=tol)
+
+
+def large_eps(norm: str, x: torch.Tensor) -> float:
+    """A budget that reaches a mid-grey image from any input: l-inf 0.5, l2 0.5 * sqrt(dim)."""
+    return 0.5 if norm == "linf" else 0.5 * math.sqrt(x[0].numel())
+
+
+def check_large_eps(model, x, y, *, norm: str, num_classes: int, steps: int = 20, batch_size: int = 256,
+                    seed: int = 0) -> dict:
+    """At a very large eps, PGD *without* random start must drive accuracy to chance or below.
+
+    No random start on purpose: at such budgets random noise alone often fools a model, which would hide
+    gradients that are zero or useless.
+    """
+    e = large_eps(norm, x)
+    cfg = {**parse_attack(f"pgd{steps}@{e!r}", e, norm), "random_start": False}
+    acc = _acc(model, x, y, cfg, batch_size, seed)
+    chance = 1.0 / num_classes
+    limit = chance + max(0.05, 2.0 / max(len(y), 1))
+    return _check("large_eps_chance", acc <= limit,
+                  f"at eps {eps_str(e)} PGD reaches chance" if acc <= limit else
+                  f"at eps {eps_str(e)} PGD leaves {acc:.1%} accuracy (chance {chance:.1%}): gradients do not lead "
+                  f"the attack (gradient masking, or a bug)", eps=e, accuracy=acc, chance=chance, limit=limit)
+
+
+def check_more_steps(model, x, y, *, eps: float, norm: str, base_acc: float | None = None, steps: int = 20,
+                     more_steps: int = 50, restarts: int = 2, batch_size: int = 256, seed: int = 0) -> dict:
+    """More steps and restarts must not give a higher robust accuracy than PGD-`steps`."""
+    base_cfg = parse_attack(f"pgd{steps}", eps, norm)
+    if base_acc is None:
+        base_acc = _acc(model, x, y, base_cfg, batch_size, seed)
+    more_cfg = {**parse_attack(f"pgd{more_steps}x{restarts}", eps, norm), "alpha": base_cfg["alpha"]}
+    more_acc = _acc(model, x, y, more_cfg, batch_size, seed + 1)
+    tol = _tol(len(y))
+    ok = more_acc <= base_acc + tol
+    return _check("more_steps_restarts", ok,
+                  "more steps and restarts do not raise robust accuracy" if ok else
+                  f"PGD-{more_steps} x {restarts} restarts gives HIGHER accuracy than PGD-{steps}: the attack is "
+                  f"unstable (gradient masking?)", base=f"pgd{steps}", base_acc=base_acc,
+                  more=f"pgd{more_steps}x{restarts}", more_acc=more_acc, tolerance=tol)
+
+
+def check_black_box(white_box_acc: float, black_box_acc: float | None, n: int, source: str | None = None) -> dict:
+    """A black-box (transfer) attack must not beat the white-box one."""
+    if black_box_acc is None:
+        return _check("black_box_not_stronger", None, "skipped: no --transfer-from source")
+    tol = _tol(n)
+    ok = black_box_acc >= white_box_acc - tol
+    return _check("black_box_not_stronger", ok,
+                  "black-box accuracy is not below white-box" if ok else
+                  "black-box (transfer) accuracy is BELOW white-box: the white-box gradients are misleading "
+                  "(gradient masking)", white_box_acc=white_box_acc, black_box_acc=black_box_acc, source=source,
+                  tolerance=tol)
+
+
+def check_autoattack(pgd_acc: float | None, aa_acc: float | None, n: int, gap_warning: float = 0.10) -> dict:
+    """AutoAttack must not be above PGD; PGD far above AutoAttack is the classic sign of masked gradients."""
+    if pgd_acc is None or aa_acc is None:
+        return _check("autoattack_vs_pgd", None, "skipped: needs both a PGD attack and autoattack")
+    tol = _tol(n)
+    if aa_acc > pgd_acc + tol:
+        return _check("autoattack_vs_pgd", False, "AutoAttack accuracy is ABOVE PGD's: an evaluation bug",
+                      pgd_acc=pgd_acc, autoattack_acc=aa_acc, tolerance=tol)
+    if pgd_acc - aa_acc > gap_warning:
+        return _check("autoattack_vs_pgd", False,
+                      f"PGD is {pgd_acc - aa_acc:.1%} above AutoAttack: gradient-based PGD is being misled "
+                      f"(gradient masking)", pgd_acc=pgd_acc, autoattack_acc=aa_acc, gap_warning=gap_warning)
+    return _check("autoattack_vs_pgd", True, "AutoAttack is not above PGD", pgd_acc=pgd_acc, autoattack_acc=aa_acc,
+                  tolerance=tol)
+
+
+def run_sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
+                      num_classes: int, pgd_acc: float | None = None, autoattack_acc: float | None = None,
+                      source_model: nn.Module | None = None, source_name: str | None = None, steps: int = 20,
+                      batch_size: int = 256, seed: int = 0, progress: bool = False) -> dict:
+    """All gradient-masking checks on (x, y). Returns {"passed", "flags": [names that fired], "checks": [...]}.
+
+    pgd_acc / autoattack_acc: accuracies already measured on these same examples (else PGD is run here).
+    source_model: a model to transfer PGD examples from (the black-box check); skipped without one.
+    """
+    n = len(y)
+    base_cfg = parse_attack(f"pgd{steps}", eps, norm)
+    if pgd_acc is None:
+        pgd_acc = _acc(model, x, y, base_cfg, batch_size, seed)
+    todo = ["eps", "large", "steps", "black", "aa"]
+    checks = []
+    for what in tqdm(todo, desc="sanity checks", disable=not progress or None, leave=False):
+        if what == "eps":
+            checks.append(check_eps_monotone(model, x, y, eps=eps, norm=norm, steps=steps, batch_size=batch_size,
+                                             seed=seed))
+        elif what == "large":
+            checks.append(check_large_eps(model, x, y, norm=norm, num_classes=num_classes, steps=steps,
+                                          batch_size=batch_size, seed=seed))
+        elif what == "steps":
+            checks.append(check_more_steps(model, x, y, eps=eps, norm=norm, base_acc=pgd_acc, steps=steps,
+                                           batch_size=batch_size, seed=seed))
+        elif what == "black":
+            bb = None if source_model is None else _acc(model, x, y, base_cfg, batch_size, seed, source_model)
+            checks.append(check_black_box(pgd_acc, bb, n, source_name))
+        else:
+            checks.append(check_autoattack(pgd_acc, autoattack_acc, n))
+    flags = [c["name"] for c in checks if c["ok"] is False]
+    return {"passed": not flags, "flags": flags, "n_examples": n, "checks": checks}
+
+
+# ----------------------------------------------------------------------------------------------- evaluate
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="clean,pgd20", eps: float = 8 / 255,
+             norm: str = "linf", batch_size: int = 256, seed: int = 0, source_model: nn.Module | None = None,
+             source_name: str | None = None, sanity: bool = False, sanity_examples: int = 200,
+             num_classes: int | None = None, progress: bool = True, meta: dict | None = None) -> dict:
+    """Run the attack suite on (x, y) and return the results dict (see the module docstring).
+
+    attacks: a comma-separated string or a list of specs (see `parse_attack`). source_model: also run every
+    white-box attack as a black-box transfer from it ("transfer-<name>"). Accuracies are fractions in the
+    "attacks" block and percentages in RobustBench's keys.
+    """
+    from .utils import hardware_name
+
+    check_eps(eps, norm)
+    specs = [s for s in (attacks.split(",") if isinstance(attacks, str) else attacks) if s.strip()]
+    if not specs:
+        raise ConfigError("--attacks is empty; give e.g. clean,pgd20.")
+    cfgs = [parse_attack(s, eps, norm) for s in specs]
+    if len({c["name"] for c in cfgs}) != len(cfgs):
+        raise ConfigError(f"--attacks names an attack twice: {specs}.")
+    device = next(model.parameters()).device
+    if num_classes is None:
+        with torch.no_grad():
+            num_classes = model(x[:1].to(device)).shape[1]
+    t_start = time.time()
+    results: dict = {}
+    per_example: dict[str, torch.Tensor] = {}
+    jobs = [(c, None) for c in cfgs]
+    if source_model is not None:
+        jobs += [({**c, "name": f"transfer-{c['name']}", "transfer_from": source_name}, source_model)
+                 for c in cfgs if c["attack"] in ("fgsm", "pgd")]
+    for cfg, src in jobs:
+        t0 = time.time()
+        correct = correct_under(model, x, y, cfg, batch_size=batch_size, seed=seed, source_model=src,
+                                progress=progress, device=device)
+        per_example[cfg["name"]] = correct
+        results[cfg["name"]] = {"config": cfg, "acc": correct.float().mean().item(),
+                                "wall_time_s": round(time.time() - t0, 3)}
+        if progress:
+            tqdm.write(f"{cfg['name']:>20}: {results[cfg['name']]['acc']:.2%}  ({time.time() - t0:.1f} s)")
+
+    def acc_of(pred):
+        names = [n for n, r in results.items() if pred(r["config"])]
+        return min((results[n]["acc"] for n in names), default=None)
+
+    in_threat = lambda c: c.get("norm") == norm and abs(c.get("eps", -1) - eps) < 1e-12  # noqa: E731
+    clean = acc_of(lambda c: c["attack"] == "clean")
+    aa = acc_of(lambda c: c["attack"] == "autoattack" and c.get("version") == "standard" and in_threat(c))
+    pgd_acc = acc_of(lambda c: c["attack"] == "pgd" and in_threat(c) and "transfer_from" not in c)
+    white = [n for n, r in results.items() if in_threat(r["config"]) or r["config"]["attack"] == "clean"]
+    worst = None
+    if white:
+        worst = torch.stack([per_example[n] for n in white]).all(0).float().mean().item()
+
+    pct = lambda a: None if a is None else round(100 * a, 2)  # noqa: E731
+    cfg_meta = dict(meta or {})
+    arch = cfg_meta.pop("architecture", None) or (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    out = {
+        "schema": SCHEMA,
+        "model": cfg_meta.pop("model", None),
+        "architecture": arch,
+        "dataset": cfg_meta.pop("dataset", None),
+        "threat_model": THREAT_MODELS[norm],
+        "eps": eps,
+        "eps_str": eps_str(eps),
+        "clean_acc": pct(clean),
+        "autoattack_acc": pct(aa),
+        "pgd_acc": pct(pgd_acc),
+        "robust_acc": pct(worst),  # per example, the worst case over every attack run in this threat model
+        "attacks": results,
+        "n_examples": len(y),
+        "seed": seed,
+        **cfg_meta,
+        "hardware": hardware_name(device),
+        "torch": torch.__version__,
+    }
+    if source_model is not None:
+        out["transfer_from"] = source_name
+    if sanity:
+        k = min(sanity_examples, len(y))
+        sub = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:k]
+        xs, ys = x[sub], y[sub]
+        pgd_names = [n for n, r in results.items() if r["config"]["attack"] == "pgd" and in_threat(r["config"])
+                     and r["config"].get("steps") == 20 and r["config"].get("restarts") == 1
+                     and r["config"].get("loss") == "ce" and "transfer_from" not in r["config"]]
+        sub_pgd = per_example[pgd_names[0]][sub].float().mean().item() if pgd_names else None
+        aa_names = [n for n, r in results.items() if r["config"]["attack"] == "autoattack" and in_threat(r["config"])
+                    and r["config"].get("version") == "standard"]
+        sub_aa = per_example[aa_names[0]][sub].float().mean().item() if aa_names else None
+        t0 = time.time()
+        out["sanity"] = run_sanity_checks(model, xs.to(device), ys.to(device), eps=eps, norm=norm,
+                                          num_classes=num_classes, pgd_acc=sub_pgd, autoattack_acc=sub_aa,
+                                          source_model=source_model, source_name=source_name,
+                                          batch_size=batch_size, seed=seed, progress=progress)
+        out["sanity"]["wall_time_s"] = round(time.time() - t0, 3)
+        if progress:
+            for c in out["sanity"]["checks"]:
+                mark = {True: "ok  ", False: "FLAG", None: "skip"}[c["ok"]]
+                tqdm.write(f"  sanity {mark} {c['name']}: {c['message']}")
+    out["wall_time_s"] = round(time.time() - t_start, 3)
+    return out
+
+
+def results_filename(result: dict) -> str:
+    """<model>__<dataset>__<protocol>__<Linf|L2>-<eps>.json, safe for any file system."""
+    eps = result.get("eps_str", "").replace("/", "_")
+    parts = [result.get("model") or result.get("architecture") or "model", result.get("dataset") or "data",
+             result.get("protocol") or "none", f"{result['threat_model']}-{eps}"]
+    return re.sub(r"[^A-Za-z0-9._+=-]+", "-", "__".join(parts)) + ".json"
+
+
+# -------------------------------------------------------------------------------------------------- table
+
+_ORDER = {"clean": 0, "fgsm": 1, "pgd": 2, "autoattack": 4}
+
+
+def _column_key(cfg: dict):
+    transfer = "transfer_from" in cfg
+    return (transfer, _ORDER.get(cfg["attack"], 3), cfg.get("norm") or "", cfg.get("steps", 0), cfg["name"])
+
+
+def load_results(folder) -> list[dict]:
+    """Every results file (our schema) under `folder`, recursively; other JSON files are skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"--table needs a folder of results files; {folder} is not a folder.")
+    out = []
+    for path in sorted(folder.rglob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"{path}: not a readable JSON file ({e}).") from e
+        if isinstance(data, dict) and data.get("schema", "").startswith("rocl_zoo.eval/"):
+            data["_path"] = str(path)
+            out.append(data)
+    return out
+
+
+def render_table(results: list[dict]) -> str:
+    """A markdown table of results files: one row per model and threat model, one column per attack."""
+    if not results:
+        return "_No results files._\n"
+    columns: dict[str, dict] = {}
+    for r in results:
+        for name, a in r.get("attacks", {}).items():
+            columns.setdefault(name, a["config"])
+    names = sorted(columns, key=lambda n: _column_key(columns[n]))
+    label = {n: ("Clean" if columns[n]["attack"] == "clean" else "AutoAttack" if n in ("autoattack", "aa") else
+                 n.upper() if n in ("fgsm", "cw") else n) for n in names}
+    head = ["Model", "Dataset", "Protocol", "Threat model"] + [label[n] for n in names] + ["n", "Sanity"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(names) + 1) + [":---:"]) + "|"]
+    rows = sorted(results, key=lambda r: (str(r.get("dataset")), str(r.get("model")), str(r.get("protocol")),
+                                          r.get("threat_model", ""), r.get("eps", 0)))
+    for r in rows:
+        cells = [f"`{r.get('model') or r.get('architecture')}`", str(r.get("dataset") or "–"),
+                 str(r.get("protocol") or "none"), f"{r.get('threat_model')} {r.get('eps_str', r.get('eps'))}"]
+        for n in names:
+            a = r.get("attacks", {}).get(n)
+            cells.append("–" if a is None else f"{100 * a['acc']:.2f}")
+        cells.append(str(r.get("n_examples", "–")))
+        s = r.get("sanity")
+        cells.append("–" if not s else "ok" if s.get("passed") else "⚠ " + ", ".join(s.get("flags", [])))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nAccuracy in % (higher is more robust) on `n` test examples. Columns name the " \
+                              "attack (`pgd20-l2` = PGD-20 in l2; `transfer-*` = black-box transfer).\n"
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m rocl_zoo.evaluate",
+        description="Evaluate the adversarial robustness of a rocl-zoo model and write a results file "
+                    "(RobustBench's keys + every attack's config). With --protocol linear / robust-linear the "
+                    "model is a frozen encoder and a linear head is trained first (SLF / ALF).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python -m rocl_zoo.evaluate cnn4_rocl.fmnist --attacks clean,fgsm,pgd20,cw,autoattack \\\n"
+               "      --eps 0.1 --n-examples 1000 --sanity --out results/cnn4_rocl.fmnist.json\n"
+               "  python -m rocl_zoo.evaluate ./my_encoder --protocol robust-linear --epochs 25 --dataset cifar10\n"
+               "  python -m rocl_zoo.evaluate MODEL --transfer-from cnn4_rocl.fmnist_simclr   # black-box\n"
+               "  python -m rocl_zoo.evaluate --table results/ > results/README.md")
+    p.add_argument("source", nargs="?", help="zoo name (arch.tag), hf-hub:ORG/REPO[@REV] or a Hub-layout folder")
+    g = p.add_argument_group("data and threat model")
+    g.add_argument("--dataset", help="dataset name (fashion_mnist, cifar10, cifar100, stl10, svhn, digits, "
+                                     "imagefolder:PATH); default: the one the model was trained on")
+    g.add_argument("--split", default="test", choices=["train", "test"], help="split to attack (default test)")
+    g.add_argument("--data-root", help="dataset folder (default $ROCL_ZOO_DATA or ~/.cache/rocl_zoo/data)")
+    g.add_argument("--download", action="store_true", help="allow torchvision to download the dataset")
+    g.add_argument("--norm", default="linf", choices=["linf", "l2"], help="threat model's norm (default linf)")
+    g.add_argument("--eps", help="threat model's budget in [0, 1] pixel units, e.g. 8/255 or 0.5 (default: "
+                                 "linf 8/255, 0.1 on fashion_mnist and digits; l2 0.5)")
+    g.add_argument("--attacks", default=DEFAULT_ATTACKS,
+                   help="comma-separated: clean, fgsm, pgd<N>[-linf|-l2][-cw][x<R>] (pgd20, pgd20-l2, pgd100x5), "
+                        "cw (PGD-30, CW margin loss), autoattack (standard; needs rocl-zoo[eval]), apgd-ce; "
+                        f"@EPS sets one attack's budget (pgd20-l2@1.0). Default {DEFAULT_ATTACKS}")
+    g.add_argument("--n-examples", type=int, default=1000,
+                   help="attack a fixed random subset of this many test examples (default 1000; 0 = all)")
+    g.add_argument("--batch-size", type=int, default=256, help="attack batch size (default 256)")
+    g.add_argument("--transfer-from", metavar="SOURCE",
+                   help="also run each FGSM/PGD attack as black-box transfer from this model")
+    g.add_argument("--sanity", action="store_true",
+                   help="gradient-masking checks (eps monotone, large eps reaches chance, more steps/restarts "
+                        "do not help, black-box not stronger, AutoAttack not above PGD), flagged in the results")
+    g.add_argument("--sanity-examples", type=int, default=200, help="examples the sanity checks use (default 200)")
+    g = p.add_argument_group("protocol (frozen encoder + linear head)")
+    g.add_argument("--protocol", default="none", choices=["none", "linear", "robust-linear"],
+                   help="none: the model is already a classifier; linear: train a linear head on frozen features "
+                        "(SLF); robust-linear: on PGD-10 examples (ALF). Default none")
+    g.add_argument("--epochs", type=int, default=150, help="linear head epochs (default 150; LR /10 at 20/33/67 %%)")
+    g.add_argument("--lr", type=float, default=0.1, help="linear head SGD learning rate (default 0.1)")
+    g.add_argument("--linear-batch-size", type=int, default=256, help="linear head batch size (default 256)")
+    g.add_argument("--train-examples", type=int, default=0,
+                   help="train the head on a fixed random subset of this many examples (default 0 = all)")
+    g.add_argument("--train-eps", help="robust-linear PGD budget (default: --eps)")
+    g.add_argument("--save-classifier", metavar="DIR",
+                   help="where to save encoder + head in the Hub layout (default: next to --out, <out>.classifier/)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", metavar="FILE.json", help="results file (default: print JSON to stdout)")
+    g.add_argument("--table", metavar="DIR", help="render every results file under DIR as a markdown table, then exit")
+    g.add_argument("--seed", type=int, default=0, help="seed for the subset and the random starts (default 0)")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _load_model(source: str, device):
+    from .hub import load
+
+    return load(source, device=device)
+
+
+def _load_dataset(name: str, split: str, root=None, download: bool = False):
+    from .data import load_dataset
+
+    return load_dataset(name, split, root=root, download=download)
+
+
+def _model_dataset(model) -> str | None:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return (cfg.get("rocl_zoo") or {}).get("dataset")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from .linear import as_tensors, train_linear_head
+    from .utils import resolve_device, write_json
+
+    if not args.source:
+        raise ConfigError("give a model SOURCE (zoo name, hf-hub:ORG/REPO or folder), or --table DIR.")
+    for flag in ("n_examples", "train_examples"):
+        if getattr(args, flag) < 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 0.")
+    if min(args.batch_size, args.sanity_examples, args.epochs, args.linear_batch_size) < 1:
+        raise ConfigError("--batch-size, --linear-batch-size, --sanity-examples and --epochs must be >= 1.")
+    device = resolve_device(args.device)
+    progress = not args.quiet
+    model = _load_model(args.source, device)
+    dataset = args.dataset or _model_dataset(model)
+    if not dataset:
+        raise ConfigError(f"{args.source} does not record its dataset; pass --dataset NAME.")
+    eps = parse_eps(args.eps) if args.eps is not None else \
+        DATASET_DEFAULT_EPS.get((dataset, args.norm), DEFAULT_EPS[args.norm])
+    check_eps(eps, args.norm)
+    specs = [s for s in args.attacks.split(",") if s.strip()]
+    for s in specs:  # fail on a bad attack list before any slow work
+        parse_attack(s, eps, args.norm)
+    source_model = _load_model(args.transfer_from, device) if args.transfer_from else None
+
+    test = _load_dataset(dataset, args.split, args.data_root, args.download)
+    x, y = as_tensors(test, args.n_examples or None, args.seed)
+    in_chans = getattr(model, "in_chans", None)
+    if in_chans is not None and x.shape[1] != in_chans:
+        raise DataError(f"{dataset} has {x.shape[1]}-channel images but {args.source} takes {in_chans} channels; "
+                        f"pick the dataset the model was trained for.")
+    classes = list(getattr(test, "classes", None) or [])
+    protocol_cfg: dict = {"protocol": args.protocol}
+    t0 = time.time()
+    if args.protocol != "none":
+        robust = args.protocol == "robust-linear"
+        train_eps = parse_eps(args.train_eps) if args.train_eps is not None else eps
+        train = _load_dataset(dataset, "train", args.data_root, args.download)
+        model = train_linear_head(model, train, num_classes=len(classes) or None, robust=robust,
+                                  epochs=args.epochs, lr=args.lr, eps=train_eps, norm=args.norm,
+                                  n_examples=args.train_examples or None, seed=args.seed, progress=progress,
+                                  label_names=classes or None, batch_size=args.linear_batch_size)
+        protocol_cfg.update(epochs=args.epochs, lr=args.lr, momentum=0.9, weight_decay=5e-4,
+                            batch_size=args.linear_batch_size,
+                            train_examples=args.train_examples or len(train), frozen_encoder=True,
+                            features_precomputed=not robust, train_time_s=round(time.time() - t0, 3))
+        if robust:
+            protocol_cfg.update(train_attack={"attack": "pgd", "norm": args.norm, "eps": train_eps,
+                                              "alpha": 0.007, "steps": 10, "random_start": True})
+    elif getattr(model, "num_classes", 1) == 0:
+        raise ConfigError(f"{args.source} is an encoder without a classifier head; use --protocol linear or "
+                          f"robust-linear to train one.")
+    if classes and getattr(model, "num_classes", len(classes)) != len(classes):
+        raise DataError(f"{args.source} has {model.num_classes} classes but {dataset} has {len(classes)}; "
+                        f"evaluate it on its own dataset or use --protocol linear.")
+    meta = {"model": args.source, "dataset": dataset, "split": args.split, "protocol": args.protocol,
+            "protocol_config": protocol_cfg}
+    from . import __version__
+
+    meta["rocl_zoo_version"] = __version__
+    result = evaluate(model, x, y, attacks=specs, eps=eps, norm=args.norm, batch_size=args.batch_size,
+                      seed=args.seed, source_model=source_model, source_name=args.transfer_from,
+                      sanity=args.sanity, sanity_examples=args.sanity_examples,
+                      num_classes=len(classes) or None, progress=progress, meta=meta)
+    result["wall_time_s"] = round(time.time() - t0, 3)
+    if args.protocol != "none":
+        folder = args.save_classifier or (str(Path(args.out).with_suffix("")) + ".classifier" if args.out else None)
+        if folder:
+            from .hub import save_pretrained
+
+            metrics = {k: result[k] for k in ("clean_acc", "pgd_acc", "autoattack_acc", "robust_acc", "eps_str",
+                                               "threat_model", "n_examples")}
+            save_pretrained(model, folder, dataset=dataset, metrics=metrics,
+                            recipe=f"{args.protocol} evaluation of {args.source}",
+                            extra={"encoder": args.source, "protocol": protocol_cfg})
+            result["classifier"] = str(folder)
+    if args.out:
+        write_json(args.out, result)
+        if progress:
+            print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        print(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.table:
+            sys.stdout.write(render_table(load_results(args.table)))
+            return 0
+        run(args)
+        return 0
+    except (RoclZooError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

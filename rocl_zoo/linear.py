@@ -1,0 +1,147 @@
+"""Linear evaluation of a frozen encoder: standard (SLF) and robust (ALF / rLE), as in RoCL's protocol.
+
+    clf = train_linear_head(encoder, train_set, num_classes=10, epochs=150)              # SLF
+    clf = train_linear_head(encoder, train_set, num_classes=10, robust=True, eps=8/255)   # ALF
+
+The encoder stays frozen and in eval mode (BN running statistics); only a Linear(num_features, classes) trains,
+on un-augmented images, with SGD (lr 0.1, momentum 0.9, weight decay 5e-4) and the LR divided by 10 at 20 %,
+33 % and 67 % of the epochs (30, 50, 100 of 150: DESIGN section 1). The result is a classifier: a copy of the
+encoder with its `fc` set to the trained head, ready for `rocl_zoo.hub.save_pretrained` and for attacks.
+
+SLF computes the frozen features once and trains the head on them: with no augmentation and a frozen encoder
+the features never change, so this is the same optimisation at a fraction of the cost. ALF cannot: each step
+makes PGD-10 examples through the frozen encoder and the current head, then trains the head on their features.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, DataError
+
+MILESTONE_FRACTIONS = (30 / 150, 50 / 150, 100 / 150)
+
+
+def as_tensors(data, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images in [0, 1], labels) from a Dataset of (image, label) or an (x, y) pair; n: a fixed random subset."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):
+        x, y = data
+    elif hasattr(data, "images") and hasattr(data, "labels"):  # rocl_zoo.data.ImageTensorDataset: no per-item work
+        x, y = data.images, data.labels
+    else:
+        if len(data) == 0:
+            raise DataError("the dataset is empty.")
+        items = [data[i] for i in range(len(data))]
+        x = torch.stack([torch.as_tensor(a) for a, _ in items])
+        y = torch.as_tensor([int(b) for _, b in items])
+    if n is not None and n < len(x):
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        x, y = x[idx], y[idx]
+    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    if len(x) and (x.min() < 0 or x.max() > 1):
+        raise DataError("images must be in [0, 1] (models normalise inside).")
+    return x, torch.as_tensor(y).long()
+
+
+def check_encoder(model: nn.Module) -> None:
+    for attr in ("forward_features", "forward_head", "reset_classifier", "num_features"):
+        if not hasattr(model, attr):
+            raise ConfigError(f"linear evaluation needs a timm-style encoder with `{attr}`; "
+                              f"{type(model).__name__} has none. Load it with rocl_zoo.load or rocl_zoo.create_model.")
+
+
+@torch.no_grad()
+def extract(encoder: nn.Module, x: torch.Tensor, batch_size: int = 256, device=None, progress: bool = False,
+            desc: str = "features") -> torch.Tensor:
+    """Pooled pre-logit features of a frozen encoder (eval mode), in batches."""
+    device = device or next(encoder.parameters()).device
+    out = []
+    for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress or None, leave=False):
+        xb = x[i:i + batch_size].to(device, non_blocking=True)
+        out.append(encoder.forward_head(encoder.forward_features(xb), pre_logits=True).float())
+    return torch.cat(out) if out else torch.empty(0, encoder.num_features, device=device)
+
+
+def milestones(epochs: int) -> list[int]:
+    """RoCL's LR milestones (30, 50, 100 of 150 epochs), scaled to `epochs`."""
+    return sorted({max(1, round(f * epochs)) for f in MILESTONE_FRACTIONS if round(f * epochs) < epochs})
+
+
+def train_linear_head(encoder: nn.Module, train_set, *, num_classes: int | None = None, robust: bool = False,
+                      epochs: int = 150, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
+                      batch_size: int = 256, eps: float = 8 / 255, alpha: float = 0.007, steps: int = 10,
+                      norm: str = "linf", n_examples: int | None = None, seed: int = 0, device=None,
+                      progress: bool = True, label_names=None) -> nn.Module:
+    """Train a linear head on a frozen encoder; return a classifier (a copy of the encoder with `fc` set).
+
+    robust=False: standard linear evaluation (SLF), on precomputed features. robust=True: robust linear
+    evaluation (ALF), each step on PGD examples (eps, alpha, steps, norm; random start) made through the frozen
+    encoder and the current head. The encoder passed in is not modified.
+    """
+    from . import attacks
+
+    check_encoder(encoder)
+    if epochs < 1 or lr <= 0 or batch_size < 1:
+        raise ConfigError(f"epochs and batch_size must be >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}.")
+    x, y = as_tensors(train_set, n_examples, seed)
+    if num_classes is None:
+        num_classes = len(getattr(train_set, "classes", None) or []) or int(y.max()) + 1
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise DataError(f"labels must be in [0, {num_classes}), got {int(y.min())}..{int(y.max())}.")
+    device = torch.device(device) if device is not None else next(encoder.parameters()).device
+
+    torch.manual_seed(seed)  # the head's init, the shuffles and PGD's random starts: one seed, one result
+    clf = copy.deepcopy(encoder).to(device).eval()
+    clf.reset_classifier(num_classes)
+    head = clf.get_classifier() if hasattr(clf, "get_classifier") else clf.fc
+    head.to(device)
+    nn.init.normal_(head.weight, std=0.01)
+    nn.init.zeros_(head.bias)
+    flags = [(p, p.requires_grad) for p in clf.parameters()]
+    for p in clf.parameters():
+        p.requires_grad_(False)
+    for p in head.parameters():
+        p.requires_grad_(True)
+
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones(epochs), gamma=0.1)
+    feats = None if robust else extract(clf, x, batch_size, device, progress, "features (frozen encoder)")
+    try:
+        bar = tqdm(range(epochs), desc=("robust " if robust else "") + "linear eval", disable=not progress or None)
+        for _ in bar:
+            perm = torch.randperm(len(x), generator=gen)
+            total, n = 0.0, 0
+            for i in range(0, len(x), batch_size):
+                idx = perm[i:i + batch_size]
+                yb = y[idx].to(device, non_blocking=True)
+                if robust:
+                    xb = x[idx].to(device, non_blocking=True)
+                    x_adv = attacks.pgd(clf, xb, yb, eps=eps, alpha=alpha, steps=steps, norm=norm)
+                    with torch.no_grad():
+                        fb = clf.forward_head(clf.forward_features(x_adv), pre_logits=True)
+                else:
+                    fb = feats[idx.to(feats.device)]
+                loss = F.cross_entropy(head(fb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total, n = total + loss.item() * len(idx), n + len(idx)
+            sched.step()
+            bar.set_postfix(loss=f"{total / max(n, 1):.4f}", lr=f"{sched.get_last_lr()[0]:.3g}")
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for p in head.parameters():
+            p.requires_grad_(True)
+    cfg = dict(getattr(clf, "pretrained_cfg", None) or {})
+    names = label_names or getattr(train_set, "classes", None)
+    cfg["label_names"] = tuple(names) if names is not None and len(names) == num_classes else \
+        tuple(str(i) for i in range(num_classes))
+    cfg["num_classes"] = num_classes
+    clf.pretrained_cfg = clf.default_cfg = cfg
+    return clf.eval()

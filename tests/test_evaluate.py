@@ -1,0 +1,250 @@
+"""Evaluation: attack specs, gradient-masking checks, linear probes, the CLI, results files and tables."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from rocl_zoo import evaluate as E
+from rocl_zoo.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: these tests run tiny ops, and on the shared 2-core machine a second OpenMP thread that
+    gets descheduled makes each op wait for it (measured: 0.4 s with 1 thread, 29 s with 2, for the same test)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------------ attack specs
+
+def test_parse_eps_and_attack_specs():
+    assert E.parse_eps("8/255") == pytest.approx(8 / 255) and E.parse_eps("0.5") == 0.5
+    assert E.eps_str(8 / 255) == "8/255" and E.eps_str(0.1) == "0.1"
+    c = E.parse_attack("pgd20", 8 / 255, "linf")
+    assert (c["attack"], c["steps"], c["norm"], c["loss"], c["restarts"]) == ("pgd", 20, "linf", "ce", 1)
+    assert c["alpha"] == pytest.approx(8 / 255 / 10)  # DESIGN: PGD-20 at step eps/10
+    c = E.parse_attack("pgd20-l2", 8 / 255, "linf")  # an unseen norm gets that norm's usual budget
+    assert (c["norm"], c["eps"], c["threat_model"]) == ("l2", 0.5, "L2")
+    assert E.parse_attack("pgd50-cwx3@0.2", 0.1, "linf")["restarts"] == 3
+    assert E.parse_attack("cw", 0.1, "linf")["loss"] == "margin"
+    assert E.parse_attack("autoattack", 0.1, "l2")["norm"] == "l2"
+
+
+@pytest.mark.parametrize("spec,eps,match", [("pgd", 0.1, "unknown attack"), ("bim10", 0.1, "unknown attack"),
+                                            ("pgd0", 0.1, "at least one step"), ("pgd20@x", 0.1, "not a number"),
+                                            ("pgd20", 8.0, "8/255"), ("pgd20", -0.1, "eps")])
+def test_bad_specs_and_eps(spec, eps, match):
+    with pytest.raises(ConfigError, match=match):
+        E.parse_attack(spec, eps, "linf")
+
+
+# ------------------------------------------------------------------------------- gradient-masking checks
+
+class Quantised(nn.Module):
+    """A deliberately gradient-masked model: 8-bit input quantisation (torch.round) has zero gradient."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x * 255) / 255)
+
+
+def teacher_data(n=96, d=64, k=10, seed=0):
+    """A linear model and inputs it classifies with 100 % accuracy (labels are its own predictions)."""
+    g = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(d, k)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(k, d, generator=g))
+        lin.bias.zero_()
+    model = nn.Sequential(nn.Flatten(), lin)
+    x = torch.rand(n, 1, 8, 8, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def test_sanity_checks_fire_on_a_gradient_masked_model():
+    plain, x, y = teacher_data()
+    masked = Quantised(plain)
+    assert E.A.accuracy(masked, x, y) == 1.0
+    out = E.run_sanity_checks(masked, x, y, eps=0.05, norm="linf", num_classes=10, source_model=plain,
+                              source_name="plain")
+    assert not out["passed"]
+    assert {"large_eps_chance", "black_box_not_stronger"} <= set(out["flags"]), out
+    checks = {c["name"]: c for c in out["checks"]}
+    assert checks["large_eps_chance"]["values"]["accuracy"] > 0.9
+
+
+def test_sanity_checks_stay_quiet_on_a_plain_model():
+    plain, x, y = teacher_data()
+    out = E.run_sanity_checks(plain, x, y, eps=0.05, norm="linf", num_classes=10, source_model=plain,
+                              source_name="plain")
+    assert out["passed"], out
+    out = E.run_sanity_checks(plain, x, y, eps=1.0, norm="l2", num_classes=10)
+    assert out["passed"], out
+    assert {c["name"]: c["ok"] for c in out["checks"]}["black_box_not_stronger"] is None  # skipped, not failed
+
+
+def test_autoattack_and_eps_checks_fire():
+    assert E.check_autoattack(pgd_acc=0.40, aa_acc=0.45, n=1000)["ok"] is False  # AA weaker than PGD: a bug
+    assert E.check_autoattack(pgd_acc=0.60, aa_acc=0.20, n=1000)["ok"] is False  # PGD far above AA: masking
+    assert E.check_autoattack(pgd_acc=0.42, aa_acc=0.40, n=1000)["ok"] is True
+    assert E.check_black_box(0.3, 0.1, n=1000)["ok"] is False
+
+    class RisingWithEps(nn.Module):  # accuracy that grows with the perturbation: must be flagged
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            far = (x - 0.5).abs().flatten(1).amax(1) > 0.45  # only heavily perturbed inputs are "correct"
+            return torch.stack([far.float(), 1 - far.float()], 1) + 0 * self.w
+
+    x = torch.full((32, 1, 4, 4), 0.5)
+    out = E.check_eps_monotone(RisingWithEps(), x, torch.zeros(32, dtype=torch.long), eps=0.4, norm="linf")
+    assert out["ok"] is False
+
+
+def test_evaluate_with_transfer_and_sanity_results_dict():
+    plain, x, y = teacher_data(n=48)
+    r = E.evaluate(Quantised(plain), x, y, attacks="clean,fgsm,pgd10,pgd10-l2", eps=0.05, norm="linf",
+                   source_model=plain, source_name="plain", sanity=True, progress=False,
+                   meta={"model": "masked", "dataset": "synthetic"})
+    assert r["clean_acc"] == 100.0 and r["threat_model"] == "Linf" and r["autoattack_acc"] is None
+    assert set(r["attacks"]) == {"clean", "fgsm", "pgd10", "pgd10-l2", "transfer-fgsm", "transfer-pgd10",
+                                 "transfer-pgd10-l2"}
+    assert r["attacks"]["transfer-pgd10"]["acc"] < r["attacks"]["pgd10"]["acc"]
+    assert r["robust_acc"] <= r["pgd_acc"] and not r["sanity"]["passed"]
+    json.dumps(r)  # serialisable
+
+
+# ----------------------------------------------------------------------------------------- linear probes
+
+def blobs(n, seed):
+    """Two-class images told apart by their left-half brightness: a frozen random CNN separates them."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = 0.1 + 0.3 * torch.rand(n, 1, 8, 8, generator=g)
+    x[:, :, :, :4] += 0.5 * y.view(-1, 1, 1, 1)
+    return x, y
+
+
+def encoder():
+    import timm
+
+    import rocl_zoo  # noqa: F401  (registers the architectures)
+
+    enc = timm.create_model("cnn4_rocl", num_classes=0, in_chans=1)
+    # Calibrate BN on the data, as training would: with untouched running statistics a random CNN's eval-mode
+    # features are ~0.01 and a linear head needs hundreds of steps to read them.
+    for m in enc.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None
+    with torch.no_grad():
+        enc.train()(blobs(256, 2)[0])
+    return enc.eval()
+
+
+def test_linear_head_learns_and_leaves_the_encoder_alone():
+    from rocl_zoo.linear import milestones, train_linear_head
+
+    enc = encoder()
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    clf = train_linear_head(enc, blobs(256, 0), num_classes=2, epochs=15, batch_size=32, progress=False)
+    x, y = blobs(128, 1)
+    assert E.A.accuracy(clf, x, y) > 0.9
+    assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items())
+    assert enc.num_classes == 0 and clf.num_classes == 2 and not clf.training
+    assert all(p.requires_grad for p in clf.parameters())
+    assert milestones(150) == [30, 50, 100] and milestones(3) == [1, 2]
+
+    rob = train_linear_head(enc, blobs(64, 0), num_classes=2, robust=True, epochs=1, steps=2, progress=False)
+    assert torch.equal(rob.forward_features(x), enc.forward_features(x))  # encoder frozen in ALF too
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+
+class TinySet(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y, self.classes = x, y, ["dark", "bright"]
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
+@pytest.fixture
+def saved_encoder(tmp_path, monkeypatch):
+    from rocl_zoo.hub import save_pretrained
+
+    folder = save_pretrained(encoder(), tmp_path / "enc", dataset="blobs", recipe="test")
+    real = E._load_dataset  # other names go to rocl_zoo.data (and its errors)
+    monkeypatch.setattr(E, "_load_dataset", lambda name, split, root=None, download=False: (
+        TinySet(*blobs(96, 0 if split == "train" else 1)) if name == "blobs" else real(name, split, root, download)))
+    return folder
+
+
+def test_cli_linear_protocol_writes_results_classifier_and_table(saved_encoder, tmp_path, capsys):
+    import rocl_zoo
+
+    out = tmp_path / "results" / "enc.json"
+    rc = E.main([str(saved_encoder), "--protocol", "linear", "--epochs", "10", "--linear-batch-size", "16", "--attacks", "clean,fgsm,pgd5",
+                 "--eps", "0.05", "--n-examples", "48", "--out", str(out), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    r = json.loads(out.read_text())
+    for key in ("clean_acc", "autoattack_acc", "eps", "dataset", "threat_model", "architecture", "n_examples",
+                "seed", "hardware", "wall_time_s", "attacks", "protocol_config"):
+        assert key in r, key
+    assert r["dataset"] == "blobs" and r["architecture"] == "cnn4_rocl" and r["n_examples"] == 48
+    assert r["attacks"]["pgd5"]["config"]["steps"] == 5 and r["clean_acc"] > 80
+    clf = rocl_zoo.load(r["classifier"])  # encoder + head in the Hub layout
+    assert clf.num_classes == 2 and clf.pretrained_cfg["label_names"] == ("dark", "bright")
+    x, y = blobs(48, 1)
+    assert E.A.accuracy(clf, x, y) * 100 == pytest.approx(r["clean_acc"], abs=5)
+
+    rc = E.main(["--table", str(tmp_path / "results")])
+    table = capsys.readouterr().out
+    assert rc == 0 and "| Model | Dataset | Protocol | Threat model | Clean | FGSM | pgd5 |" in table
+    assert f"{r['clean_acc']:.2f}" in table and "Linf 0.05" in table
+
+
+def test_cli_robust_linear_and_sanity(saved_encoder, tmp_path):
+    out = tmp_path / "r.json"
+    rc = E.main([str(saved_encoder), "--protocol", "robust-linear", "--epochs", "1", "--train-examples", "32",
+                 "--attacks", "clean,pgd20", "--eps", "0.05", "--n-examples", "16", "--sanity",
+                 "--sanity-examples", "8", "--out", str(out), "--quiet"])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["protocol"] == "robust-linear" and r["protocol_config"]["train_attack"]["steps"] == 10
+    assert {c["name"] for c in r["sanity"]["checks"]} == {"eps_monotone", "large_eps_chance", "more_steps_restarts",
+                                                          "black_box_not_stronger", "autoattack_vs_pgd"}
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["no_such_arch.tag"], "No zoo entry|Unknown architecture|not"),
+    (["{enc}", "--dataset", "no_such_data"], "unknown dataset"),
+    (["{enc}", "--eps", "-1"], "eps"),
+    (["{enc}", "--eps", "8"], "8/255"),
+    (["{enc}", "--eps", "eight"], "not a number"),
+    (["{enc}", "--attacks", "clean,bogus"], "unknown attack"),
+    (["{enc}"], "encoder without a classifier head"),
+    ([], "SOURCE"),
+])
+def test_cli_errors_are_clear(saved_encoder, capsys, argv, match):
+    argv = [a.replace("{enc}", str(saved_encoder)) for a in argv]
+    assert E.main(argv + ["--quiet", "--n-examples", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and __import__("re").search(match, err), err
+
+
+def test_table_of_nothing_and_bad_folder(tmp_path, capsys):
+    assert E.main(["--table", str(tmp_path)]) == 0 and "No results" in capsys.readouterr().out
+    assert E.main(["--table", str(tmp_path / "missing")]) == 2
