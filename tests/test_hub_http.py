@@ -111,3 +111,27 @@ def test_zoo_name_with_wrong_sha256_is_refused(local_hub, folders, monkeypatch):
     local_hub.add_folder(entry.hf_hub_id, folder)
     with pytest.raises(IntegrityError, match="sha256"):
         rocl_zoo.load(entry.name)
+
+
+def test_exported_folder_served_by_the_hub_loads_everywhere(local_hub, tmp_path):
+    """Issue 6, loading back: an exported folder on the (stand-in) Hub gives the exported model's logits through
+    rocl_zoo.load, timm and ONNX Runtime, online and then offline from the cache."""
+    import timm
+    from huggingface_hub import hf_hub_download
+
+    from rocl_zoo.export import export
+    from rocl_zoo.onnx import OnnxClassifier
+
+    model = rocl_zoo.create_model("cnn4_rocl.fmnist").eval()
+    with pytest.warns(UserWarning, match="without results"):
+        folder = export(model, tmp_path / "out", n_check=2, pgd_steps=1)
+    local_hub.add_folder("test-org/exported", folder)
+    want = _logits(model)
+    for _ in ("online", "offline"):
+        assert torch.equal(_logits(rocl_zoo.load("hf-hub:test-org/exported")), want)
+        assert torch.equal(_logits(timm.create_model("hf-hub:test-org/exported", pretrained=True)), want)
+        hf_hub_download("test-org/exported", "config.json")  # beside model.onnx in the snapshot: labels, checksum
+        clf = OnnxClassifier(hf_hub_download("test-org/exported", "model.onnx"))
+        x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+        assert abs(clf.logits(x) - want.numpy()).max() <= 1e-4 and clf.label_names[0] == "T-shirt/top"
+        local_hub.go_offline()

@@ -1,0 +1,112 @@
+"""ONNX Runtime against PyTorch eager: inference images/s at batch 1 and 256 on the zoo's architectures.
+
+    python benchmarks/bench_inference.py [--archs cnn4_rocl resnet18_rocl] [--batches 1 256] [--budget 2]
+
+Each architecture is exported with rocl_zoo.export.export_onnx (the path `python -m rocl_zoo.export --onnx`
+takes) and run by rocl_zoo.onnx.OnnxClassifier on the CPU provider. PyTorch and ONNX Runtime calls alternate
+in one process on the same inputs, so background load hits both alike and the ratio is the number to read.
+Each (architecture, batch) gets about --budget seconds (at least one timed call of each after a warm-up call;
+calls slower than 2 s are timed once without a warm-up). Goal: ONNX Runtime at least 3x faster at batch 1.
+Results are printed and written to benchmarks/results/bench_inference.txt.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import rocl_zoo  # noqa: E402
+from rocl_zoo.export import export_onnx  # noqa: E402
+from rocl_zoo.onnx import OnnxClassifier  # noqa: E402
+from rocl_zoo.utils import hardware_name  # noqa: E402
+
+ARCHS = ["cnn4_rocl", "cnn4w_rocl", "resnet18_rocl", "resnet50_rocl", "wrn34_10_rocl"]
+RESULTS = Path(__file__).parent / "results" / "bench_inference.txt"
+
+
+def _time(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def measure(model, clf, batch: int, budget: float) -> tuple[float, float, int]:
+    """Median seconds per call for PyTorch and ONNX Runtime, calls alternating; and the number of timed pairs."""
+    c, h, w = clf.input_size
+    x = torch.rand(batch, c, h, w)
+    xn = x.numpy()
+
+    def run_torch():
+        with torch.inference_mode():
+            model(x)
+
+    def run_ort():
+        clf.session.run(None, {clf.input_name: xn})
+
+    first_t, first_o = _time(run_torch), _time(run_ort)  # warm-up (allocations, kernel choice)
+    ts, os_ = [], []
+    if max(first_t, first_o) > 2.0:  # too slow to afford a separate warm-up
+        ts, os_ = [first_t], [first_o]
+    start = time.perf_counter()
+    while not ts or (time.perf_counter() - start < budget and len(ts) < 200):
+        ts.append(_time(run_torch))
+        os_.append(_time(run_ort))
+    return statistics.median(ts), statistics.median(os_), len(ts)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--archs", nargs="+", default=ARCHS)
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 256])
+    p.add_argument("--budget", type=float, default=2.0, help="seconds per (architecture, batch) (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                   help="torch and ONNX Runtime intra-op threads (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="where to write the table (default: %(default)s)")
+    args = p.parse_args(argv)
+
+    import onnxruntime as ort
+
+    torch.set_num_threads(args.threads)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    lines = []
+
+    def say(s=""):
+        print(s, flush=True)
+        lines.append(s)
+
+    say("ONNX Runtime vs PyTorch eager, inference (untrained weights; speed does not depend on them)")
+    say(f"hardware: {hardware_name()}")
+    say(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {args.threads} threads each, "
+        f"load average before: {os.getloadavg()[0]:.1f}")
+    say(f"{'architecture':<15} {'input':<10} {'batch':>5} {'torch img/s':>12} {'onnx img/s':>12} {'ratio':>7} {'calls':>6}")
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="rocl_bench_") as tmp:
+        for arch in args.archs:
+            model = rocl_zoo.create_model(arch).eval()
+            path = export_onnx(model, Path(tmp) / f"{arch}.onnx")
+            clf = OnnxClassifier(path, providers=["CPUExecutionProvider"], session_options=opts)
+            for batch in args.batches:
+                t_torch, t_ort, n = measure(model, clf, batch, args.budget)
+                say(f"{arch:<15} {'x'.join(map(str, clf.input_size)):<10} {batch:>5} {batch / t_torch:>12.1f} "
+                    f"{batch / t_ort:>12.1f} {t_torch / t_ort:>6.2f}x {n:>6}")
+            path.unlink()
+    say(f"ratio = ONNX Runtime images/s / PyTorch images/s (median call times, calls alternating); "
+        f"goal: >= 3x at batch 1. Total {time.perf_counter() - t_all:.0f} s, load average after: "
+        f"{os.getloadavg()[0]:.1f}.")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
