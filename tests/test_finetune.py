@@ -1,0 +1,302 @@
+"""rocl_zoo.finetune: the four modes end to end on tiny data, frozen encoders, attacks that ran, exact resume,
+channel and size adaptation, and errors that lose nothing already written.
+
+Tiny on purpose (2 shared CPU cores): 8x8 digits (the model is told image_size=8, so no resize cost), 100-odd
+training images, 1-2 epochs, PGD with 2 steps.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import rocl_zoo
+from rocl_zoo import finetune as ft
+from rocl_zoo.errors import ConfigError, DataError, IntegrityError
+
+TINY = dict(image_size=8, epochs=1, batch_size=32, steps=2, subset=120, val_examples=20, eval_examples=40,
+            progress=False, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    """A small grey 28x28 encoder (random init) saved in the Hub layout, as a zoo encoder would be."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("enc") / "cnn4_enc"
+    rocl_zoo.save_pretrained(rocl_zoo.create_model("cnn4_rocl", num_classes=0), folder, dataset="fashion_mnist")
+    return folder
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _encoder_state(model):
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+
+
+@pytest.fixture(scope="module")
+def runs(encoder_dir, tmp_path_factory):
+    """Each mode once, with a hook recording every training step's adversarial batch and a PGD call counter."""
+    from rocl_zoo import attacks
+
+    out, seen = {}, {}
+    real_pgd, real_hook = attacks.pgd, ft._after_step
+    for mode in ft.MODES:
+        calls, steps = [], []
+
+        def counting_pgd(model, x, y, eps, **kw):
+            calls.append((len(x), kw.get("steps"), eps))
+            return real_pgd(model, x, y, eps, **kw)
+
+        def hook(state, steps=steps):
+            xa = state["x_adv"]
+            steps.append(None if xa is None else xa.detach().clone())
+
+        attacks.pgd, ft._after_step = counting_pgd, hook
+        try:
+            folder = tmp_path_factory.mktemp("run") / mode
+            out[mode] = ft.finetune(str(encoder_dir), "digits", mode=mode, out=folder, **TINY)
+        finally:
+            attacks.pgd, ft._after_step = real_pgd, real_hook
+        seen[mode] = dict(calls=calls, x_adv=steps)
+    return out, seen
+
+
+def _noop(state):
+    return None
+
+
+@pytest.mark.parametrize("mode", list(ft.MODES))
+def test_mode_end_to_end(runs, encoder_dir, mode):
+    import timm
+
+    run = runs[0][mode]
+    out = run.out
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "results.json", "classifier/model.safetensors",
+                 "classifier/config.json", "classifier/README.md"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema"].startswith("rocl_zoo.eval/") and results["protocol"] == f"finetune-{mode}"
+    assert results["dataset"] == "digits" and results["n_examples"] == 40 and results["eps"] == pytest.approx(0.1)
+    assert 0 <= results["pgd_acc"] <= results["clean_acc"] <= 100
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1] and metrics == run.metrics
+    config = json.loads((out / "config.json").read_text())
+    assert config["mode"] == mode and config["num_classes"] == 10 and config["input_size"] == [1, 8, 8]
+    assert config["n_train"] + config["n_val"] == 120 and config["n_val"] == 12  # 10 % held out
+    # Loadable three ways, the same function everywhere.
+    clf = rocl_zoo.load(out / "classifier")
+    via_timm = timm.create_model(f"local-dir:{out / 'classifier'}", pretrained=True).eval()
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        ref = run.model.eval()(x)
+        assert torch.equal(clf(x), ref) and torch.allclose(via_timm(x), ref)
+    assert clf.num_classes == 10 and list(clf.pretrained_cfg["label_names"]) == [str(i) for i in range(10)]
+    card = (out / "classifier" / "README.md").read_text()
+    assert mode in card and "digits" in card and "Clean" in card
+    assert clf.pretrained_cfg["rocl_zoo"]["finetune"]["mode"] == mode
+    # Linear modes: the encoder (weights and BN statistics) is bit-identical; full fine-tuning changes it.
+    enc = _encoder_state(rocl_zoo.load(encoder_dir))
+    trained = _encoder_state(clf)
+    identical = all(torch.equal(enc[k], trained[k]) for k in enc)
+    assert identical == (mode in ft.LINEAR_MODES)
+
+
+@pytest.mark.parametrize("mode", ["robust-linear", "at", "trades"])
+def test_adversarial_modes_train_on_attacks(runs, mode):
+    run, seen = runs[0][mode], runs[1][mode]
+    n_train, eps = run.config["n_train"], run.config["eps"]
+    n_batches = -(-n_train // 32)
+    m = run.metrics[0]
+    assert m["adv_examples"] == n_train and 0 < m["adv_size_mean"] <= m["adv_size_max"] <= eps + 1e-6
+    assert len(seen["x_adv"]) == n_batches and all(xa is not None for xa in seen["x_adv"])
+    train_calls = [c for c in seen["calls"] if c[1] == 2]  # PGD with the training steps (the eval's is PGD-20)
+    if mode == "trades":
+        assert len(train_calls) == 1  # only the validation's PGD: TRADES trains on its own KL attack
+    else:
+        assert len(train_calls) == n_batches + 1  # every training batch, plus the validation split
+    assert "val_robust_acc" in m
+
+
+def test_linear_mode_has_no_attack_in_training(runs):
+    seen = runs[1]["linear"]
+    assert all(xa is None for xa in seen["x_adv"])
+    assert runs[0]["linear"].metrics[0]["train_on"] == "clean features"
+
+
+def test_resume_is_exact(encoder_dir, tmp_path, monkeypatch):
+    kw = dict(TINY, epochs=2, subset=100)
+    straight = ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "straight", **kw)
+
+    def stop(state):
+        if state["epoch"] == 1 and state["step"] == 1:
+            ft._StopFlag.requested = True
+
+    monkeypatch.setattr(ft, "_after_step", stop)
+    with pytest.raises(ft.FinetuneInterrupted, match="--resume"):
+        ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", **kw)
+    ft._StopFlag.requested = False
+    ck = ft.load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert (ck["epoch"], ck["step"]) == (1, 1) and not (tmp_path / "cut" / "results.json").exists()
+    with pytest.raises(ConfigError, match="already holds"):
+        ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", **kw)
+    with pytest.raises(ConfigError, match="lr"):
+        ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", resume=True, **dict(kw, lr=0.05))
+    monkeypatch.setattr(ft, "_after_step", _noop)
+    resumed = ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", resume=True, **kw)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda ms: [{k: v for k, v in m.items() if not k.endswith("time_s")} for m in ms]  # noqa: E731
+    assert strip(straight.metrics) == strip(resumed.metrics)
+    assert straight.results["pgd_acc"] == resumed.results["pgd_acc"]
+
+    # A finished run resumes to its results without training again.
+    def boom(state):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(ft, "_after_step", boom)
+    again = ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", resume=True, **kw)
+    assert again.results["clean_acc"] == resumed.results["clean_acc"]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(encoder_dir, tmp_path, monkeypatch):
+    kw = dict(TINY, epochs=2, subset=60, val_examples=6, eval_examples=10)
+
+    def stop(state):
+        ft._StopFlag.requested = True
+
+    monkeypatch.setattr(ft, "_after_step", stop)
+    with pytest.raises(ft.FinetuneInterrupted):
+        ft.finetune(str(encoder_dir), "digits", mode="linear", out=tmp_path / "r", **kw)
+    ft._StopFlag.requested = False
+    monkeypatch.setattr(ft, "_after_step", _noop)
+    path = tmp_path / "r" / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:100])
+    before = _snapshot(tmp_path / "r")
+    with pytest.raises(IntegrityError, match="corrupt"):
+        ft.finetune(str(encoder_dir), "digits", mode="linear", out=tmp_path / "r", resume=True, **kw)
+    after = _snapshot(tmp_path / "r")
+    assert after == before
+
+
+def _imagefolder(root, classes=("cat", "dog"), n=8, size=(10, 12), bad=None):
+    rng = np.random.default_rng(0)
+    for ci, c in enumerate(classes):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            arr = (rng.random((size[1], size[0], 3)) * 100 + 120 * ci).astype(np.uint8)
+            Image.fromarray(arr).save(root / c / f"{i}.png")
+    if bad:
+        (root / classes[0] / bad).write_bytes(b"not an image")
+    return root
+
+
+def test_errors_lose_nothing(runs, encoder_dir, tmp_path):
+    out = runs[0]["linear"].out
+    before = _snapshot(out)
+    with pytest.raises(ConfigError, match="--resume"):
+        ft.finetune(str(encoder_dir), "digits", mode="linear", out=out, **TINY)
+    with pytest.raises(DataError, match="unknown dataset"):
+        ft.finetune(str(encoder_dir), "digitz", mode="linear", out=out, overwrite=True, **TINY)
+    with pytest.raises(DataError, match="not a folder"):
+        ft.finetune(str(encoder_dir), f"imagefolder:{tmp_path / 'missing'}", mode="linear", out=out, overwrite=True,
+                    **TINY)
+    one = _imagefolder(tmp_path / "one", classes=("only",))
+    with pytest.raises(DataError, match="at least 2"):
+        ft.finetune(str(encoder_dir), f"imagefolder:{one}", mode="linear", out=out, overwrite=True, **TINY)
+    broken = _imagefolder(tmp_path / "broken", bad="broken.png")
+    with pytest.raises(DataError, match="broken.png"):
+        ft.finetune(str(encoder_dir), f"imagefolder:{broken}", mode="linear", out=out, overwrite=True, **TINY)
+    with pytest.raises(ConfigError, match="mode"):
+        ft.finetune(str(encoder_dir), "digits", mode="fgsm", out=out, overwrite=True, **TINY)
+    with pytest.raises(rocl_zoo.ModelNotFoundError):
+        ft.finetune(str(tmp_path / "no-such-model"), "digits", mode="linear", out=out, overwrite=True, **TINY)
+    assert _snapshot(out) == before
+
+
+def test_adapt_in_chans_keeps_the_function():
+    torch.manual_seed(0)
+    grey = rocl_zoo.create_model("cnn4_rocl", num_classes=0, in_chans=1, mean=0.3, std=0.4).eval()
+    rgb = ft.adapt_in_chans(__import__("copy").deepcopy(grey), 3).eval()
+    assert rgb.in_chans == 3 and rgb.normalize.mean.shape == (1, 3, 1, 1)
+    x = torch.rand(2, 1, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(rgb(x.expand(-1, 3, -1, -1)), grey(x), atol=1e-5)
+    colour = rocl_zoo.create_model("cnn4_rocl", num_classes=0, in_chans=3, mean=(0.5, 0.5, 0.5),
+                                   std=(0.2, 0.2, 0.2)).eval()
+    back = ft.adapt_in_chans(__import__("copy").deepcopy(colour), 1).eval()
+    with torch.no_grad():
+        assert torch.allclose(back(x), colour(x.expand(-1, 3, -1, -1)), atol=1e-5)
+
+
+def test_channel_and_size_adaptation_end_to_end(encoder_dir, tmp_path):
+    """RGB 10x12 images into a grey 28x28 encoder: the data are converted (default), or the model is (in_chans)."""
+    folder = _imagefolder(tmp_path / "pets", n=10)
+    data = ft.load_data(f"imagefolder:{folder}", in_chans=1, size=(28, 28), val_fraction=0.1)
+    assert data["train"][0].shape[1:] == (1, 28, 28) and data["test"][0].shape[1:] == (1, 28, 28)
+    assert len(data["test"][1]) == 4 and len(data["train"][1]) + len(data["val"][1]) == 16  # test held out
+    assert data["classes"] == ["cat", "dog"]
+    kw = dict(epochs=1, batch_size=8, steps=1, val_examples=4, progress=False, device="cpu")
+    run = ft.finetune(str(encoder_dir), f"imagefolder:{folder}", mode="linear", out=tmp_path / "grey", **kw)
+    assert run.config["input_size"] == [1, 28, 28] and run.config["source_input_size"] == [3, 28, 28]
+    rgb = ft.finetune(str(encoder_dir), f"imagefolder:{folder}", mode="at", in_chans=3, image_size=16,
+                      out=tmp_path / "rgb", **kw)
+    clf = rocl_zoo.load(tmp_path / "rgb" / "classifier")
+    assert clf.in_chans == 3 and clf.num_classes == 2 and tuple(clf.pretrained_cfg["input_size"]) == (3, 16, 16)
+    assert list(clf.pretrained_cfg["label_names"]) == ["cat", "dog"]
+    with torch.no_grad():
+        assert clf(torch.rand(1, 3, 16, 16)).shape == (1, 2)
+    assert rgb.config["adapt"] == "model"
+
+
+def test_trades_loss_and_attack():
+    torch.manual_seed(0)
+    model = rocl_zoo.create_model("cnn4_rocl", num_classes=3).eval()
+    logits, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1])
+    assert torch.allclose(ft.trades_loss(logits, logits, y, 6.0), torch.nn.functional.cross_entropy(logits, y))
+    assert ft.trades_loss(logits, logits.flip(1), y, 6.0) > ft.trades_loss(logits, logits, y, 6.0)
+    x = torch.rand(4, 1, 8, 8)
+    x_adv = ft.trades_attack(model.train(), x, eps=0.1, alpha=0.05, steps=3)
+    assert model.training  # mode restored
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and (x_adv - x).abs().max() > 0.05
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_settings_defaults():
+    at = ft.resolve_settings("at", "cifar10")
+    assert (at["epochs"], at["lr"], at["milestones"], at["weight_decay"]) == (25, 0.1, [15, 20], 2e-4)
+    assert at["eps"] == pytest.approx(8 / 255) and at["alpha"] == pytest.approx(2 / 255) and at["steps"] == 10
+    assert ft.resolve_settings("trades", "digits")["beta"] == 6 and ft.resolve_settings("trades", "digits")["eps"] == 0.1
+    lin = ft.resolve_settings("linear", "cifar10")
+    assert (lin["epochs"], lin["milestones"], lin["weight_decay"]) == (150, [30, 50, 100], 5e-4)
+    assert [ft.lr_at(at, e) for e in (0, 14, 15, 19, 20, 24)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    with pytest.raises(ConfigError):
+        ft.resolve_settings("at", "digits", eps="8")
+
+
+def test_cli(encoder_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        ft.main(["--help"])
+    assert e.value.code == 0
+    help_text = capsys.readouterr().out
+    for mode, line in ft.MODES.items():
+        assert mode in help_text and line[:40] in help_text
+    for flag in ("--epochs", "--lr", "--batch-size", "--eps", "--steps", "--image-size", "--out", "--resume",
+                 "--device", "--autoattack", "--in-chans"):
+        assert flag in help_text
+    assert ft.main(["--model", str(encoder_dir), "--dataset", "nope", "--mode", "at", "--out",
+                    str(tmp_path / "x")]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    code = ft.main(["--model", str(encoder_dir), "--dataset", "digits", "--mode", "robust-linear", "--out",
+                    str(tmp_path / "cli"), "--epochs", "1", "--image-size", "8", "--subset", "60", "--steps", "1",
+                    "--eval-examples", "20", "--val-examples", "6", "--eps", "8/255", "--milestones", "1",
+                    "--quiet", "--device", "cpu"])
+    assert code == 0
+    assert "robust-linear: clean" in capsys.readouterr().out
+    config = json.loads((tmp_path / "cli" / "config.json").read_text())
+    assert config["eps"] == pytest.approx(8 / 255) and config["milestones"] == [1]
