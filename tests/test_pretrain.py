@@ -1,0 +1,146 @@
+"""The pretraining loop: exact resume, DDP equivalence, the loss falls, clear errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rocl_zoo import data as D
+from rocl_zoo.errors import ConfigError, DataError, IntegrityError
+from training import pretrain
+from training.common import LARS, warmup_cosine_lr
+
+ROOT = Path(__file__).resolve().parents[1]
+# Tiny runs: the digits (8x8) with the small CNN, a 64-image subset, batch 16 (4 steps an epoch).
+TINY = ["--recipe", "fmnist_rocl", "--threads", "1", "--quiet", "--subset", "64", "--batch-size", "16",
+        "--epochs", "2", "--set", "dataset=digits", "--set", "proj_hidden=32", "--set", "proj_out=16",
+        "--set", "attack_steps=2", "--set", "ckpt_every=3", "--set", "log_every=1", "--set", "warmup_epochs=0.5"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def run(out, *extra):
+    return pretrain.train(pretrain_args([*TINY, "--out", str(out), *extra]))
+
+
+def pretrain_args(argv):
+    import argparse
+
+    from training import common
+
+    p = argparse.ArgumentParser()
+    common.add_common_args(p)
+    return p.parse_args(argv)
+
+
+def metrics(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_is_exact(tmp_path):
+    full = run(tmp_path / "full")
+    part = tmp_path / "part"
+    run(part, "--max-steps", "5")
+    assert not (part / "encoder").exists() and torch.load(part / "checkpoints/last.pt", weights_only=True)["step"] == 5
+    run(part, "--resume")
+    a, b = load_file(full / "encoder/model.safetensors"), load_file(part / "encoder/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["loss"] for m in metrics(full)] == [m["loss"] for m in metrics(part)]
+    assert [m["step"] for m in metrics(part)] == list(range(1, 9))
+    config = json.loads((full / "config.json").read_text())
+    assert config["name"] == "fmnist_rocl" and config["dataset"] == "digits" and config["total_steps"] == 8
+    import rocl_zoo.hub
+
+    enc = rocl_zoo.hub.load(full / "encoder")
+    assert enc.num_classes == 0 and enc(torch.rand(2, 1, 8, 8)).shape == (2, 256)
+    # a started run is not overwritten by accident; a resume with other settings is refused
+    with pytest.raises(ConfigError, match="--resume"):
+        run(full)
+    with pytest.raises(ConfigError, match="batch_size"):
+        run(part, "--resume", "--batch-size", "32")
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    out = tmp_path / "run"
+    run(out, "--max-steps", "1")
+    ck = out / "checkpoints/last.pt"
+    ck.write_bytes(ck.read_bytes()[:200])
+    with pytest.raises(IntegrityError, match="corrupt"):
+        run(out, "--resume")
+
+
+def test_cli_errors(tmp_path, monkeypatch, capsys):
+    assert pretrain.main(["--recipe", "fmnist_rocll", "--out", str(tmp_path)]) == 2
+    assert "Did you mean fmnist_rocl" in capsys.readouterr().err
+    assert pretrain.main(["--recipe", "fmnist_at", "--out", str(tmp_path)]) == 2  # a supervised recipe
+    assert pretrain.main(["--recipe", "fmnist_rocl", "--set", "nope=1", "--out", str(tmp_path)]) == 2
+    assert "unknown recipe field" in capsys.readouterr().err
+    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    assert pretrain.main(["--recipe", "fmnist_rocl", "--data-root", str(tmp_path / "d"), "--out", str(tmp_path / "o")]) == 2
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+    assert pretrain.main(["--list-recipes"]) == 0 and "cifar10_resnet18_rocl" in capsys.readouterr().out
+
+
+def test_lars_and_schedule():
+    assert warmup_cosine_lr(0, 100, 10, 0.1, 1, 15) == pytest.approx(0.1)
+    assert warmup_cosine_lr(10, 100, 10, 0.1, 1, 15) == pytest.approx(1.5)
+    assert warmup_cosine_lr(100, 100, 10, 0.1, 1, 15) == pytest.approx(0.0)
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    opt = LARS([w], lr=1.0, momentum=0.9, weight_decay=0.0, trust_coef=0.001)
+    w.grad = torch.tensor([0.0, 10.0])
+    opt.step()  # step = lr * trust * ||w|| / ||g|| * g = 0.001 * 5 / 10 * g
+    torch.testing.assert_close(w.detach(), torch.tensor([3.0, 4.0 - 0.005]))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(tmp_path):
+    """torchrun --nproc_per_node=2 (gloo) vs one process on the same global batch: same losses, same weights."""
+    common = [*TINY, "--max-steps", "3", "--set", "attack_negatives=global"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                f"--master_port={port}",
+                "-m", "training.pretrain"]
+    r = subprocess.run([*torchrun, *common, "--out", str(tmp_path / "ddp"), "--device", "cpu"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run(tmp_path / "one", "--max-steps", "3", "--set", "attack_negatives=global")
+    two, one = metrics(tmp_path / "ddp"), metrics(tmp_path / "one")
+    assert json.loads((tmp_path / "ddp/config.json").read_text())["world_size"] == 2
+    assert len(two) == len(one) == 3
+    for a, b in zip(two, one):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["loss_reg"] == pytest.approx(b["loss_reg"], rel=1e-4)
+    sa = torch.load(tmp_path / "ddp/checkpoints/last.pt", weights_only=True)["model"]
+    sb = torch.load(tmp_path / "one/checkpoints/last.pt", weights_only=True)["model"]
+    for k in sb:
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (D.DEBIAN_FASHION_MNIST / "train-labels-idx1-ubyte.gz").is_file(),
+                    reason="apt-get install dataset-fashion-mnist")
+def test_loss_falls_on_fashion_mnist(tmp_path):
+    out = tmp_path / "fm"
+    pretrain.train(pretrain_args([
+        "--recipe", "fmnist_rocl", "--threads", "1", "--quiet", "--subset", "256", "--batch-size", "16",
+        "--epochs", "13", "--max-steps", "200", "--data-root", str(tmp_path / "data"), "--out", str(out),
+        "--set", "proj_hidden=64", "--set", "attack_steps=1", "--set", "log_every=1", "--set", "warmup_epochs=1",
+        "--set", "ckpt_every=1000"]))
+    losses = [m["loss"] for m in metrics(out)]
+    assert len(losses) == 200
+    first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
+    assert last < first - 0.1, (first, last)

@@ -1,0 +1,195 @@
+"""Named training settings: every zoo entry is produced by exactly one recipe.
+
+`python -m training.pretrain --list-recipes` prints them. Any field can be overridden on the command line with
+`--set field=value` (and the common ones have their own flags); the resolved settings are written to the run
+folder's config.json.
+
+Deliberate differences from the original RoCL code (DESIGN.md section 1), each documented where it lives:
+- `reg_pass="fused"` (default): the regulariser (1/lambda) NT-Xent(t(x)_adv, t'(x)) takes its embeddings from
+  the 3N training batch instead of a separate train-mode pass over the 2N batch (DESIGN section 4, fact 3): one
+  forward/backward pass fewer, BN statistics of the 3N batch, and in DDP its negatives come from every rank
+  like the main term's (the loss then depends on the global batch only, not on the number of processes).
+  `--set reg_pass=separate` is the original's exact form (local batch, its own pass).
+- LARS adapts weights only: BN parameters and biases get plain SGD steps and no weight decay (SimCLR's
+  convention; torchlars, which the original uses, adapts every tensor). `--set lars_exclude_bn_bias=false`
+  restores the original.
+- The attack's negatives are the local batch (`attack_negatives="local"`, the original); "global" gathers them
+  from every rank, which makes a DDP run identical to a single process on the same global batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from rocl_zoo.errors import ConfigError
+
+KINDS = ("rocl", "simclr", "at", "trades")
+
+
+@dataclass
+class Recipe:
+    name: str
+    kind: str                       # rocl | simclr (training.pretrain) | at | trades (training.supervised)
+    dataset: str
+    arch: str
+    epochs: int
+    batch_size: int                 # global batch (all processes together)
+    lr: float
+    weight_decay: float
+    description: str = ""
+    momentum: float = 0.9
+    # contrastive pretraining
+    optimizer: str = "lars"         # lars | sgd
+    trust_coef: float = 0.001
+    lars_exclude_bn_bias: bool = True
+    warmup_epochs: float = 10.0     # linear warm-up from lr to lr * warmup_multiplier, then cosine to 0
+    warmup_multiplier: float = 15.0
+    temperature: float = 0.5
+    lam: float = 256.0              # regulariser weight 1/lam; 0 turns it off
+    detach_other_side: bool = True  # the original's z @ z.T.detach()
+    reg_pass: str = "fused"         # fused | separate
+    attack_negatives: str = "local"  # local | global
+    proj_hidden: int = 2048
+    proj_out: int = 128
+    # the training attack (instance-wise for rocl, PGD / TRADES for the supervised baselines)
+    eps: float = 8 / 255
+    alpha: float = 0.007
+    attack_steps: int = 7
+    # supervised baselines
+    lr_milestones: tuple = ()       # epochs where the LR is divided by 10
+    trades_beta: float = 6.0
+    # runtime
+    channels_last: str = "auto"     # auto (CUDA and ResNets on CPU) | true | false
+    amp: str = "auto"               # auto (bf16 on CUDA) | bf16 | off
+    subset: int = 0                 # train on a fixed random subset of this many images (0 = all)
+    ckpt_every: int = 200           # steps
+    log_every: int = 10             # steps
+    notes: tuple = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _r(**kw) -> Recipe:
+    return Recipe(**kw)
+
+
+# CIFAR-10, ResNet-18: the paper's settings. Batch 512 (256 per GPU x 2), 1000 epochs, LARS(SGD) lr 0.1
+# warmed up to 1.5 over 10 epochs then cosine, wd 1e-6, tau 0.5, lambda 256, eps 8/255, step 0.007, 7 steps.
+_CIFAR = dict(dataset="cifar10", arch="resnet18_rocl", epochs=1000, batch_size=512, lr=0.1, weight_decay=1e-6,
+              ckpt_every=500, log_every=20)
+
+# Fashion-MNIST, cnn4_rocl (256-d features, projector 256-2048-128). On this 2-core CPU (Intel Xeon, 2 threads)
+# one RoCL step at batch 256 (7-step attack) measured about 1.9 s, i.e. ~135 img/s, so an epoch of 60,000
+# images takes about 7.5 min and 12 epochs about 1.5 hours. Training attack: eps 0.1, Fashion-MNIST's
+# conventional l-inf budget (a robust encoder for that budget is what the zoo evaluates), step 0.025
+# (the paper's step/eps ratio of about 1/4), 7 steps. Warm-up 1 epoch (the paper's 1 %), then cosine.
+_FMNIST = dict(dataset="fashion_mnist", arch="cnn4_rocl", epochs=12, batch_size=256, lr=0.1, weight_decay=1e-6,
+               warmup_epochs=1.0, eps=0.1, alpha=0.025, attack_steps=7, ckpt_every=100, log_every=10)
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in [
+    _r(name="cifar10_resnet18_rocl", kind="rocl", description="RoCL, CIFAR-10, ResNet-18: the paper's settings",
+       **_CIFAR),
+    _r(name="cifar10_resnet18_simclr", kind="simclr", description="SimCLR baseline, CIFAR-10, ResNet-18",
+       **_CIFAR),
+    _r(name="cifar10_resnet50_rocl", kind="rocl", description="RoCL, CIFAR-10, ResNet-50",
+       **{**_CIFAR, "arch": "resnet50_rocl"}),
+    _r(name="cifar10_wrn34_10_rocl", kind="rocl", description="RoCL, CIFAR-10, WideResNet-34-10",
+       **{**_CIFAR, "arch": "wrn34_10_rocl"}),
+    _r(name="fmnist_rocl", kind="rocl", description="RoCL, Fashion-MNIST, cnn4_rocl (~1.5 h on 2 CPU cores)",
+       **_FMNIST),
+    _r(name="fmnist_simclr", kind="simclr", description="SimCLR baseline, Fashion-MNIST, cnn4_rocl",
+       **{**_FMNIST, "epochs": 40}),
+    _r(name="fmnist_rocl_wide", kind="rocl", description="RoCL, Fashion-MNIST, cnn4w_rocl (512-d features)",
+       **{**_FMNIST, "arch": "cnn4w_rocl"}),
+    _r(name="fmnist_resnet18_rocl", kind="rocl", description="RoCL, Fashion-MNIST, ResNet-18 (GPU)",
+       **{**_FMNIST, "arch": "resnet18_rocl", "epochs": 200, "warmup_epochs": 10.0}),
+    # Supervised baselines, same data and architectures: PGD-AT (Madry) and TRADES (beta 6), 10-step attacks.
+    _r(name="fmnist_at", kind="at", dataset="fashion_mnist", arch="cnn4_rocl", epochs=15, batch_size=128, lr=0.1,
+       weight_decay=5e-4, optimizer="sgd", lr_milestones=(10, 13), eps=0.1, alpha=0.025, attack_steps=10,
+       description="PGD-10 adversarial training, Fashion-MNIST, cnn4_rocl", ckpt_every=200),
+    _r(name="fmnist_trades", kind="trades", dataset="fashion_mnist", arch="cnn4_rocl", epochs=15, batch_size=128,
+       lr=0.1, weight_decay=5e-4, optimizer="sgd", lr_milestones=(10, 13), eps=0.1, alpha=0.025, attack_steps=10,
+       description="TRADES (beta 6), Fashion-MNIST, cnn4_rocl", ckpt_every=200),
+    _r(name="cifar10_resnet18_at", kind="at", dataset="cifar10", arch="resnet18_rocl", epochs=100, batch_size=128,
+       lr=0.1, weight_decay=5e-4, optimizer="sgd", lr_milestones=(75, 90), eps=8 / 255, alpha=2 / 255,
+       attack_steps=10, description="PGD-10 adversarial training (Madry), CIFAR-10, ResNet-18", ckpt_every=500),
+    _r(name="cifar10_resnet18_trades", kind="trades", dataset="cifar10", arch="resnet18_rocl", epochs=100,
+       batch_size=128, lr=0.1, weight_decay=2e-4, optimizer="sgd", lr_milestones=(75, 90), eps=8 / 255,
+       alpha=2 / 255, attack_steps=10, description="TRADES (beta 6), CIFAR-10, ResNet-18", ckpt_every=500),
+]}
+
+
+def get_recipe(name: str, kinds=KINDS) -> Recipe:
+    """A copy of the named recipe; ConfigError naming the close matches for unknown names."""
+    if name not in RECIPES or RECIPES[name].kind not in kinds:
+        import difflib
+
+        names = [n for n, r in RECIPES.items() if r.kind in kinds]
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        other = "" if name not in RECIPES else f" ({name} is a {RECIPES[name].kind} recipe: use the other entry point)"
+        raise ConfigError(f"unknown recipe {name!r}{other}.{hint} Known: {', '.join(sorted(names))}.")
+    return dataclasses.replace(RECIPES[name])
+
+
+def _parse_value(text: str, current):
+    if isinstance(current, bool):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(text)
+    if isinstance(current, int):
+        return int(text)
+    if isinstance(current, float):
+        return float(eval(text, {"__builtins__": {}}, {})) if "/" in text else float(text)  # "8/255"
+    if isinstance(current, tuple):
+        return tuple(float(v) if "." in v else int(v) for v in text.split(",") if v)
+    return text
+
+
+def apply_overrides(recipe: Recipe, pairs) -> Recipe:
+    """Apply `field=value` strings (from --set)."""
+    names = {f.name for f in dataclasses.fields(Recipe)}
+    for pair in pairs or ():
+        if "=" not in pair:
+            raise ConfigError(f"--set takes field=value, got {pair!r}.")
+        key, text = pair.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key not in names or key == "name":
+            raise ConfigError(f"--set: unknown recipe field {key!r}. Fields: {', '.join(sorted(names - {'name'}))}.")
+        try:
+            value = _parse_value(text.strip(), getattr(recipe, key))
+        except (ValueError, SyntaxError, NameError, TypeError):
+            raise ConfigError(f"--set {key}={text}: cannot parse the value as {type(getattr(recipe, key)).__name__}.")
+        setattr(recipe, key, value)
+    validate(recipe)
+    return recipe
+
+
+def validate(r: Recipe) -> Recipe:
+    checks = [
+        (r.kind in KINDS, f"kind must be one of {KINDS}"),
+        (r.epochs >= 1 and r.batch_size >= 2, "epochs >= 1 and batch_size >= 2"),
+        (r.reg_pass in ("fused", "separate"), "reg_pass must be fused or separate"),
+        (r.attack_negatives in ("local", "global"), "attack_negatives must be local or global"),
+        (r.optimizer in ("lars", "sgd"), "optimizer must be lars or sgd"),
+        (r.channels_last in ("auto", "true", "false"), "channels_last must be auto, true or false"),
+        (r.amp in ("auto", "bf16", "off"), "amp must be auto, bf16 or off"),
+        (0 <= r.eps <= 1 and r.alpha >= 0 and r.attack_steps >= 0, "0 <= eps <= 1, alpha >= 0, attack_steps >= 0"),
+        (r.temperature > 0 and r.lam >= 0, "temperature > 0 and lam >= 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(f"recipe {r.name}: {msg}.")
+    return r
+
+
+def describe(kinds=KINDS) -> str:
+    lines = []
+    for r in RECIPES.values():
+        if r.kind in kinds:
+            lines.append(f"{r.name:28s} {r.kind:7s} {r.dataset:14s} {r.arch:14s} {r.epochs:5d} ep  "
+                         f"batch {r.batch_size:4d}  {r.description}")
+    return "\n".join(lines)
