@@ -136,11 +136,11 @@ def test_ddp_two_processes_match_one(tmp_path):
 def test_loss_falls_on_fashion_mnist(tmp_path):
     out = tmp_path / "fm"
     pretrain.train(pretrain_args([
-        "--recipe", "fmnist_rocl", "--threads", "1", "--quiet", "--subset", "256", "--batch-size", "16",
-        "--epochs", "13", "--max-steps", "200", "--data-root", str(tmp_path / "data"), "--out", str(out),
+        "--recipe", "fmnist_rocl", "--threads", "1", "--quiet", "--subset", "128", "--batch-size", "16",
+        "--epochs", "15", "--max-steps", "80", "--data-root", str(tmp_path / "data"), "--out", str(out),
         "--set", "proj_hidden=64", "--set", "attack_steps=1", "--set", "log_every=1", "--set", "warmup_epochs=1",
         "--set", "ckpt_every=1000"]))
     losses = [m["loss"] for m in metrics(out)]
-    assert len(losses) == 200
-    first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
-    assert last < first - 0.1, (first, last)
+    assert len(losses) == 80
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < first - 0.3, (first, last)

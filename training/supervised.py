@@ -1,0 +1,194 @@
+"""Supervised adversarial-training baselines with the same data and architectures: PGD-AT and TRADES.
+
+    python -m training.supervised --recipe fmnist_at --out runs/fmnist_at
+    python -m training.supervised --recipe fmnist_trades --out runs/fmnist_trades --resume
+
+- PGD-AT (Madry et al. 2018): minimise cross-entropy on PGD examples (l-inf, `attack_steps` steps of `alpha`,
+  random start, the last iterate) made by `rocl_zoo.attacks.pgd` with the model in eval mode.
+- TRADES (Zhang et al. 2019): CE(f(x), y) + beta * KL(f(x) || f(x_adv)), x_adv maximising the KL term from
+  x + 0.001 N(0, 1) with sign steps (as the TRADES code), beta = 6.
+SGD momentum 0.9, LR /10 at the recipe's milestones; augmentation: random crop (4-pixel zero padding, 2 at
+28x28) and horizontal flip. Same run folder, checkpoints, exact resume and torchrun DDP as training.pretrain;
+the result is a classifier in the zoo's Hub layout in <out>/model.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import rocl_zoo.models  # noqa: F401
+from rocl_zoo.attacks import _frozen_params, _model_mode, pgd
+from rocl_zoo.data import dataset_info, load_dataset
+from rocl_zoo.errors import RoclZooError
+
+from . import common as C
+from .recipes import apply_overrides, describe, get_recipe
+
+KINDS = ("at", "trades")
+
+
+def crop_flip(x: torch.Tensor, g: torch.Generator, pad: int) -> torch.Tensor:
+    """Random crop with zero padding `pad` and horizontal flip, per sample, as one exact integer-shift sampling."""
+    B, _, H, W = x.shape
+    dx = torch.randint(-pad, pad + 1, (B,), generator=g).float()
+    dy = torch.randint(-pad, pad + 1, (B,), generator=g).float()
+    flip = torch.where(torch.rand(B, generator=g) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(B, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = flip, 2 * dx / W * flip
+    theta[:, 1, 1], theta[:, 1, 2] = 1.0, 2 * dy / H
+    theta = theta.to(x)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def trades_attack(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, steps: int,
+                  g: torch.Generator) -> torch.Tensor:
+    """TRADES's inner maximisation of KL(f(x) || f(x_adv)), eval mode, input-only gradients."""
+    with _model_mode(model), _frozen_params(model):
+        with torch.no_grad():
+            p_nat = F.softmax(model(x).float(), dim=1)
+        x_adv = (x + 0.001 * torch.randn(x.shape, generator=g).to(x)).clamp(0, 1)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            kl = F.kl_div(F.log_softmax(model(x_adv).float(), dim=1), p_nat, reduction="sum")
+            (grad,) = torch.autograd.grad(kl, x_adv)
+            x_adv = torch.min(torch.max(x_adv.detach() + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
+    return x_adv.detach()
+
+
+def train(args) -> Path:
+    C.set_threads(args.threads)
+    recipe = get_recipe(args.recipe, KINDS)
+    for flag in ("epochs", "batch_size", "subset"):
+        if getattr(args, flag) is not None:
+            args.set.insert(0, f"{flag}={getattr(args, flag)}")
+    recipe = apply_overrides(recipe, args.set)
+    dist = C.Dist(args.device)
+    device, world, rank = dist.device, dist.world, dist.rank
+    if recipe.batch_size % world:
+        raise RoclZooError(f"batch size {recipe.batch_size} does not split over {world} processes.")
+    local = recipe.batch_size // world
+    out = Path(args.out or Path("runs") / recipe.name)
+    run = C.RunFolder(out, dist.main)
+    config = {**recipe.to_dict(), "seed": args.seed, "world_size": world, "device": str(device),
+              "max_steps": args.max_steps, "data_root": args.data_root, "command": " ".join(sys.argv)}
+    ds = load_dataset(recipe.dataset, "train", root=args.data_root, download=args.download,
+                      subset=recipe.subset or None)
+    info = dataset_info(recipe.dataset)
+    steps_per_epoch = len(ds) // recipe.batch_size
+    if steps_per_epoch == 0:
+        raise RoclZooError(f"{len(ds)} images are fewer than one batch of {recipe.batch_size}; lower --batch-size.")
+    total = recipe.epochs * steps_per_epoch
+    stop = min(total, args.max_steps) if args.max_steps else total
+    config.update(steps_per_epoch=steps_per_epoch, total_steps=total, n_train=len(ds))
+
+    torch.manual_seed(args.seed)
+    net = timm.create_model(recipe.arch, num_classes=len(ds.classes), in_chans=info.input_size[0], mean=info.mean,
+                            std=info.std)
+    if world > 1:
+        net = C.convert_sync_batchnorm(net, device)
+    channels_last = C.use_channels_last(recipe.channels_last, device, recipe.arch)
+    net = net.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    opt = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    ckpt = run.start(config, args.resume)
+    step = 0
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        C.set_rng_state(ckpt["rng"])
+        step = ckpt["step"]
+    model = nn.parallel.DistributedDataParallel(
+        net, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else net
+
+    images, labels = ds.images, ds.labels
+    rows = slice(rank * local, (rank + 1) * local)
+    pad = 2 if ds.input_size[-1] <= 28 else 4
+    meter, bar = C.Meter(), C.progress(stop, step, dist.main and not args.quiet, recipe.name)
+    perm, perm_epoch = None, -1
+    net.train()
+    while step < stop:
+        epoch, pos = divmod(step, steps_per_epoch)
+        if epoch != perm_epoch:
+            perm, perm_epoch = C.epoch_permutation(len(ds), args.seed, epoch), epoch
+        idx = perm[pos * recipe.batch_size:(pos + 1) * recipe.batch_size]
+        g = C.step_generator(args.seed, step)
+        x = crop_flip(images[idx].float().div_(255), g, pad)[rows].to(device)  # params for the global batch
+        y = labels[idx][rows].to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        lr = C.multistep_lr(step, steps_per_epoch, recipe.lr, recipe.lr_milestones)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with C.autocast(recipe.amp, device):
+            if recipe.kind == "at":
+                torch.manual_seed(C.step_generator(args.seed, step).initial_seed() + rank)  # pgd's random start
+                x_adv = pgd(net, x, y, eps=recipe.eps, alpha=recipe.alpha, steps=recipe.attack_steps,
+                            random_start=True, keep_best=False)
+                loss = F.cross_entropy(model(x_adv).float(), y)
+            else:
+                x_adv = trades_attack(net, x, recipe.eps, recipe.alpha, recipe.attack_steps, g)
+                logits = model(torch.cat([x, x_adv])).float()
+                nat, adv = logits.chunk(2)
+                loss = F.cross_entropy(nat, y) + recipe.trades_beta * F.kl_div(
+                    F.log_softmax(adv, dim=1), F.softmax(nat, dim=1), reduction="batchmean")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        meter.add(recipe.batch_size)
+        bar.update(1)
+        if step % recipe.log_every == 0 or step == stop:
+            record = dict(step=step, epoch=round(step / steps_per_epoch, 4), loss=loss.item(), lr=lr,
+                          images_per_s=round(meter.rate(), 2), time=time.time())
+            run.log(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+        if step % recipe.ckpt_every == 0 or step == stop:
+            if dist.main:
+                C.save_checkpoint(run.checkpoint, dict(step=step, model=net.state_dict(), optimizer=opt.state_dict(),
+                                                       rng=C.rng_state(), config=config))
+            dist.barrier()
+    bar.close()
+    if step == total and dist.main:
+        from rocl_zoo.hub import save_pretrained
+
+        clf = timm.create_model(recipe.arch, num_classes=len(ds.classes), in_chans=info.input_size[0],
+                                mean=info.mean, std=info.std)
+        clf.load_state_dict(net.state_dict())
+        clf.pretrained_cfg = {**clf.pretrained_cfg, "input_size": tuple(info.input_size),
+                              "label_names": tuple(ds.classes)}
+        save_pretrained(clf.eval(), run.path / "model", dataset=recipe.dataset, recipe=recipe.name,
+                        label_names=list(ds.classes), extra={"training": {
+                            k: config[k] for k in ("kind", "epochs", "batch_size", "eps", "alpha", "attack_steps",
+                                                   "trades_beta", "seed", "world_size", "total_steps")}})
+    dist.barrier()
+    dist.close()
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.supervised", description=__doc__.split("\n")[0])
+    C.add_common_args(p)
+    args = p.parse_args(argv)
+    if args.list_recipes:
+        print(describe(KINDS))
+        return 0
+    if not args.recipe:
+        p.error("--recipe is required (see --list-recipes)")
+    try:
+        out = train(args)
+    except RoclZooError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"run folder: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
