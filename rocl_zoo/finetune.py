@@ -532,7 +532,9 @@ def _train(clf: nn.Module, data: dict, s: dict, *, device, out: Path | None, ckp
         save_checkpoint(out / CHECKPOINT_NAME, {
             "format": CHECKPOINT_FORMAT, "run_id": run_id, "epoch": epoch, "step": step,
             "model": {k: v.detach().cpu() for k, v in clf.state_dict().items()}, "optimizer": opt.state_dict(),
-            "rng": torch.get_rng_state(), "running": running, "metrics": metrics})
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+            "running": running, "metrics": metrics})
 
     for epoch in range(start_epoch, s["epochs"]):
         for g in opt.param_groups:
@@ -540,9 +542,11 @@ def _train(clf: nn.Module, data: dict, s: dict, *, device, out: Path | None, ckp
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)))
         if start_step and running is not None:  # resuming inside this epoch
             torch.set_rng_state(ckpt["rng"])
+            if ckpt.get("cuda_rng") is not None and device.type == "cuda":
+                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
             first = start_step
         else:
-            torch.manual_seed(_epoch_seed(seed, epoch) + 1)
+            torch.manual_seed(_epoch_seed(seed, epoch) + 1)  # seeds CUDA's generators too
             first, running = 0, dict(loss=0.0, correct=0, seen=0, adv=0, adv_linf_sum=0.0, adv_linf_max=0.0,
                                       adv_correct=0, attack_time_s=0.0, time_s=0.0)
         start_step = 0
@@ -845,6 +849,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also checkpoint every this many steps (default: at each epoch's end)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -869,6 +874,8 @@ def main(argv=None) -> int:
         _StopFlag.requested = True
         print("\nstopping after this step (Ctrl-C again to abort without a checkpoint)...", file=sys.stderr)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         run = finetune(args.model, args.dataset, mode=args.mode, out=args.out, epochs=args.epochs, lr=args.lr,
