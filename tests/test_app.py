@@ -1,0 +1,337 @@
+"""The Gradio demo: its logic (app_logic), and every endpoint through gradio_client on a real server.
+
+The server runs as `python app.py` in a subprocess on a free 127.0.0.1 port, with two small models this module
+trains in about a second on the bundled examples (so the robust one classifies them correctly).
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import rocl_zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+gradio_client = pytest.importorskip("gradio_client", reason="the demo needs the `demo` extra")
+pytest.importorskip("gradio", reason="the demo needs the `demo` extra")
+
+import app  # noqa: E402
+import app_logic as L  # noqa: E402
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def make_models(folder: Path) -> tuple[Path, Path]:
+    """Two cnn4_rocl folders: one fitted to the page's ten Fashion-MNIST examples (it stands in for the robust
+    model and classifies them correctly), one untrained (the baseline). About a second of training."""
+    ex = L.ExampleSet.load(samples_dir=folder / "samples")
+    torch.manual_seed(0)
+    trained = rocl_zoo.create_model("cnn4_rocl.fmnist")
+    first = [ex.fashion[[e.label for e in ex.fashion].index(c)] for c in range(10)]  # one image per class
+    x = torch.stack([torch.from_numpy(np.asarray(Image.open(e.path), dtype=np.float32) / 255)[None] for e in first])
+    y = torch.tensor([e.label for e in first])
+    opt = torch.optim.Adam(trained.parameters(), lr=3e-3)
+    trained.train()
+    for _ in range(25):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(trained(x), y).backward()
+        opt.step()
+    # BN running statistics lag 25 steps behind; make them the batch's exactly, so eval mode agrees with training.
+    for m in trained.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        trained(x)
+    trained.eval()
+    robust, baseline = folder / "robust", folder / "baseline"
+    rocl_zoo.save_pretrained(trained, robust, dataset="fashion_mnist", recipe="test")
+    rocl_zoo.save_pretrained(rocl_zoo.create_model("cnn4_rocl.fmnist"), baseline, dataset="fashion_mnist")
+    return robust, baseline
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: Path, baseline: Path, timeout: float = 120.0):
+    """`python app.py` on a free port; returns (process, url, seconds until the page answered)."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", str(model), "--baseline",
+                             str(baseline), "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return proc, url, time.perf_counter() - t0
+        except OSError:
+            time.sleep(0.3)
+    stop_server(proc)
+    raise RuntimeError(f"app.py did not answer on {url} within {timeout} s")
+
+
+def stop_server(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out or ""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Like the app (app.py --threads 1): single images are latency-bound, and two threads contending with the
+    other processes of a busy 2-core machine are many times slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return make_models(tmp_path_factory.mktemp("demo_models"))
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    proc, url, _ = start_server(*models)
+    yield url
+    log = stop_server(proc)
+    assert "Traceback" not in log, log  # every bad input was answered with a message, never a crash
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return gradio_client.Client(server, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def demo(models):
+    return L.build_demo(*map(str, models))
+
+
+def boot(demo) -> str:
+    """The bundled Ankle boot example (the first in the page's list)."""
+    path = demo.examples.gallery_examples()[0]
+    assert "ankle_boot" in path.name
+    return str(path)
+
+
+def confidences(label: dict) -> dict[str, float]:
+    return {c["label"]: c["confidence"] for c in label["confidences"]}
+
+
+def png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
+    (Image.fromarray(arr, mode) if mode else Image.fromarray(arr)).save(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ logic
+
+
+def test_check_attack_args_messages():
+    assert L.check_attack_args("pgd_l2", "2.5", 10.0) == ("pgd_l2", 2.5, 10)
+    for args, pattern in [(("pgd_linf", 0.9, 10), r"0 < eps <= 0\.5"), (("pgd_linf", -0.1, 10), "out of range"),
+                          (("fgsm", float("nan"), 1), "out of range"), (("pgd_l2", 20, 10), r"<= 16"),
+                          (("pgd_linf", "abc", 10), "must be a number"), (("pgd_linf", 0.1, 0), "1 to 100"),
+                          (("pgd_linf", 0.1, 101), "1 to 100"), (("pgd_linf", 0.1, 2.5), "whole number"),
+                          (("cw", 0.1, 10), "Unknown attack method")]:
+        with pytest.raises(rocl_zoo.ConfigError, match=pattern):
+            L.check_attack_args(*args)
+
+
+def test_quantize_toward_stays_in_the_ball():
+    x = L.quantize(torch.rand(4, 1, 28, 28))
+    for norm, eps in (("linf", 8 / 255), ("l2", 1.0)):
+        x_adv = rocl_zoo.attacks.random_init(x, eps, norm)
+        q = L.quantize_toward(x, x_adv)
+        assert torch.equal(q, L.quantize(q))  # on the 8-bit grid: a PNG holds it exactly
+        assert q.min() >= 0 and q.max() <= 1
+        d = (q - x).flatten(1)
+        size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+        assert (size <= eps + 1e-3 / 255).all()
+        assert ((q - x).abs() <= (x_adv - x).abs() + 1e-3 / 255).all()  # every change only shrinks
+    # An exact-eps l-inf step survives float error instead of losing one grey level.
+    assert torch.allclose(L.quantize_toward(x, (x + 8 / 255).clamp(0, 1)) - x, ((x + 8 / 255).clamp(0, 1) - x),
+                          atol=1e-6)
+
+
+def test_read_image_modes_and_refusals(tmp_path):
+    rng = np.random.default_rng(0)
+    ok = {"grey": png(tmp_path / "g.png", rng.integers(0, 255, (40, 30), dtype=np.uint8)),
+          "rgba": png(tmp_path / "a.png", rng.integers(0, 255, (40, 30, 4), dtype=np.uint8)),
+          "16bit": png(tmp_path / "h.png", rng.integers(0, 65535, (40, 30), dtype=np.uint16)),
+          "big": png(tmp_path / "b.png", np.zeros((3000, 1200), np.uint8))}
+    assert Image.open(ok["16bit"]).mode.startswith("I")
+    for name, path in ok.items():
+        img = L.read_image(path)
+        assert max(img.size) <= L.WORK_SIDE, name
+    (tmp_path / "notes.png").write_text("not an image at all")
+    with pytest.raises(rocl_zoo.DataError, match="not an image"):
+        L.read_image(tmp_path / "notes.png")
+    with pytest.raises(rocl_zoo.DataError, match="megapixels"):
+        L.read_image(png(tmp_path / "huge.png", np.zeros((4200, 4200), np.uint8)))
+    with pytest.raises(rocl_zoo.DataError, match="No image"):
+        L.read_image(None)
+
+
+def test_demo_logic(demo):
+    path = boot(demo)
+    r = demo.predict(path)
+    assert r["true"] == "Ankle boot" and next(iter(r[L.ROBUST])) == "Ankle boot"
+    assert r["view"].shape == (28, 28) and r["view"].dtype == np.uint8
+    for method in L.METHODS:
+        a = demo.attack(path, method, 0.1, 3, L.BASELINE)
+        assert a["linf"] <= 0.1 + 1e-6 and a["adversarial"].shape == (28, 28), method
+        assert set(a["after"]) == {L.ROBUST, L.BASELINE} and "transfer" in a["summary"]
+    rows = demo.curve(path, "fgsm", 0.2, 1)
+    assert [r["eps"] for r in rows] == pytest.approx([f * 0.2 for f in L.CURVE_FACTORS] * 2)
+    assert rows[0]["confidence"] > 0.5  # the fitted model is confident on the clean boot
+    nn_clean = demo.neighbours(path)
+    assert nn_clean[L.ROBUST]["clean"][0][1].startswith("Ankle boot (1.00)")  # the image itself comes first
+    assert nn_clean[L.ROBUST]["attacked"] == [] and nn_clean[L.ROBUST]["similarity"] is None
+
+
+def test_instance_attack_moves_features(demo, tmp_path):
+    path = boot(demo)
+    a = demo.attack(path, "instance", 0.2, 10, L.ROBUST)
+    adv = png(tmp_path / "adv.png", a["adversarial"])
+    r = demo.neighbours(path, adv)
+    assert r[L.ROBUST]["similarity"] < 0.999 and len(r[L.ROBUST]["attacked"]) == 5
+
+
+def test_untrained_fallback_is_announced():
+    entry = rocl_zoo.get_entry("cnn4_rocl.fmnist")
+    m = L.load_demo_model("cnn4_rocl.fmnist", L.ROBUST)
+    if entry.published:
+        assert m.warning is None
+    else:
+        assert "UNTRAINED" in m.warning and "--model" in m.warning and "UNTRAINED" in m.describe()
+    with pytest.raises(rocl_zoo.ModelNotFoundError):
+        L.load_demo_model("./no/such/folder", L.ROBUST)
+
+
+def test_cli_refuses_a_bad_model_folder(capsys):
+    assert app.main(["--model", "./no/such/folder"]) == 2
+    assert "No folder" in capsys.readouterr().err
+
+
+def test_page_has_banner_bounded_queue_and_named_endpoints(demo):
+    untrained = L.Demo(demo.models[L.ROBUST], L.DemoModel(L.BASELINE, "x", demo.models[L.BASELINE].model,
+                                                          warning="weights missing: UNTRAINED"), demo.examples)
+    blocks = app.build_app(untrained)
+    banners = [b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "banner"]
+    assert len(banners) == 1 and "UNTRAINED" in banners[0].value
+    assert blocks._queue.max_size == app.QUEUE_SIZE
+    names = {fn.api_name for fn in blocks.fns.values() if fn.api_name}
+    assert {"predict", "attack", "robustness_curve", "neighbours"} <= names
+    # Every event the page defines is named, so gradio_client can reach it (Gradio's own example loader aside).
+    unnamed = [fn for fn in blocks.fns.values() if not fn.api_name and fn.name not in ("load_example", "<lambda>")]
+    assert not unnamed, [fn.name for fn in unnamed]
+
+
+# ------------------------------------------------------------------------------------------------ the server
+
+
+def test_endpoints(client, demo):
+    file = gradio_client.handle_file(boot(demo))
+    rob, base, view, note = client.predict(file, api_name="/predict")
+    assert rob["label"] == "Ankle boot" and confidences(rob)["Ankle boot"] > 0.5
+    assert len(rob["confidences"]) == 5 and len(base["confidences"]) == 5
+    assert "Ankle boot" in note
+    view_px = np.asarray(Image.open(view))
+    assert view_px.shape == (28, 28)
+
+    adv, pert, summary, after_rob, after_base = client.predict(file, "pgd_linf", 0.1, 10, "robust",
+                                                               api_name="/attack")
+    adv_px = np.asarray(Image.open(adv)).astype(int)
+    # The PNG the page shows is the adversarial image itself: inside the eps-ball around the model's view.
+    assert adv_px.shape == (28, 28) and np.abs(adv_px - view_px).max() <= round(0.1 * 255)
+    assert np.abs(adv_px - view_px).max() >= 20
+    assert np.asarray(Image.open(pert)).shape == (28, 28)
+    assert "PGD l-inf" in summary and "white-box" in summary and "transfer" in summary
+    assert after_rob["label"] in L.ExampleSet.load().classes and len(after_base["confidences"]) == 5
+
+    plot = client.predict(file, "pgd_linf", 0.1, 10, api_name="/robustness_curve")
+    assert plot["columns"] == ["eps", "confidence", "model"] and len(plot["data"]) == 2 * len(L.CURVE_FACTORS)
+    assert {row[2] for row in plot["data"]} == set(L.ROLE_NAMES.values())
+
+    text, rob_clean, rob_adv, base_clean, base_adv = client.predict(file, gradio_client.handle_file(adv),
+                                                                    api_name="/neighbours")
+    assert "Cosine similarity" in text and len(rob_clean) == 5 and len(base_adv) == 5
+    assert rob_clean[0]["caption"].startswith("Ankle boot")
+
+    inst = client.predict(file, "instance", 0.1, 5, "baseline", api_name="/attack")
+    assert "Instance-wise" in inst[2]
+
+
+def _expect_message(client, args, api_name, *patterns):
+    with pytest.raises(Exception) as info:
+        client.predict(*args, api_name=api_name)
+    for p in patterns:
+        assert re.search(p, str(info.value)), (p, str(info.value))
+
+
+def test_bad_inputs_get_messages_and_the_server_keeps_serving(client, demo, tmp_path):
+    handle = gradio_client.handle_file
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    _expect_message(client, (handle(str(text)),), "/predict", "not an image")
+    _expect_message(client, (handle(str(text)), "fgsm", 0.1, 1, "robust"), "/attack", "not an image")
+    huge = png(tmp_path / "huge.png", np.zeros((4200, 4200), np.uint8))  # 17.6 MP, compresses to 18 kB
+    _expect_message(client, (handle(str(huge)),), "/predict", "megapixels")
+    file = handle(boot(demo))
+    _expect_message(client, (file, "pgd_linf", 0.8, 10, "robust"), "/attack", r"eps = 0\.8 is out of range")
+    _expect_message(client, (file, "pgd_linf", 0.1, 1000, "robust"), "/attack", "steps", "1 to 100")
+    _expect_message(client, (file, "pgd_l2", 50, 10), "/robustness_curve", "out of range")
+
+    rng = np.random.default_rng(1)
+    for name, arr in {"grey": rng.integers(0, 255, (300, 200), dtype=np.uint8),
+                      "rgba": rng.integers(0, 255, (64, 64, 4), dtype=np.uint8),
+                      "rgb": rng.integers(0, 255, (1500, 1500, 3), dtype=np.uint8),
+                      "sixteen": rng.integers(0, 65535, (50, 60), dtype=np.uint16)}.items():
+        path = png(tmp_path / f"{name}.png", arr)
+        rob, base, _, note = client.predict(handle(str(path)), api_name="/predict")
+        assert len(rob["confidences"]) == 5 and "unknown" in note, name
+        adv = client.predict(handle(str(path)), "fgsm", 0.05, 1, "robust", api_name="/attack")
+        assert np.asarray(Image.open(adv[0])).shape == (28, 28), name
+    assert client.predict(file, api_name="/predict")[0]["label"] == "Ankle boot"
+
+
+def test_twenty_concurrent_requests_are_all_answered(server, demo):
+    """20 clients at once, each running an attack: the bounded queue holds them and all get their answer."""
+    file = boot(demo)
+
+    def one(i):
+        c = gradio_client.Client(server, verbose=False)
+        if i % 2:
+            return c.predict(gradio_client.handle_file(file), api_name="/predict")[0]["label"]
+        return c.predict(gradio_client.handle_file(file), "pgd_linf", 0.05, 5, "robust", api_name="/attack")[2]
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(one, range(20)))
+    assert len(results) == 20
+    assert all(r == "Ankle boot" for r in results[1::2])
+    assert all("PGD l-inf" in r for r in results[0::2])
