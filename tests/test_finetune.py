@@ -310,3 +310,25 @@ def test_cli(encoder_dir, tmp_path, capsys):
     assert "robust-linear: clean" in capsys.readouterr().out
     config = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert config["eps"] == pytest.approx(8 / 255) and config["milestones"] == [1]
+
+
+@pytest.mark.parametrize("mode", ["robust-linear", "at"])
+def test_trains_on_the_attacks_output(encoder_dir, monkeypatch, mode):
+    """Training with an 'attack' that returns 1 - x on data D must equal training with an identity attack on 1 - D:
+    the weights then depend on the attack's output, not on the clean batch."""
+    from rocl_zoo import attacks
+    from rocl_zoo.data import load_dataset
+
+    train, test = load_dataset("digits", "train").subset(80), load_dataset("digits", "test").subset(20)
+    x, y = train.images.float() / 255, train.labels
+    xt, yt = test.images.float() / 255, test.labels
+    kw = dict(TINY, subset=None, eval_examples=0, attacks="clean")
+
+    monkeypatch.setattr(attacks, "pgd", lambda model, xb, yb, eps, **k: 1 - xb)
+    flipped_by_attack = ft.finetune(str(encoder_dir), (x, y), test=(xt, yt), mode=mode, **kw)
+    monkeypatch.setattr(attacks, "pgd", lambda model, xb, yb, eps, **k: xb.clone())
+    flipped_data = ft.finetune(str(encoder_dir), (1 - x, y), test=(xt, yt), mode=mode, **kw)
+    clean_data = ft.finetune(str(encoder_dir), (x, y), test=(xt, yt), mode=mode, **kw)
+    a, b, c = (r.model.state_dict() for r in (flipped_by_attack, flipped_data, clean_data))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
