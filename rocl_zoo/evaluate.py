@@ -95,7 +95,7 @@ def parse_attack(spec: str, eps: float, norm: str) -> dict:
         if steps < 1:
             raise ConfigError(f"{spec}: PGD needs at least one step.")
         cfg.update(attack="pgd", norm=m["norm"] or norm, steps=steps, restarts=int(m["restarts"] or 1),
-                   loss="margin" if m["loss"] == "cw" else "ce", random_start=True)
+                   loss="margin" if m["loss"] == "cw" else "ce", random_start=True, keep_best=True, early_stop=True)
     elif name in ("autoattack", "aa", "apgd-ce"):
         cfg.update(attack="autoattack", norm=norm, version="standard" if name != "apgd-ce" else "custom")
         if name == "apgd-ce":
@@ -128,7 +128,8 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict, se
     if kind == "pgd":
         return A.pgd(model, x, y, cfg["eps"], alpha=cfg.get("alpha"), steps=cfg["steps"], norm=cfg["norm"],
                      random_start=cfg.get("random_start", True), restarts=cfg.get("restarts", 1),
-                     loss=cfg.get("loss", "ce"))
+                     loss=cfg.get("loss", "ce"), keep_best=cfg.get("keep_best", True),
+                     early_stop=cfg.get("early_stop", True))  # accuracy is all we keep: stop fooled ones
     if kind == "autoattack":
         return A.autoattack(model, x, y, cfg["eps"], cfg["norm"], version=cfg.get("version", "standard"),
                             attacks=cfg.get("attacks"), batch_size=max(len(x), 1), seed=seed)

@@ -176,3 +176,20 @@ def test_inputs_outside_unit_box_are_refused():
     model = linear_model()
     with pytest.raises(ConfigError, match=r"\[0, 1\]"):
         attacks.pgd(model, torch.full((2, 1, 1, 20), 255.0), torch.zeros(2, dtype=torch.long), eps=0.1)
+
+
+def test_early_stop_gives_the_same_per_example_outcome():
+    # Eval mode makes examples independent, so dropping fooled ones must not change anyone else's trajectory.
+    model = small_cnn()
+    x, y = torch.rand(24, 1, 12, 12), torch.randint(0, 10, (24,))
+    outcome = []
+    for early in (False, True):
+        torch.manual_seed(7)
+        x_adv = attacks.pgd(model, x, y, eps=0.03, steps=8, early_stop=early)
+        assert (x_adv - x).abs().max() <= 0.03 + 1e-6
+        outcome.append(attacks.predict_labels(model, x_adv) == y)
+    assert 0 < outcome[0].sum() < len(y), "pick eps so that some, not all, examples survive"
+    assert torch.equal(outcome[0], outcome[1])
+    torch.manual_seed(7)
+    several = attacks.predict_labels(model, attacks.pgd(model, x, y, eps=0.03, steps=8, restarts=3, early_stop=True))
+    assert ((several == y) <= outcome[0]).all()  # restarts only ever remove survivors
