@@ -14,8 +14,9 @@ On any failure nothing is written and `ExportError` (an `IntegrityError`) report
 
 Results files (one JSON per model and threat model, written by `python -m rocl_zoo.evaluate`) are copied into the
 folder and into the model card's `model-index`. Fields read: clean_acc, autoattack_acc, eps, norm or
-threat_model ("Linf"/"L2"), dataset, split, architecture, n_examples, attacks {name: {"acc": ..., config...}},
-and, when present, protocol, seed, hardware, wall_time_s, recipe. Accuracies are copied as written.
+threat_model ("Linf"/"L2"), dataset, split, architecture, n_examples, attacks {name: {"acc", "config": {...}}},
+and, when present, robust_acc, protocol, seed, hardware, wall_time_s, sanity, recipe. Accuracies go into the card in
+percent: RobustBench's keys as written, the "attacks" block's fractions (rocl_zoo.eval schema) times 100.
 """
 from __future__ import annotations
 
@@ -255,24 +256,55 @@ def eps_str(eps) -> str:
     return f"{round(k)}/255" if eps > 0 and abs(k - round(k)) < 1e-6 else f"{float(eps):g}"
 
 
+def _percent(res: dict, acc):
+    """An accuracy of the "attacks" block in percent. rocl_zoo.evaluate (schema rocl_zoo.eval/*) writes fractions
+    there and percentages in RobustBench's keys; other files are read as percent unless clearly fractions."""
+    if acc is None:
+        return None
+    fraction = str(res.get("schema", "")).startswith("rocl_zoo.eval/") or (
+        acc <= 1 and (res.get("clean_acc") or 0) > 1)
+    return round(100 * acc, 2) if fraction else acc
+
+
+_NOT_SETTINGS = {"name", "attack", "norm", "eps", "threat_model"}
+
+
 def result_metrics(res: dict) -> list[dict]:
-    """One {config, name, value, attack, settings} per accuracy in a results file: clean, each attack, AutoAttack."""
+    """One {config, name, value (percent), attack, settings} per accuracy in a results file: clean, each attack,
+    AutoAttack, and the per-example worst case over the attacks."""
     norm, eps = _norm_of(res), res.get("eps")
     threat = f"{norm}_{eps_str(eps)}"
     out = []
-    if res.get("clean_acc") is not None:
-        out.append({"config": "clean", "name": "Clean accuracy", "value": res["clean_acc"], "attack": "clean",
-                    "settings": {}})
-    for attack, spec in (res.get("attacks") or {}).items():
-        acc = spec.get("acc") if isinstance(spec, dict) else spec
+    clean = res.get("clean_acc")
+    for name, spec in (res.get("attacks") or {}).items():
+        if isinstance(spec, dict):
+            acc = spec.get("acc")
+            cfg = spec.get("config") if isinstance(spec.get("config"), dict) else \
+                {k: v for k, v in spec.items() if k not in ("acc", "wall_time_s")}
+        else:
+            acc, cfg = spec, {}
+        kind = str(cfg.get("attack", name))
         if acc is None:
             continue
-        settings = {k: v for k, v in spec.items() if k != "acc"} if isinstance(spec, dict) else {}
-        out.append({"config": f"{attack}_{threat}", "name": f"{attack} accuracy ({norm}, eps={eps_str(eps)})",
-                    "value": acc, "attack": attack, "settings": settings})
-    if res.get("autoattack_acc") is not None and not any(m["attack"].lower() in ("autoattack", "aa") for m in out):
+        if kind == "clean":
+            clean = clean if clean is not None else _percent(res, acc)
+            continue
+        a_norm = _norm_of(cfg) if cfg.get("norm") else norm
+        a_eps = cfg.get("eps", eps)
+        settings = {k: v for k, v in cfg.items() if k not in _NOT_SETTINGS and v is not None}
+        out.append({"config": f"{name}_{a_norm}_{eps_str(a_eps)}", "name": f"{name} accuracy ({a_norm}, eps="
+                    f"{eps_str(a_eps)})", "value": _percent(res, acc), "attack": name, "kind": kind,
+                    "settings": settings})
+    if res.get("autoattack_acc") is not None and not any(m["kind"].lower() in ("autoattack", "aa") for m in out):
         out.append({"config": f"autoattack_{threat}", "name": f"AutoAttack accuracy ({norm}, eps={eps_str(eps)})",
-                    "value": res["autoattack_acc"], "attack": "autoattack", "settings": {}})
+                    "value": res["autoattack_acc"], "attack": "autoattack", "kind": "autoattack", "settings": {}})
+    if res.get("robust_acc") is not None and len(out) > 1:
+        out.append({"config": f"worst_case_{threat}", "name": f"Worst case over the attacks ({norm}, eps="
+                    f"{eps_str(eps)})", "value": res["robust_acc"], "attack": "worst case", "kind": "worst_case",
+                    "settings": {"over": ", ".join(m["attack"] for m in out)}})
+    if clean is not None:
+        out.insert(0, {"config": "clean", "name": "Clean accuracy", "value": clean, "attack": "clean",
+                       "kind": "clean", "settings": {}})
     return out
 
 
@@ -338,9 +370,15 @@ def build_card(config: dict, results: Sequence[tuple[str, dict]], *, model_name:
         for key in ("protocol", "seed", "hardware", "wall_time_s"):
             if res.get(key) is not None:
                 L.append(f"- {key.replace('_', ' ').capitalize()}: {res[key]}")
+        sanity = res.get("sanity")
+        if isinstance(sanity, dict) and "passed" in sanity:
+            flags = sanity.get("flags") or []
+            L.append("- Gradient-masking sanity checks: " + ("passed" if sanity["passed"] else
+                     "FLAGGED: " + "; ".join(str(f) for f in flags)))
         L += ["", "| Attack | Settings | Accuracy |", "|---|---|---|"]
         for m in result_metrics(res):
-            settings = ", ".join(f"{k}={v}" for k, v in m["settings"].items()) or "-"
+            settings = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                 for k, v in m["settings"].items()) or "-"
             L.append(f"| {m['attack']} | {settings} | {_fmt(m['value'])} |")
         L.append("")
     if recipe:

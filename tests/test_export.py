@@ -23,12 +23,19 @@ def _x(model, n=3, seed=0):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """cnn4_rocl.fmnist (untrained) exported with ONNX and a results file; the parity check uses real
-    Fashion-MNIST test images when the dataset is readable here."""
+    """cnn4_rocl.fmnist (untrained) exported with ONNX and a results file written by rocl_zoo.evaluate; the
+    parity check uses real Fashion-MNIST test images when the dataset is readable here."""
+    from rocl_zoo.evaluate import evaluate
+
     root = tmp_path_factory.mktemp("export")
-    (root / "results_linf.json").write_text(json.dumps(RESULTS))
     torch.manual_seed(0)
     model = rocl_zoo.create_model("cnn4_rocl.fmnist").eval()
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y = model(x).argmax(1)  # clean accuracy 100 %, so the attacks have something to lower
+    res = evaluate(model, x, y, attacks="clean,fgsm,pgd3", eps=0.1, progress=False,
+                   meta={"dataset": "fashion_mnist", "protocol": "linear"})
+    (root / "results_linf.json").write_text(json.dumps(res))
     out = ex.export(model, root / "out", results=[root / "results_linf.json"], recipe="fmnist_rocl",
                     repo_id="test-org/cnn4_rocl.fmnist", n_check=8, pgd_steps=3)
     return out, model, root
@@ -74,7 +81,8 @@ def test_folder_layout_and_checksums(exported):
     assert config["architecture"] == "cnn4_rocl" and config["pretrained_cfg"]["input_size"] == [1, 28, 28]
     files = config["rocl_zoo"]["files"]
     assert set(files) == {"model.safetensors", "model.onnx", "results_linf.json"}
-    assert config["rocl_zoo"]["metrics"]["pgd20_linf_0.1"] == 61.75
+    res = json.loads((root / "results_linf.json").read_text())
+    assert config["rocl_zoo"]["metrics"]["pgd3_linf_0.1"] == round(100 * res["attacks"]["pgd3"]["acc"], 2)
     assert config["rocl_zoo"]["recipe"] == "fmnist_rocl"
     with torch.no_grad():
         assert torch.equal(rocl_zoo.load(out)(_x(model)), model(_x(model)))
@@ -83,17 +91,22 @@ def test_folder_layout_and_checksums(exported):
 def test_model_card_metadata_holds_the_results(exported):
     from huggingface_hub import ModelCard
 
-    out = exported[0]
+    out, _, root = exported
+    res = json.loads((root / "results_linf.json").read_text())
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "timm" and card.data.datasets == ["fashion_mnist"]
     got = {r.metric_config: r.metric_value for r in card.data.eval_results}
-    assert got == {"clean": 84.25, "pgd20_linf_0.1": 61.75, "fgsm_linf_0.1": 70.5, "autoattack_linf_0.1": 58.5}
+    # evaluate.py writes percent in RobustBench's keys and fractions in its "attacks" block: the card is in percent.
+    assert got == {"clean": res["clean_acc"], "fgsm_linf_0.1": round(100 * res["attacks"]["fgsm"]["acc"], 2),
+                   "pgd3_linf_0.1": round(100 * res["attacks"]["pgd3"]["acc"], 2),
+                   "worst_case_linf_0.1": res["robust_acc"]}
+    assert res["clean_acc"] == 100.0 and 0 <= got["pgd3_linf_0.1"] <= 100
     r = card.data.eval_results[0]
     assert (r.task_type, r.dataset_type, r.dataset_split, r.metric_type) == (
         "image-classification", "fashion_mnist", "test", "accuracy")
     text = card.text
-    for needle in ["Fashion-MNIST", "split `test`", "eps = 0.1", "linf", "pgd20", "fgsm", "autoattack",
-                   "n_examples = 500", "fmnist_rocl", 'rocl_zoo.load("hf-hub:test-org/cnn4_rocl.fmnist")',
+    for needle in ["Fashion-MNIST", "split `test`", "eps = 0.1", "linf", "| pgd3 | steps=3", "fgsm",
+                   "n_examples = 16", "fmnist_rocl", "Protocol: linear", 'rocl_zoo.load("hf-hub:test-org/cnn4_rocl.fmnist")',
                    "timm.create_model", "torch.hub.load", "OnnxClassifier", "max |logit difference|"]:
         assert needle in text, needle
 
@@ -187,7 +200,9 @@ def test_cli_exports_a_run_folder_with_its_results(tmp_path, capsys):
     from huggingface_hub import ModelCard
 
     got = {r.metric_config: r.metric_value for r in ModelCard.load(out / "README.md").data.eval_results}
+    # A results file with percentages throughout is read as written.
     assert got["pgd20_linf_8/255"] == 75.0 and got["pgd20_linf_0.1"] == 61.75 and got["clean"] == 84.25
+    assert got["autoattack_linf_0.1"] == 58.5
     assert ex.main(["no_such_model.tag", "--out", str(tmp_path / "x")]) == 2
     assert "error:" in capsys.readouterr().err
 
