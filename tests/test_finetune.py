@@ -332,3 +332,21 @@ def test_trains_on_the_attacks_output(encoder_dir, monkeypatch, mode):
     a, b, c = (r.model.state_dict() for r in (flipped_by_attack, flipped_data, clean_data))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_classifier_loads_through_torch_hub(runs):
+    """torch.hub builds the architecture (offline, from this repository); the folder's safetensors fit it."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    run = runs[0]["at"]
+    folder = run.out / "classifier"
+    cfg = json.loads((folder / "config.json").read_text())
+    repo = str(Path(__file__).resolve().parents[1])
+    model = torch.hub.load(repo, cfg["architecture"], source="local", num_classes=cfg["num_classes"],
+                           **cfg["model_args"])
+    model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), run.model.eval()(x))
