@@ -79,13 +79,16 @@ def _r(**kw) -> Recipe:
 _CIFAR = dict(dataset="cifar10", arch="resnet18_rocl", epochs=1000, batch_size=512, lr=0.1, weight_decay=1e-6,
               ckpt_every=500, log_every=20)
 
-# Fashion-MNIST, cnn4_rocl (256-d features, projector 256-2048-128). On this 2-core CPU (Intel Xeon, 2 threads)
-# one RoCL step at batch 256 (7-step attack) measured about 1.9 s, i.e. ~135 img/s, so an epoch of 60,000
-# images takes about 7.5 min and 12 epochs about 1.5 hours. Training attack: eps 0.1, Fashion-MNIST's
-# conventional l-inf budget (a robust encoder for that budget is what the zoo evaluates), step 0.025
-# (the paper's step/eps ratio of about 1/4), 7 steps. Warm-up 1 epoch (the paper's 1 %), then cosine.
-_FMNIST = dict(dataset="fashion_mnist", arch="cnn4_rocl", epochs=12, batch_size=256, lr=0.1, weight_decay=1e-6,
-               warmup_epochs=1.0, eps=0.1, alpha=0.025, attack_steps=7, ckpt_every=100, log_every=10)
+# Fashion-MNIST, cnn4_rocl (256-d features, projector 256-2048-128). Measured on this 2-core CPU (AMD EPYC,
+# shared with other jobs, load average ~8, 1 torch thread; benchmarks/results/bench_train.txt): one RoCL step
+# (7-step attack) at batch 64 takes 4.2 s, 15 img/s, so an epoch of 60,000 images took ~66 min under that
+# load; on an idle machine with 2 threads expect roughly 3x that throughput (~20-25 min an epoch). A RoCL
+# image costs ~24 forward-equivalents (1 target + 7 x 2 attack + 3 views x 3 train), SimCLR's 6: the budget of
+# about 1.5 hours is 3 epochs of RoCL (12 of SimCLR). Training attack: eps 0.1, Fashion-MNIST's conventional
+# l-inf budget (the zoo evaluates at 0.1), step 0.025 (the paper's step/eps ratio of about 1/4), 7 steps.
+# Warm-up 0.1 epoch (a short run: the paper's 10 of 1000 epochs would be 0.03 here), then cosine.
+_FMNIST = dict(dataset="fashion_mnist", arch="cnn4_rocl", epochs=3, batch_size=256, lr=0.1, weight_decay=1e-6,
+               warmup_epochs=0.1, eps=0.1, alpha=0.025, attack_steps=7, ckpt_every=100, log_every=10)
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     _r(name="cifar10_resnet18_rocl", kind="rocl", description="RoCL, CIFAR-10, ResNet-18: the paper's settings",
@@ -99,17 +102,18 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     _r(name="fmnist_rocl", kind="rocl", description="RoCL, Fashion-MNIST, cnn4_rocl (~1.5 h on 2 CPU cores)",
        **_FMNIST),
     _r(name="fmnist_simclr", kind="simclr", description="SimCLR baseline, Fashion-MNIST, cnn4_rocl",
-       **{**_FMNIST, "epochs": 40}),
+       **{**_FMNIST, "epochs": 12, "warmup_epochs": 0.5}),
     _r(name="fmnist_rocl_wide", kind="rocl", description="RoCL, Fashion-MNIST, cnn4w_rocl (512-d features)",
-       **{**_FMNIST, "arch": "cnn4w_rocl"}),
+       **{**_FMNIST, "arch": "cnn4w_rocl"}),  # ~4x the cost: GPU or a long CPU run
     _r(name="fmnist_resnet18_rocl", kind="rocl", description="RoCL, Fashion-MNIST, ResNet-18 (GPU)",
        **{**_FMNIST, "arch": "resnet18_rocl", "epochs": 200, "warmup_epochs": 10.0}),
     # Supervised baselines, same data and architectures: PGD-AT (Madry) and TRADES (beta 6), 10-step attacks.
-    _r(name="fmnist_at", kind="at", dataset="fashion_mnist", arch="cnn4_rocl", epochs=15, batch_size=128, lr=0.1,
-       weight_decay=5e-4, optimizer="sgd", lr_milestones=(10, 13), eps=0.1, alpha=0.025, attack_steps=10,
+    # Fashion-MNIST: ~23-27 forward-equivalents per image, like RoCL, so the same 3-epoch (~1.5 h) budget.
+    _r(name="fmnist_at", kind="at", dataset="fashion_mnist", arch="cnn4_rocl", epochs=3, batch_size=128, lr=0.1,
+       weight_decay=5e-4, optimizer="sgd", lr_milestones=(2.0, 2.5), eps=0.1, alpha=0.025, attack_steps=10,
        description="PGD-10 adversarial training, Fashion-MNIST, cnn4_rocl", ckpt_every=200),
-    _r(name="fmnist_trades", kind="trades", dataset="fashion_mnist", arch="cnn4_rocl", epochs=15, batch_size=128,
-       lr=0.1, weight_decay=5e-4, optimizer="sgd", lr_milestones=(10, 13), eps=0.1, alpha=0.025, attack_steps=10,
+    _r(name="fmnist_trades", kind="trades", dataset="fashion_mnist", arch="cnn4_rocl", epochs=3, batch_size=128,
+       lr=0.1, weight_decay=5e-4, optimizer="sgd", lr_milestones=(2.0, 2.5), eps=0.1, alpha=0.025, attack_steps=10,
        description="TRADES (beta 6), Fashion-MNIST, cnn4_rocl", ckpt_every=200),
     _r(name="cifar10_resnet18_at", kind="at", dataset="cifar10", arch="resnet18_rocl", epochs=100, batch_size=128,
        lr=0.1, weight_decay=5e-4, optimizer="sgd", lr_milestones=(75, 90), eps=8 / 255, alpha=2 / 255,
