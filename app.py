@@ -41,6 +41,9 @@ CONCURRENCY = 2           # events computed at once: the machine this targets ha
 MAX_FILE_SIZE = "20mb"    # uploads above this are refused by Gradio before they reach the handlers
 CSS = """
 .pixelated img { image-rendering: pixelated; }
+/* 28x28 images would show at their natural size: fill the frame, crisp pixels */
+#input-image img, #model-view img, #adversarial img, #perturbation img {
+  width: 100%; height: 100%; object-fit: contain; }
 #banner { border: 2px solid #d97706; border-radius: 8px; padding: 0 12px; background: #fffbeb; color: #78350f; }
 """
 # System fonts only: the default theme would fetch Google Fonts, and the demo must work with no network.
@@ -164,22 +167,21 @@ def build_app(demo: L.Demo) -> gr.Blocks:
         gr.Markdown(banner_markdown(demo), elem_id="models")
 
         with gr.Row():
-            with gr.Column(scale=1):
+            with gr.Column(scale=2):
                 image = CheckedImage(type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard"],
                                      height=260, elem_id="input-image", elem_classes="pixelated")
                 gr.Examples(examples=[[str(p)] for p in demo.examples.gallery_examples()], inputs=[image],
                             label="Examples: Fashion-MNIST test images, scikit-image samples",
                             examples_per_page=16)
-            with gr.Column(scale=1):
+            with gr.Column(scale=5):
                 note = gr.Markdown(elem_id="true-class")
-                view = gr.Image(label="What the models see", format="png", height=160, interactive=False,
-                                elem_id="model-view", elem_classes="pixelated")
-            with gr.Column(scale=1):
-                label_robust = gr.Label(num_top_classes=demo.topk, label=f"{L.ROLE_NAMES[L.ROBUST]}: clean",
-                                        elem_id="pred-robust")
-            with gr.Column(scale=1):
-                label_base = gr.Label(num_top_classes=demo.topk, label=f"{L.ROLE_NAMES[L.BASELINE]}: clean",
-                                      elem_id="pred-baseline")
+                with gr.Row():
+                    view = gr.Image(label="What the models see", format="png", height=240, interactive=False,
+                                    elem_id="model-view", elem_classes="pixelated")
+                    label_robust = gr.Label(num_top_classes=demo.topk, label=f"{L.ROLE_NAMES[L.ROBUST]}: clean",
+                                            elem_id="pred-robust")
+                    label_base = gr.Label(num_top_classes=demo.topk, label=f"{L.ROLE_NAMES[L.BASELINE]}: clean",
+                                          elem_id="pred-baseline")
 
         gr.Markdown("## Attack")
         with gr.Row():
@@ -208,11 +210,13 @@ def build_app(demo: L.Demo) -> gr.Blocks:
 
         gr.Markdown("## Feature space: nearest bundled Fashion-MNIST examples (cosine similarity of features)")
         similarity = gr.Markdown(elem_id="similarity")
-        with gr.Row():
-            galleries = [gr.Gallery(label=f"{L.ROLE_NAMES[role]}: {which}", columns=5, rows=1, height=170,
-                                    object_fit="contain", allow_preview=False, elem_classes="pixelated",
-                                    elem_id=f"nn-{role}-{which}")
-                         for role in (L.ROBUST, L.BASELINE) for which in ("clean", "attacked")]
+        galleries = []
+        for role in (L.ROBUST, L.BASELINE):
+            with gr.Row():
+                galleries += [gr.Gallery(label=f"{L.ROLE_NAMES[role]}: {which} image's neighbours", columns=5,
+                                         rows=1, height=150, object_fit="contain", allow_preview=False,
+                                         elem_classes="pixelated", elem_id=f"nn-{role}-{which}")
+                              for which in ("clean", "attacked")]
 
         # A new image clears the old attack (its results would describe another image), then predicts.
         attack_outputs = [adversarial, perturbation, summary, after_robust, after_base, plot]

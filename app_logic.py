@@ -424,9 +424,10 @@ class Demo:
         return out
 
     def _nearest(self, role: str, feat: torch.Tensor, k: int) -> list[tuple[str, str]]:
+        """The k most similar bank images as (path, "similarity class"): the number first, as captions get cut."""
         sims = (self.bank_features[role] @ feat[0]).tolist()
         order = sorted(range(len(sims)), key=lambda i: -sims[i])[:k]
-        return [(str(self.examples.fashion[i].path), f"{self.examples.fashion[i].caption} ({sims[i]:.2f})")
+        return [(str(self.examples.fashion[i].path), f"{sims[i]:.2f} {self.examples.fashion[i].caption}")
                 for i in order]
 
 
