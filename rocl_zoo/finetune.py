@@ -618,8 +618,8 @@ def _train(clf: nn.Module, data: dict, s: dict, *, device, out: Path | None, ckp
              "train_on": "clean features" if mode == "linear" else "clean+adversarial" if mode == "trades"
              else "adversarial"}
         if mode in ADVERSARIAL_MODES:
-            m.update(adv_examples=running["adv"], adv_size_mean=round(running["adv_linf_sum"] / max(running["adv"], 1), 6),
-                     adv_size_max=round(running["adv_linf_max"], 6), attack_time_s=round(running["attack_time_s"], 3))
+            m.update(adv_examples=running["adv"],
+                     adv_size_mean=round(running["adv_linf_sum"] / max(running["adv"], 1), 6), adv_size_max=round(running["adv_linf_max"], 6), attack_time_s=round(running["attack_time_s"], 3))
             if mode == "trades":
                 m["train_adv_acc"] = round(running["adv_correct"] / running["seen"], 6)
         robust_val = mode in ADVERSARIAL_MODES or epoch + 1 == s["epochs"]

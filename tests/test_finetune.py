@@ -280,7 +280,8 @@ def test_settings_defaults():
     at = ft.resolve_settings("at", "cifar10")
     assert (at["epochs"], at["lr"], at["milestones"], at["weight_decay"]) == (25, 0.1, [15, 20], 2e-4)
     assert at["eps"] == pytest.approx(8 / 255) and at["alpha"] == pytest.approx(2 / 255) and at["steps"] == 10
-    assert ft.resolve_settings("trades", "digits")["beta"] == 6 and ft.resolve_settings("trades", "digits")["eps"] == 0.1
+    trades = ft.resolve_settings("trades", "digits")
+    assert trades["beta"] == 6 and trades["eps"] == 0.1
     lin = ft.resolve_settings("linear", "cifar10")
     assert (lin["epochs"], lin["milestones"], lin["weight_decay"]) == (150, [30, 50, 100], 5e-4)
     assert [ft.lr_at(at, e) for e in (0, 14, 15, 19, 20, 24)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
