@@ -38,3 +38,13 @@ wrn34_10_rocl = _entry_point("wrn34_10_rocl")
 wrn34_10_rocl.__doc__ = """WideResNet-34-10 (640-d features), the robustness field's standard; default tag `cifar10`.
 
 Args: pretrained, tag, num_classes, in_chans."""
+
+
+def load(source: str, **kwargs):
+    """Any model rocl_zoo can load: a zoo name (`cnn4_rocl.fmnist`), `hf-hub:ORG/NAME[@REV]`, or a folder in the
+    Hub layout (for example a `python -m rocl_zoo.finetune` output's `classifier/`), verified against its sha256.
+
+    `torch.hub.load(repo, "load", "runs/digits-at/classifier", source="local")`."""
+    from rocl_zoo.hub import load as _load
+
+    return _load(source, **kwargs)

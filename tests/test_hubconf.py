@@ -17,7 +17,7 @@ def test_every_entry_point_is_listed_and_documented():
     hubconf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hubconf)
     names = [n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith("_")]
-    assert set(names) == {"cnn4_rocl", "cnn4w_rocl", "resnet18_rocl", "resnet50_rocl", "wrn34_10_rocl"}
+    assert set(names) == {"cnn4_rocl", "cnn4w_rocl", "resnet18_rocl", "resnet50_rocl", "wrn34_10_rocl", "load"}
     assert all(getattr(hubconf, n).__doc__ for n in names)
     assert "512-d" in hubconf.resnet18_rocl.__doc__
     assert set(hubconf.dependencies) >= {"torch", "timm", "safetensors"}
@@ -33,3 +33,13 @@ def test_load_untrained_offline():
 def test_pretrained_without_published_weights_names_the_recipe():
     with pytest.raises(WeightsUnavailableError, match="cifar10_wrn34_10_rocl"):
         torch.hub.load(REPO, "wrn34_10_rocl", source="local", pretrained=True)
+
+
+def test_load_entry_point_reads_a_folder(tmp_path):
+    import rocl_zoo
+
+    model = rocl_zoo.create_model("cnn4_rocl.fmnist").eval()
+    folder = rocl_zoo.save_pretrained(model, tmp_path / "clf")
+    loaded = torch.hub.load(REPO, "load", str(folder), source="local")
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(loaded(x), model(x))
