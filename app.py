@@ -51,15 +51,16 @@ THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "monospace"])
 
 
-class CheckedImage(gr.Image):
+def checked_image(**kwargs) -> gr.Image:
     """gr.Image whose decoding failures (a non-image, a decompression bomb) become a clear message in the page
-    rather than a bare "Error". `is_template` makes the browser render it with Gradio's own Image component."""
+    rather than a bare "Error". The instance's preprocess is wrapped rather than subclassed: Gradio writes a
+    .pyi stub next to any module that subclasses a component."""
+    image = gr.Image(**kwargs)
+    preprocess = image.preprocess
 
-    is_template = True
-
-    def preprocess(self, payload):
+    def checked(payload):
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except gr.Error:
             raise
         except Exception:
@@ -67,6 +68,9 @@ class CheckedImage(gr.Image):
             raise gr.Error(f"{name} is not an image this demo can read (or is far too large). Upload a PNG, "
                            f"JPEG, BMP, TIFF or WebP image of at most {L.MAX_UPLOAD_PIXELS // 1_000_000} "
                            f"megapixels.", title="Not an image", print_exception=False) from None
+
+    image.preprocess = checked
+    return image
 
 
 def user_errors(fn):
@@ -135,7 +139,8 @@ def build_app(demo: L.Demo) -> gr.Blocks:
     @user_errors
     def attack(image, method, eps, steps, target):
         r = demo.attack(image, method, eps, steps, target)
-        return (png(r["adversarial"]), png(r["perturbation"]), r["summary"], r["after"][L.ROBUST], r["after"][L.BASELINE])
+        return (png(r["adversarial"]), png(r["perturbation"]), r["summary"], r["after"][L.ROBUST],
+                r["after"][L.BASELINE])
 
     @user_errors
     def curve(image, method, eps, steps):
@@ -168,8 +173,9 @@ def build_app(demo: L.Demo) -> gr.Blocks:
 
         with gr.Row():
             with gr.Column(scale=2):
-                image = CheckedImage(type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard"],
-                                     height=260, elem_id="input-image", elem_classes="pixelated")
+                image = checked_image(type="filepath", image_mode=None, label="Image", height=260,
+                                      sources=["upload", "clipboard"], elem_id="input-image",
+                                      elem_classes="pixelated")
                 gr.Examples(examples=[[str(p)] for p in demo.examples.gallery_examples()], inputs=[image],
                             label="Examples: Fashion-MNIST test images, scikit-image samples",
                             examples_per_page=16)

@@ -260,8 +260,10 @@ def check_attack_args(method, eps, steps) -> tuple[str, float, int]:
     except (TypeError, ValueError):
         raise ConfigError(f"eps must be a number, got {eps!r}.") from None
     if not (math.isfinite(eps) and 0 < eps <= EPS_MAX[norm]):
+        unit = ("l-inf, pixel units of [0, 1] images: 0.1 is about 25/255" if norm == "linf" else
+                "l2 norm of the whole perturbation")
         raise ConfigError(f"eps = {eps:g} is out of range for {METHODS[method][0]}: use 0 < eps <= "
-                          f"{EPS_MAX[norm]:g} ({'l-inf, pixel units of [0, 1] images: 0.1 is about 25/255' if norm == 'linf' else 'l2 norm of the whole perturbation'}).")
+                          f"{EPS_MAX[norm]:g} ({unit}).")
     try:
         steps_f = float(steps)
     except (TypeError, ValueError):
