@@ -327,6 +327,10 @@ def eval_results(results: Sequence[tuple[str, dict]], dataset: str | None):
     return out
 
 
+def _round(values):
+    return [round(float(v), 4) for v in values] if isinstance(values, (list, tuple)) else values
+
+
 def _fmt(v) -> str:
     return f"{v:.2f}" if isinstance(v, float) else str(v)
 
@@ -353,7 +357,8 @@ def build_card(config: dict, results: Sequence[tuple[str, dict]], *, model_name:
           f"- Architecture: `{arch}` ({config.get('num_features')}-d features, {config.get('num_classes')} classes)",
           f"- Dataset: {DATASET_NAMES.get(dataset, dataset)} (`{dataset}`)",
           f"- Input: images in [0, 1], shape ({c}, {h}, {w}); the model normalises inside "
-          f"(mean {rz.get('normalization', {}).get('mean')}, std {rz.get('normalization', {}).get('std')}), so "
+          f"(mean {_round(rz.get('normalization', {}).get('mean'))}, std "
+          f"{_round(rz.get('normalization', {}).get('std'))}), so "
           f"eps is in pixel units.",
           f"- Method: RoCL, {PAPER}; code: rocl-zoo.", ""]
     L += ["## Evaluation", ""]
@@ -367,9 +372,11 @@ def build_card(config: dict, results: Sequence[tuple[str, dict]], *, model_name:
               f"n_examples = {res.get('n_examples')}",
               f"- Threat model: {_norm_of(res)}, eps = {eps_str(res.get('eps'))}" +
               (f" ({res.get('eps')})" if eps_str(res.get("eps")) != str(res.get("eps")) else "")]
-        for key in ("protocol", "seed", "hardware", "wall_time_s"):
+        for key, label in (("protocol", "Protocol"), ("seed", "Seed"), ("hardware", "Hardware")):
             if res.get(key) is not None:
-                L.append(f"- {key.replace('_', ' ').capitalize()}: {res[key]}")
+                L.append(f"- {label}: {res[key]}")
+        if res.get("wall_time_s") is not None:
+            L.append(f"- Wall time: {res['wall_time_s']:.0f} s")
         sanity = res.get("sanity")
         if isinstance(sanity, dict) and "passed" in sanity:
             flags = sanity.get("flags") or []
