@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .errors import ConfigError, DataError, IntegrityError, RoclZooError
 
 MODES = {
@@ -79,6 +80,7 @@ DEFAULT_BETA = 6.0
 DEFAULT_ATTACKS = "clean,pgd20"
 IMAGEFOLDER_TEST_FRACTION = 0.2
 CHECKPOINT_FORMAT = "rocl_zoo.finetune/1"
+CORRUPT_HINT = "Delete it to restart the run from its beginning, or pass --overwrite."
 
 CONFIG_NAME, METRICS_NAME, CHECKPOINT_NAME, RESULTS_NAME, CLASSIFIER_DIR = (
     "config.json", "metrics.jsonl", "checkpoint.pt", "results.json", "classifier")
@@ -99,31 +101,6 @@ class FinetuneResult:
     metrics: list = field(default_factory=list)  # one dict per epoch
     out: Path | None = None
     config: dict = field(default_factory=dict)
-
-
-# ------------------------------------------------------------------------------------------------ checkpoints
-# A small helper of our own: rocl_zoo must not import training/ (see docs/ARCHITECTURE.md).
-
-
-def save_checkpoint(path, state: dict) -> None:
-    """torch.save through a temporary file + rename: a crash never leaves half a checkpoint."""
-    from .utils import atomic_write
-
-    with atomic_write(path) as f:
-        torch.save(state, f)
-
-
-def load_checkpoint(path) -> dict:
-    """Read a checkpoint with weights_only=True (no arbitrary unpickling); corrupt files raise IntegrityError."""
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        raise IntegrityError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e}). It is truncated or "
-                             f"corrupt: delete it to restart the run from its beginning, or pass --overwrite.") from e
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise IntegrityError(f"{path} is not a rocl_zoo.finetune checkpoint (format {CHECKPOINT_FORMAT}).")
-    return state
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -530,20 +507,16 @@ def _train(clf: nn.Module, data: dict, s: dict, *, device, out: Path | None, ckp
         if out is None:
             return
         save_checkpoint(out / CHECKPOINT_NAME, {
-            "format": CHECKPOINT_FORMAT, "run_id": run_id, "epoch": epoch, "step": step,
+            "run_id": run_id, "epoch": epoch, "step": step,
             "model": {k: v.detach().cpu() for k, v in clf.state_dict().items()}, "optimizer": opt.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-            "running": running, "metrics": metrics})
+            "rng": rng_state(), "running": running, "metrics": metrics}, format=CHECKPOINT_FORMAT)
 
     for epoch in range(start_epoch, s["epochs"]):
         for g in opt.param_groups:
             g["lr"] = lr_at(s, epoch)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)))
         if start_step and running is not None:  # resuming inside this epoch
-            torch.set_rng_state(ckpt["rng"])
-            if ckpt.get("cuda_rng") is not None and device.type == "cuda":
-                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+            set_rng_state(ckpt["rng"])
             first = start_step
         else:
             torch.manual_seed(_epoch_seed(seed, epoch) + 1)  # seeds CUDA's generators too
@@ -733,7 +706,7 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
             _check_resume_config(saved, config, cfg_path)
             run_id = saved.get("run_id", run_id)
             if ckpt_path.is_file():
-                ckpt = load_checkpoint(ckpt_path)
+                ckpt = load_checkpoint(ckpt_path, format=CHECKPOINT_FORMAT, hint=CORRUPT_HINT)
                 if ckpt.get("run_id") != run_id:
                     raise IntegrityError(f"{ckpt_path} belongs to another run than {cfg_path}; pass --overwrite to "
                                          f"start again.")

@@ -150,7 +150,7 @@ def test_resume_is_exact(encoder_dir, tmp_path, monkeypatch):
     with pytest.raises(ft.FinetuneInterrupted, match="--resume"):
         ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", **kw)
     ft._StopFlag.requested = False
-    ck = ft.load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    ck = ft.load_checkpoint(tmp_path / "cut" / "checkpoint.pt", format=ft.CHECKPOINT_FORMAT)
     assert (ck["epoch"], ck["step"]) == (1, 1) and not (tmp_path / "cut" / "results.json").exists()
     with pytest.raises(ConfigError, match="already holds"):
         ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", **kw)

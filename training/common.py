@@ -19,7 +19,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from rocl_zoo.errors import ConfigError, IntegrityError
+from rocl_zoo import checkpoint
+from rocl_zoo.checkpoint import rng_state, set_rng_state  # noqa: F401  (part of this module's interface)
+from rocl_zoo.errors import ConfigError
 from rocl_zoo.utils import atomic_write, resolve_device, write_json
 
 CHECKPOINT_FORMAT = "rocl_zoo.train/1"
@@ -119,19 +121,6 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch + 1))
 
 
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # --------------------------------------------------------------------------------------------- run folder
 
 
@@ -190,21 +179,11 @@ def check_compatible(saved: dict, current: dict) -> None:
 
 
 def save_checkpoint(path, state: dict) -> None:
-    """torch.save through a temporary file and a rename: a crash never leaves half a checkpoint."""
-    with atomic_write(path) as f:
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
+    checkpoint.save_checkpoint(path, state, format=CHECKPOINT_FORMAT)
 
 
 def load_checkpoint(path) -> dict:
-    """Load with weights_only=True; a truncated or foreign file raises IntegrityError saying what to do."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        raise IntegrityError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e}). Delete it to "
-                             "start over, or restore it from a copy.") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise IntegrityError(f"{path} is not a rocl_zoo training checkpoint (format {CHECKPOINT_FORMAT}).")
-    return ckpt
+    return checkpoint.load_checkpoint(path, format=CHECKPOINT_FORMAT)
 
 
 # ------------------------------------------------------------------------------------- optimiser, schedule
