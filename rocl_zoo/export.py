@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, DataError, IntegrityError, RoclZooError
+from .errors import ConfigError, IntegrityError, RoclZooError
 from .hub import CARD_NAME, CONFIG_NAME, HF_PREFIX, WEIGHTS_NAME, architecture_of, parse_source, save_pretrained, verify_file
 from .onnx import INPUT_NAME, META_ARCHITECTURE, META_INPUT_SIZE, META_LABELS, ONNX_NAME, OUTPUT_NAME
 from .predict import model_input_size, prepare_images
@@ -621,7 +620,7 @@ def main(argv: Iterable[str] | None = None) -> int:
                      images=args.images, dataset=args.dataset, recipe=args.recipe, repo_id=args.repo_id,
                      overwrite=args.overwrite, dynamo=args.dynamo, n_check=args.n_check, pgd_steps=args.pgd_steps,
                      eps=args.eps, quiet=args.quiet)
-    except (RoclZooError, DataError) as e:
+    except RoclZooError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     config = json.loads((out / CONFIG_NAME).read_text())
