@@ -235,6 +235,7 @@ def test_cli_robust_linear_and_sanity(saved_encoder, tmp_path):
     (["{enc}", "--eps", "8"], "8/255"),
     (["{enc}", "--eps", "eight"], "not a number"),
     (["{enc}", "--attacks", "clean,bogus"], "unknown attack"),
+    (["{enc}", "--protocol", "linear", "--epochs", "1", "--transfer-from", "{enc}"], "transfer needs a classifier"),
     (["{enc}"], "encoder without a classifier head"),
     ([], "SOURCE"),
 ])
