@@ -101,11 +101,13 @@ class OnnxClassifier:
                               f"re-export it with `python -m rocl_zoo.export`.")
         # Spatial sizes fixed in the graph must be fed exactly; dynamic ones accept any size.
         self._fixed_hw = tuple(d if isinstance(d, int) else None for d in graph_shape[2:4])
-        num_classes = out.shape[-1] if isinstance(out.shape[-1], int) else config.get("num_classes")
+        num_classes = config.get("num_classes")
+        if num_classes is None:
+            num_classes = out.shape[-1] if isinstance(out.shape[-1], int) else 0
         labels = config.get("label_names") or (json.loads(meta[META_LABELS]) if META_LABELS in meta else None)
         if num_classes and (labels is None or len(labels) != num_classes):
             labels = [str(i) for i in range(num_classes)]
-        self.num_classes = int(num_classes or 0)
+        self.num_classes = int(num_classes or 0)  # 0: an encoder without a head, whose output is its features
         self.label_names = [str(v) for v in (labels or [])]
         self.architecture = config.get("architecture") or meta.get(META_ARCHITECTURE)
         # The attributes rocl_zoo.predict.prepare_images reads, so both paths preprocess identically.
@@ -160,7 +162,7 @@ class OnnxClassifier:
         return x
 
     def logits(self, x, batch_size: int = 256) -> np.ndarray:
-        """Logits (B, num_classes) for a float (B, C, H, W) batch in [0, 1]."""
+        """Logits (B, num_classes) for a float (B, C, H, W) batch in [0, 1] (features, for a model without a head)."""
         x = self.check_batch(x)
         if len(x) == 0:
             return np.zeros((0, self.num_classes), dtype=np.float32)
@@ -174,6 +176,9 @@ class OnnxClassifier:
         [{"label", "index", "prob"}, ...], best first. Accepts paths, PIL images, arrays and tensors."""
         from .predict import prepare_images
 
+        if not self.num_classes:
+            raise ConfigError("this ONNX model has no classifier head (num_classes=0): its output are features; use "
+                              ".logits() for them, or fine-tune a head (`python -m rocl_zoo.finetune`) and re-export.")
         x = prepare_images(images, self).numpy()
         z = self.logits(x, batch_size=batch_size)
         z = z - z.max(axis=1, keepdims=True)

@@ -96,3 +96,16 @@ def test_bare_onnx_file_describes_itself(folder, tmp_path):
     assert bare.architecture == "cnn4_rocl"
     with pytest.raises(ModelNotFoundError, match="rocl_zoo.export"):
         OnnxClassifier(tmp_path / "nothing_here")
+
+
+def test_encoder_without_head(tmp_path):
+    """An encoder (num_classes=0) exports too; its ONNX output is the pooled features and predict() refuses."""
+    model = rocl_zoo.create_model("cnn4_rocl", num_classes=0).eval()
+    with pytest.warns(UserWarning):
+        out = ex.export(model, tmp_path / "enc", n_check=2, pgd_steps=1)
+    enc = OnnxClassifier(out)
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        assert np.abs(enc.logits(x) - model(x).numpy()).max() <= 1e-4 and enc.num_classes == 0
+    with pytest.raises(ConfigError, match="no classifier head"):
+        enc.predict(x[0])
