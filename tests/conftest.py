@@ -9,12 +9,18 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    """Seeded, on one torch thread. The tests run small ops, often beside a server or worker processes; a second
+    OpenMP thread that gets descheduled makes every op wait for it (measured up to 50x slower on 2 shared cores).
+    Code under test may change the thread count (the training CLIs' --threads): it is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

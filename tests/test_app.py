@@ -99,16 +99,6 @@ def stop_server(proc: subprocess.Popen) -> str:
     return out or ""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Like the app (app.py --threads 1): single images are latency-bound, and two threads contending with the
-    other processes of a busy 2-core machine are many times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     return make_models(tmp_path_factory.mktemp("demo_models"))

@@ -32,19 +32,14 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 def server(tmp_path_factory):
     """The app in this process (test_app.py covers `python app.py` as a subprocess): saves the 10-30 s of
     importing torch and Gradio again on a busy machine."""
-    import torch
-
     import app
     import app_logic as L
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as app.py does
     blocks = app.build_app(L.build_demo(*map(str, make_models(tmp_path_factory.mktemp("browser_models")))))
     port = free_port()
     app.launch(blocks, port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     blocks.close()
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

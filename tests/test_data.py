@@ -7,14 +7,6 @@ from rocl_zoo import data as D
 from rocl_zoo.errors import ConfigError, DataError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 needs_fmnist = pytest.mark.skipif(not (D.DEBIAN_FASHION_MNIST / "train-labels-idx1-ubyte.gz").is_file(),
                                   reason="apt-get install dataset-fashion-mnist")
 

@@ -9,16 +9,6 @@ from rocl_zoo import evaluate as E
 from rocl_zoo.errors import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: these tests run tiny ops, and on the shared 2-core machine a second OpenMP thread that
-    gets descheduled makes each op wait for it (measured: 0.4 s with 1 thread, 29 s with 2, for the same test)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------------ attack specs
 
 def test_parse_eps_and_attack_specs():

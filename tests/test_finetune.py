@@ -21,16 +21,6 @@ TINY = dict(image_size=8, epochs=1, batch_size=32, steps=2, subset=120, val_exam
             progress=False, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: on 2 cores shared with other jobs, two threads wait on each other (measured 6x slower
-    on these tiny batches)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory):
     """A small grey 28x28 encoder (random init) saved in the Hub layout, as a zoo encoder would be."""

@@ -9,14 +9,6 @@ from rocl_zoo.attacks import instance_attack
 from rocl_zoo.losses import nt_xent, rocl_loss, simclr_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small ops on a shared 2-core machine: 1 thread is far faster than 2
-    yield
-    torch.set_num_threads(n)
-
-
 def reference_loss(z, n_views, tau):
     """Straight from DESIGN.md: each (anchor, positive) pair gives -log(exp(s_ap) / sum_{k != a} exp(s_ak))."""
     rows = z.shape[0]

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from rocl_zoo import data as D
-from rocl_zoo.errors import ConfigError, DataError, IntegrityError
+from rocl_zoo.errors import ConfigError, IntegrityError
 from training import pretrain
 from training.common import LARS, warmup_cosine_lr
 
@@ -19,13 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--recipe", "fmnist_rocl", "--threads", "1", "--quiet", "--subset", "64", "--batch-size", "16",
         "--epochs", "2", "--set", "dataset=digits", "--set", "proj_hidden=32", "--set", "proj_out=16",
         "--set", "attack_steps=2", "--set", "ckpt_every=3", "--set", "log_every=1", "--set", "warmup_epochs=0.5"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def run(out, *extra):

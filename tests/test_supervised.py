@@ -13,13 +13,6 @@ TINY = ["--threads", "1", "--quiet", "--subset", "64", "--batch-size", "16", "--
         "--set", "lr_milestones=1"]
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def args(argv):
     p = argparse.ArgumentParser()
     common.add_common_args(p)
