@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import rocl_zoo.models  # noqa: E402,F401
-from rocl_zoo.attacks import _frozen_params, _model_mode, instance_attack  # noqa: E402
+from rocl_zoo.attacks import attack_mode, instance_attack  # noqa: E402
 from rocl_zoo.data import DATASETS, RoclAugment  # noqa: E402
 from rocl_zoo.losses import nt_xent, rocl_loss  # noqa: E402
 from rocl_zoo.utils import hardware_name, resolve_device  # noqa: E402
@@ -66,11 +66,11 @@ def bench(arch: str, dataset: str, batch: int, k: int, reps: int, device: torch.
         opt.step()
 
     def target_pass():
-        with _model_mode(net), torch.no_grad(), amp():
+        with attack_mode(net), torch.no_grad(), amp():
             net(x2)
 
     def attack_steps():
-        with _model_mode(net), _frozen_params(net), amp():
+        with attack_mode(net), amp():
             for _ in range(k):
                 x = x1.clone().requires_grad_(True)
                 torch.autograd.grad(net(x).float().sum(), x)

@@ -23,7 +23,7 @@ NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
 
 
-class _model_mode:
+class attack_mode:
     """Context manager: run `model` in eval mode (or as found, eval=False) with its parameters not requiring
     grad (freeze=True); restore every module's mode and every parameter's flag on exit."""
 
@@ -145,7 +145,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, loss: s
     _check_norm_eps(eps, "linf")
     _check_inputs(x, y)
     x = x.detach()
-    with _model_mode(model, eval_mode):
+    with attack_mode(model, eval_mode):
         _, _, grad = _input_grad(model, x, y, loss, targeted)
     return project(x + eps * grad.sign(), x, eps, "linf").detach()
 
@@ -200,7 +200,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
             best_loss[idx] = torch.where(take, value, best_loss[idx])
         return succ
 
-    with _model_mode(model, eval_mode):
+    with attack_mode(model, eval_mode):
         for _ in range(restarts):
             idx = None  # None = every example; early_stop narrows it to those still classified correctly
             if early_stop:
@@ -241,7 +241,7 @@ def predict_labels(model: nn.Module, x: torch.Tensor, batch_size: int = 256, eva
 
     no_grad rather than inference_mode: the labels often feed an attack next, and inference tensors cannot.
     """
-    with _model_mode(model, eval_mode):
+    with attack_mode(model, eval_mode):
         return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)])
 
 
@@ -258,6 +258,30 @@ class TransferResult(NamedTuple):
     @property
     def target_acc(self) -> float:
         return self.target_correct.float().mean().item()
+
+
+def trades_attack(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, steps: int = 10, norm: str = "linf",
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """TRADES's inner maximisation (Zhang et al. 2019): PGD on KL(p(x) || p(x_adv)) from x + 0.001 N(0, 1).
+
+    No labels: the clean prediction is the reference. Eval mode, input-only gradients, the model's modes restored.
+    `generator` draws the start (for exactly resumable training); without it the global RNG does.
+    """
+    _check_norm_eps(eps, norm)
+    x = x.detach()
+    with attack_mode(model):
+        with torch.no_grad():
+            p_clean = F.softmax(model(x).float(), dim=1)
+        noise = torch.randn(x.shape, generator=generator).to(x) if generator is not None else torch.randn_like(x)
+        x_adv = (x + 0.001 * noise).clamp(0, 1)
+        for _ in range(steps):
+            with torch.enable_grad():
+                x_adv.requires_grad_(True)
+                kl = F.kl_div(F.log_softmax(model(x_adv).float(), dim=1), p_clean, reduction="sum")
+                (grad,) = torch.autograd.grad(kl, x_adv)
+            step = grad.sign() if norm == "linf" else grad / _flat_norm(grad).clamp_min(1e-12)
+            x_adv = project(x_adv.detach() + alpha * step, x, eps, norm)
+    return x_adv.detach()
 
 
 def transfer_attack(source_model: nn.Module, target_model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -315,7 +339,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
         raise ConfigError("give `attacks` with version='custom', and only then.")
     module, name = _import_autoattack()
     aa_norm = {"linf": "Linf", "l2": "L2"}[norm]
-    with _model_mode(model, eval_mode):
+    with attack_mode(model, eval_mode):
         with torch.no_grad():
             n_cls = model(x[:1]).shape[1]
         if name == "pyautoattack":
@@ -350,24 +374,6 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
 #   ever appears as a constant, so its embedding is computed once, without gradient, not at every step;
 # - each step needs the gradient with respect to the input only: parameters stop requiring grad for the
 #   duration (no weight-gradient kernels run), and `.grad` of the parameters is never touched.
-
-
-class _frozen_params:
-    """Context manager: parameters of `model` do not require grad inside; their flags are restored on exit."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.flags = [(p, p.requires_grad) for p in self.model.parameters()]
-        for p, _ in self.flags:
-            p.requires_grad_(False)
-        return self.model
-
-    def __exit__(self, *exc):
-        for p, flag in self.flags:
-            p.requires_grad_(flag)
-        return False
 
 
 def instance_attack(model: nn.Module, x: torch.Tensor, x_target: torch.Tensor, eps: float = 8 / 255,
@@ -405,7 +411,7 @@ def instance_attack(model: nn.Module, x: torch.Tensor, x_target: torch.Tensor, e
     if steps <= 0:
         return x_adv.detach()
     n = x.shape[0]
-    with _model_mode(model, eval_mode), _frozen_params(model):
+    with attack_mode(model, eval_mode):
         with torch.no_grad():
             z_target = model(x_target).float()
         targets_all, t_offset = gather(z_target) if gather is not None else (z_target, 0)

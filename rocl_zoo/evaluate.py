@@ -149,7 +149,7 @@ def correct_under(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict,
     for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress or None, leave=False):
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
         if cfg["attack"] == "clean":
-            with A._model_mode(model), torch.inference_mode():
+            with A.attack_mode(model), torch.inference_mode():
                 pred = model(xb).argmax(1)
         else:
             x_adv = run_attack(source_model if source_model is not None else model, xb, yb, cfg, seed + i)
@@ -319,11 +319,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
     if len({c["name"] for c in cfgs}) != len(cfgs):
         raise ConfigError(f"--attacks names an attack twice: {specs}.")
     device = next(model.parameters()).device
-    with torch.no_grad(), A._model_mode(model):
+    with torch.no_grad(), A.attack_mode(model):
         out_dim = model(x[:1].to(device)).shape[1]
     num_classes = num_classes or out_dim
     if source_model is not None:
-        with torch.no_grad(), A._model_mode(source_model):
+        with torch.no_grad(), A.attack_mode(source_model):
             src_dim = source_model(x[:1].to(device)).shape[1]
         if src_dim != out_dim:
             raise ConfigError(f"the transfer source {source_name or ''} gives {src_dim} outputs but the model "

@@ -40,7 +40,7 @@ from .errors import ConfigError, IntegrityError, RoclZooError
 from .hub import CARD_NAME, CONFIG_NAME, HF_PREFIX, WEIGHTS_NAME, architecture_of, parse_source, save_pretrained, verify_file
 from .onnx import INPUT_NAME, META_ARCHITECTURE, META_INPUT_SIZE, META_LABELS, ONNX_NAME, OUTPUT_NAME
 from .predict import model_input_size, prepare_images
-from .utils import atomic_write, sha256_file, write_json
+from .utils import atomic_write, current_umask, sha256_file, write_json
 
 DEFAULT_OPSET = 18
 LOGIT_ATOL = 1e-4          # max |logit difference| ONNX Runtime vs PyTorch
@@ -552,12 +552,8 @@ def export(source, out, *, onnx: bool = True, opset: int = DEFAULT_OPSET, result
 
 
 def _publishable_modes(folder: Path) -> None:
-    """Temporary files are private (0600/0700); give the finished folder the umask's usual modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for f in folder.iterdir():
-        os.chmod(f, 0o666 & ~umask)
+    """mkdtemp makes the staging folder private (0700); give the finished folder the usual mode of a new one."""
+    os.chmod(folder, 0o777 & ~current_umask())
 
 
 def verify_folder(folder, reference: nn.Module | None = None) -> dict:

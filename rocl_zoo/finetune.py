@@ -60,8 +60,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .attacks import trades_attack
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .errors import ConfigError, DataError, IntegrityError, RoclZooError
+from .losses import trades_loss
 
 MODES = {
     "linear": "frozen encoder; train a linear head on its features (standard linear evaluation, SLF)",
@@ -286,35 +288,6 @@ def build_classifier(encoder: nn.Module, num_classes: int, *, in_chans: int | No
 # ------------------------------------------------------------------------------------------------ attacks
 
 
-def trades_attack(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, steps: int = 10,
-                  norm: str = "linf") -> torch.Tensor:
-    """TRADES's inner maximisation: PGD on KL(p(x) || p(x_adv)) from x + 0.001 * N(0, 1), model in eval mode.
-
-    Gradients are taken with respect to the input only; the model's mode is restored. Returns x_adv, detached.
-    """
-    from .attacks import _flat_norm, _model_mode, project
-
-    x = x.detach()
-    with _model_mode(model, True):
-        with torch.no_grad():
-            p_clean = F.softmax(model(x), dim=1)
-        x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
-        for _ in range(steps):
-            with torch.enable_grad():
-                x_adv.requires_grad_(True)
-                loss = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_clean, reduction="sum")
-                (grad,) = torch.autograd.grad(loss, x_adv)
-            step = grad.sign() if norm == "linf" else grad / _flat_norm(grad).clamp_min(1e-12)
-            x_adv = project(x_adv.detach() + alpha * step, x, eps, norm)
-    return x_adv.detach()
-
-
-def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
-    """CE(clean) + beta * KL(p_clean || p_adv), the KL summed over classes and averaged over the batch."""
-    kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
-    return F.cross_entropy(logits_clean, y) + beta * kl
-
-
 # ------------------------------------------------------------------------------------------------ settings
 
 
@@ -451,9 +424,9 @@ def _set_trainable(clf: nn.Module, mode: str) -> list:
 
 @torch.no_grad()
 def _features(clf: nn.Module, x: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    from .attacks import _model_mode
+    from .attacks import attack_mode
 
-    with _model_mode(clf, True):
+    with attack_mode(clf, True):
         return torch.cat([clf.forward_head(clf.forward_features(_float(x[i:i + batch_size], device)),
                                            pre_logits=True).float() for i in range(0, len(x), batch_size)])
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["contrastive_rows", "multi_view_nt_xent", "nt_xent", "simclr_loss", "rocl_loss"]
+__all__ = ["contrastive_rows", "multi_view_nt_xent", "nt_xent", "simclr_loss", "rocl_loss", "trades_loss"]
 
 
 def contrastive_rows(anchors: torch.Tensor, columns: torch.Tensor, self_index: torch.Tensor,
@@ -92,3 +92,10 @@ def rocl_loss(z: torch.Tensor, temperature: float = 0.5, lam: float = 256.0, det
         z_reg = (z[2 * n:], z[n:2 * n])
     reg = nt_xent(z_reg[0], z_reg[1], temperature, detach_other_side) / lam
     return contrastive + reg, contrastive, reg
+
+
+def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float = 6.0) -> torch.Tensor:
+    """TRADES: CE(clean) + beta * KL(p_clean || p_adv), the KL summed over classes and averaged over the batch."""
+    kl = F.kl_div(F.log_softmax(logits_adv.float(), dim=1), F.softmax(logits_clean.float(), dim=1),
+                  reduction="batchmean")
+    return F.cross_entropy(logits_clean.float(), y) + beta * kl

@@ -5,8 +5,11 @@ import pytest
 import torch
 from torch import nn
 
+import rocl_zoo
 from rocl_zoo import attacks
+from rocl_zoo.attacks import trades_attack
 from rocl_zoo.errors import ConfigError
+from rocl_zoo.losses import trades_loss
 
 
 def linear_model(d=20, k=2, seed=0):
@@ -183,3 +186,20 @@ def test_early_stop_gives_the_same_per_example_outcome():
     torch.manual_seed(7)
     several = attacks.predict_labels(model, attacks.pgd(model, x, y, eps=0.03, steps=8, restarts=3, early_stop=True))
     assert ((several == y) <= outcome[0]).all()  # restarts only ever remove survivors
+
+
+def test_trades_loss_and_attack():
+    torch.manual_seed(0)
+    model = rocl_zoo.create_model("cnn4_rocl", num_classes=3).eval()
+    logits, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1])
+    assert torch.allclose(trades_loss(logits, logits, y, 6.0), torch.nn.functional.cross_entropy(logits, y))
+    assert trades_loss(logits, logits.flip(1), y, 6.0) > trades_loss(logits, logits, y, 6.0)
+    x = torch.rand(4, 1, 8, 8)
+    x_adv = trades_attack(model.train(), x, eps=0.1, alpha=0.05, steps=3)
+    assert model.training  # mode restored
+    g = torch.Generator().manual_seed(1)
+    again = trades_attack(model, x, eps=0.1, alpha=0.05, steps=3, generator=g)
+    assert torch.equal(again, trades_attack(model, x, eps=0.1, alpha=0.05, steps=3,
+                                            generator=torch.Generator().manual_seed(1)))  # resumable start
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and (x_adv - x).abs().max() > 0.05
+    assert x_adv.min() >= 0 and x_adv.max() <= 1

@@ -16,15 +16,6 @@ RESULTS = {"architecture": "cnn4_rocl", "dataset": "fashion_mnist", "split": "te
            "protocol": "linear", "hardware": "test CPU", "wall_time_s": 3.5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on 2 cores shared with other jobs, 2-thread OpenMP runs are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _x(model, n=3, seed=0):
     c, h, w = model.pretrained_cfg["input_size"]
     return torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(seed))

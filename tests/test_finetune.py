@@ -253,19 +253,6 @@ def test_channel_and_size_adaptation_end_to_end(encoder_dir, tmp_path):
     assert rgb.config["adapt"] == "model"
 
 
-def test_trades_loss_and_attack():
-    torch.manual_seed(0)
-    model = rocl_zoo.create_model("cnn4_rocl", num_classes=3).eval()
-    logits, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1])
-    assert torch.allclose(ft.trades_loss(logits, logits, y, 6.0), torch.nn.functional.cross_entropy(logits, y))
-    assert ft.trades_loss(logits, logits.flip(1), y, 6.0) > ft.trades_loss(logits, logits, y, 6.0)
-    x = torch.rand(4, 1, 8, 8)
-    x_adv = ft.trades_attack(model.train(), x, eps=0.1, alpha=0.05, steps=3)
-    assert model.training  # mode restored
-    assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and (x_adv - x).abs().max() > 0.05
-    assert x_adv.min() >= 0 and x_adv.max() <= 1
-
-
 def test_settings_defaults():
     at = ft.resolve_settings("at", "cifar10")
     assert (at["epochs"], at["lr"], at["milestones"], at["weight_decay"]) == (25, 0.1, [15, 20], 2e-4)

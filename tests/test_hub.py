@@ -159,3 +159,10 @@ def test_writes_are_atomic(model, folder, monkeypatch):
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", CONFIG_NAME, WEIGHTS_NAME]
     assert (folder / WEIGHTS_NAME).read_bytes() == before
     rocl_zoo.load(folder)
+
+
+def test_written_files_have_the_usual_mode(folder):
+    from rocl_zoo.utils import current_umask
+
+    for f in folder.iterdir():
+        assert f.stat().st_mode & 0o777 == 0o666 & ~current_umask(), f

@@ -13,15 +13,6 @@ from rocl_zoo.utils import sha256_file
 REPO = "test-org/cnn4-tiny"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on 2 cores shared with other jobs, 2-thread OpenMP runs are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _logits(model, seed=0):
     x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():

@@ -12,15 +12,6 @@ from rocl_zoo.errors import ConfigError, DataError, ModelNotFoundError
 from rocl_zoo.onnx import OnnxClassifier, resolve_providers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on 2 cores shared with other jobs, 2-thread OpenMP runs are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     torch.manual_seed(3)

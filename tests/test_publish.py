@@ -15,15 +15,6 @@ RESULTS = {"architecture": "cnn4_rocl", "dataset": "fashion_mnist", "threat_mode
 EXPECTED = ["README.md", "config.json", "model.onnx", "model.safetensors", "results_linf.json"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on 2 cores shared with other jobs, 2-thread OpenMP runs are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class FakeApi:
     """Records what publish asks of the Hub; `uploaded` is what upload_folder would send, by its own rules."""
     calls = []

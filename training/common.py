@@ -314,3 +314,40 @@ def add_common_args(p) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def resolve_recipe(args, kinds):
+    """The named recipe with the command line's overrides: --epochs/--batch-size/--subset, then every --set."""
+    from .recipes import apply_overrides, get_recipe
+
+    recipe = get_recipe(args.recipe, kinds)
+    for flag in ("epochs", "batch_size", "subset"):
+        if getattr(args, flag) is not None:
+            args.set.insert(0, f"{flag}={getattr(args, flag)}")
+    return apply_overrides(recipe, args.set)
+
+
+def main(prog: str, doc: str, train, kinds, argv=None) -> int:
+    """The command line both training entry points share: parse, list recipes or train, report errors."""
+    import argparse
+
+    from rocl_zoo.errors import RoclZooError
+
+    from .recipes import describe
+
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    args = p.parse_args(argv)
+    if args.list_recipes:
+        print(describe(kinds))
+        return 0
+    if not args.recipe:
+        p.error("--recipe is required (see --list-recipes)")
+    try:
+        out = train(args)
+    except RoclZooError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"run folder: {out}")
+    return 0

@@ -16,7 +16,6 @@ and, at the end, encoder/ in the zoo's Hub layout (`rocl_zoo.load(run / "encoder
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,6 @@ from rocl_zoo.losses import rocl_loss, simclr_loss
 from rocl_zoo.models import ProjectionHead
 
 from . import common as C
-from .recipes import apply_overrides, describe, get_recipe
 
 KINDS = ("rocl", "simclr")
 
@@ -55,17 +53,9 @@ def build(recipe, info) -> ContrastiveNet:
     return ContrastiveNet(encoder, ProjectionHead(encoder.num_features, recipe.proj_hidden, recipe.proj_out))
 
 
-def resolve(args) -> tuple:
-    recipe = get_recipe(args.recipe, KINDS)
-    for flag, field in (("epochs", "epochs"), ("batch_size", "batch_size"), ("subset", "subset")):
-        if getattr(args, flag) is not None:
-            args.set.insert(0, f"{field}={getattr(args, flag)}")
-    return apply_overrides(recipe, args.set)
-
-
 def train(args) -> Path:
     C.set_threads(args.threads)
-    recipe = resolve(args)
+    recipe = C.resolve_recipe(args, KINDS)
     dist = C.Dist(args.device)
     device, world, rank = dist.device, dist.world, dist.rank
     if recipe.batch_size % world:
@@ -212,22 +202,7 @@ def export(net: ContrastiveNet, recipe, info, run: C.RunFolder, config: dict) ->
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.pretrain", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(p)
-    args = p.parse_args(argv)
-    if args.list_recipes:
-        print(describe(KINDS))
-        return 0
-    if not args.recipe:
-        p.error("--recipe is required (see --list-recipes)")
-    try:
-        out = train(args)
-    except RoclZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"run folder: {out}")
-    return 0
+    return C.main("python -m training.pretrain", __doc__, train, KINDS, argv)
 
 
 if __name__ == "__main__":

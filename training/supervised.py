@@ -13,7 +13,6 @@ the result is a classifier in the zoo's Hub layout in <out>/model.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -24,12 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import rocl_zoo.models  # noqa: F401
-from rocl_zoo.attacks import _frozen_params, _model_mode, pgd
+from rocl_zoo.attacks import pgd, trades_attack
 from rocl_zoo.data import dataset_info, load_dataset
 from rocl_zoo.errors import RoclZooError
+from rocl_zoo.losses import trades_loss
 
 from . import common as C
-from .recipes import apply_overrides, describe, get_recipe
 
 KINDS = ("at", "trades")
 
@@ -48,28 +47,9 @@ def crop_flip(x: torch.Tensor, g: torch.Generator, pad: int) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
-def trades_attack(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, steps: int,
-                  g: torch.Generator) -> torch.Tensor:
-    """TRADES's inner maximisation of KL(f(x) || f(x_adv)), eval mode, input-only gradients."""
-    with _model_mode(model), _frozen_params(model):
-        with torch.no_grad():
-            p_nat = F.softmax(model(x).float(), dim=1)
-        x_adv = (x + 0.001 * torch.randn(x.shape, generator=g).to(x)).clamp(0, 1)
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            kl = F.kl_div(F.log_softmax(model(x_adv).float(), dim=1), p_nat, reduction="sum")
-            (grad,) = torch.autograd.grad(kl, x_adv)
-            x_adv = torch.min(torch.max(x_adv.detach() + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
-    return x_adv.detach()
-
-
 def train(args) -> Path:
     C.set_threads(args.threads)
-    recipe = get_recipe(args.recipe, KINDS)
-    for flag in ("epochs", "batch_size", "subset"):
-        if getattr(args, flag) is not None:
-            args.set.insert(0, f"{flag}={getattr(args, flag)}")
-    recipe = apply_overrides(recipe, args.set)
+    recipe = C.resolve_recipe(args, KINDS)
     dist = C.Dist(args.device)
     device, world, rank = dist.device, dist.world, dist.rank
     if recipe.batch_size % world:
@@ -133,11 +113,9 @@ def train(args) -> Path:
                             random_start=True, keep_best=False)
                 loss = F.cross_entropy(model(x_adv).float(), y)
             else:
-                x_adv = trades_attack(net, x, recipe.eps, recipe.alpha, recipe.attack_steps, g)
-                logits = model(torch.cat([x, x_adv])).float()
-                nat, adv = logits.chunk(2)
-                loss = F.cross_entropy(nat, y) + recipe.trades_beta * F.kl_div(
-                    F.log_softmax(adv, dim=1), F.softmax(nat, dim=1), reduction="batchmean")
+                x_adv = trades_attack(net, x, recipe.eps, recipe.alpha, recipe.attack_steps, generator=g)
+                nat, adv = model(torch.cat([x, x_adv])).chunk(2)
+                loss = trades_loss(nat, adv, y, recipe.trades_beta)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -173,21 +151,7 @@ def train(args) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.supervised", description=__doc__.split("\n")[0])
-    C.add_common_args(p)
-    args = p.parse_args(argv)
-    if args.list_recipes:
-        print(describe(KINDS))
-        return 0
-    if not args.recipe:
-        p.error("--recipe is required (see --list-recipes)")
-    try:
-        out = train(args)
-    except RoclZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"run folder: {out}")
-    return 0
+    return C.main("python -m training.supervised", __doc__, train, KINDS, argv)
 
 
 if __name__ == "__main__":
