@@ -6,7 +6,9 @@ been run and the weights published; loading such an entry raises an error naming
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from .data import DATASETS
 
 HF_ORG = "rocl-zoo"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+REGISTRY_NAME = "registry.json"  # written by `python -m training.release`: each shipped entry's sha256 and metrics
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,19 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
     _entry("wrn34_10_rocl.cifar10", "cifar10", "cifar10_wrn34_10_rocl", "RoCL WideResNet-34-10, CIFAR-10",
            default=True),
 ]}
+
+
+def _published(entries: dict[str, ZooEntry]) -> dict[str, ZooEntry]:
+    """The entries with the checksums and metrics the release step recorded."""
+    path = WEIGHTS_DIR / REGISTRY_NAME
+    registry = json.loads(path.read_text()) if path.is_file() else {}
+    unknown = set(registry) - set(entries)
+    if unknown:
+        raise RuntimeError(f"{path} names entries that rocl_zoo/zoo.py does not define: {sorted(unknown)}")
+    return {n: dataclasses.replace(e, **registry[n]) if n in registry else e for n, e in entries.items()}
+
+
+ZOO = _published(ZOO)
 
 
 def get_entry(name: str) -> ZooEntry:

@@ -1,0 +1,58 @@
+"""The weights shipped inside the package: they load verified, and measure what the registry says."""
+import pytest
+import torch
+
+import rocl_zoo
+from rocl_zoo import zoo
+
+SHIPPED = [e.name for e in zoo.ZOO.values() if (e.embedded_dir / e.filename).is_file()]
+
+
+def test_every_shipped_folder_is_registered_and_every_registered_entry_ships():
+    registered = [e.name for e in zoo.ZOO.values() if e.published]
+    assert sorted(SHIPPED) == sorted(registered)
+    assert sorted(rocl_zoo.list_models(pretrained=True)) == sorted(registered)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_matches_its_registry_entry(name):
+    from training.release import quick_check
+
+    entry = zoo.get_entry(name)
+    model = rocl_zoo.load(name)  # sha256 checked against the registry
+    check = entry.metrics["check"]
+    measured = quick_check(model, entry.dataset, check["eps"], check["norm"])
+    assert measured["clean_acc"] == pytest.approx(check["clean_acc"], abs=0.01)
+    assert measured["pgd20_acc"] == pytest.approx(check["pgd20_acc"], abs=0.01)
+    assert entry.metrics["clean_acc"] > 0 and entry.metrics["n_examples"] > 0
+    x = torch.rand(2, *entry.input_size)
+    assert model(x).shape == (2, len(entry.label_names))
+
+
+def test_release_writes_folder_registry_and_check(tmp_path, monkeypatch):
+    """The release step on a small (untrained) classifier, into a temporary weights folder."""
+    from rocl_zoo.data import load_dataset
+    from rocl_zoo.evaluate import evaluate
+    from rocl_zoo.linear import as_tensors
+    from rocl_zoo.utils import write_json
+    from training import release
+
+    monkeypatch.setattr(release, "CHECK_EXAMPLES", 40)
+    model = rocl_zoo.create_model("cnn4_rocl.fmnist").eval()
+    folder = rocl_zoo.save_pretrained(model, tmp_path / "clf", dataset="fashion_mnist")
+    x, y = as_tensors(load_dataset("fashion_mnist", "test"), 40, 0)
+    result = evaluate(model, x, y, attacks="clean,pgd20", eps=0.1, norm="linf", progress=False,
+                      meta={"dataset": "fashion_mnist", "architecture": "cnn4_rocl"})
+    write_json(tmp_path / "Linf-0.1.json", result)
+    weights = tmp_path / "weights"
+    record = release.release("cnn4_rocl.fmnist", folder, [tmp_path / "Linf-0.1.json"], weights_dir=weights)
+    assert (weights / "cnn4_rocl.fmnist" / "model.safetensors").is_file()
+    registry = (weights / zoo.REGISTRY_NAME).read_text()
+    assert record["sha256"] in registry
+    assert record["metrics"]["check"]["n_examples"] == 40
+    assert record["metrics"]["clean_acc"] == pytest.approx(result["clean_acc"] / 100)
+    # the registry and folder are what `rocl_zoo.load(name)` verifies against
+    monkeypatch.setattr(zoo, "WEIGHTS_DIR", weights)
+    monkeypatch.setattr(zoo, "ZOO", zoo._published(zoo.ZOO))
+    assert torch.equal(rocl_zoo.load("cnn4_rocl.fmnist")(x[:2]), model(x[:2]))
