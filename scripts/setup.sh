@@ -29,4 +29,5 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 echo "setup: installing rocl-zoo with all extras into $VENV (first time: a few minutes)"
-"$VENV/bin/python" -m pip install -q -e ".[all]"
+# pip's notes about this machine's unused local package folders are noise: keep every other line
+"$VENV/bin/python" -m pip install -q -e ".[all]" 2> >(grep -v "^WARNING: Location '" >&2)
