@@ -15,9 +15,12 @@ sys.path.insert(0, str(ROOT))
 
 
 def blocks() -> dict[str, str]:
+    from rocl_zoo.evaluate import load_results, render_table
     from rocl_zoo.zoo import zoo_table_markdown
 
-    return {"zoo-table": zoo_table_markdown()}
+    results = load_results(ROOT / "results") if (ROOT / "results").is_dir() else []
+    table = render_table(results).rstrip("\n") if results else "No results files yet."
+    return {"zoo-table": zoo_table_markdown(), "results-table": table}
 
 
 def render(text: str) -> str:

@@ -79,13 +79,13 @@ def _r(**kw) -> Recipe:
 _CIFAR = dict(dataset="cifar10", arch="resnet18_rocl", epochs=1000, batch_size=512, lr=0.1, weight_decay=1e-6,
               ckpt_every=500, log_every=20)
 
-# Fashion-MNIST, cnn4_rocl (256-d features, projector 256-2048-128). Measured on this 2-core CPU (AMD EPYC,
-# shared with other jobs, load average ~8, 1 torch thread; benchmarks/results/bench_train.txt): one RoCL step
-# (7-step attack) at batch 64 takes 4.2 s, 15 img/s, so an epoch of 60,000 images took ~66 min under that
-# load; on an idle machine with 2 threads expect roughly 3x that throughput (~20-25 min an epoch). A RoCL
-# image costs ~24 forward-equivalents (1 target + 7 x 2 attack + 3 views x 3 train), SimCLR's 6: the budget of
-# about 1.5 hours is 3 epochs of RoCL (12 of SimCLR). Training attack: eps 0.1, Fashion-MNIST's conventional
-# l-inf budget (the zoo evaluates at 0.1), step 0.025 (the paper's step/eps ratio of about 1/4), 7 steps.
+# Fashion-MNIST, cnn4_rocl (256-d features, projector 256-2048-128). Measured for the shipped run on this
+# 2-core CPU (AMD EPYC, otherwise idle, 2 torch threads; runs/fmnist_rocl/metrics.jsonl): one RoCL step
+# (7-step attack) at batch 256 takes about 6.1 s, 42 img/s, so an epoch of 60,000 images takes ~24 min and the
+# 3 epochs ~1.2 h (1 torch thread: 11.5 s a step). A RoCL image costs ~24 forward-equivalents (1 target +
+# 7 x 2 attack + 3 views x 3 train), SimCLR's 6: the same budget is 12 epochs of SimCLR. Training attack:
+# eps 0.1, Fashion-MNIST's conventional l-inf budget (the zoo evaluates at 0.1), step 0.025 (the paper's
+# step/eps ratio of about 1/4), 7 steps.
 # Warm-up 0.1 epoch (a short run: the paper's 10 of 1000 epochs would be 0.03 here), then cosine.
 _FMNIST = dict(dataset="fashion_mnist", arch="cnn4_rocl", epochs=3, batch_size=256, lr=0.1, weight_decay=1e-6,
                warmup_epochs=0.1, eps=0.1, alpha=0.025, attack_steps=7, ckpt_every=100, log_every=10)
