@@ -54,10 +54,12 @@ def parse_eps(text) -> float:
     return value
 
 
-def eps_str(eps: float) -> str:
-    """8/255 for multiples of 1/255, else the decimal."""
-    k = eps * 255
-    return f"{round(k)}/255" if eps > 0 and abs(k - round(k)) < 1e-6 else f"{eps:g}"
+def eps_str(eps: float | None) -> str:
+    """8/255 for multiples of 1/255, else the decimal ("?" when unknown)."""
+    if eps is None:
+        return "?"
+    k = float(eps) * 255
+    return f"{round(k)}/255" if eps > 0 and abs(k - round(k)) < 1e-6 else f"{float(eps):g}"
 
 
 def check_eps(eps: float, norm: str) -> None:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, IntegrityError, RoclZooError
+from .evaluate import eps_str
 from .hub import CARD_NAME, CONFIG_NAME, HF_PREFIX, WEIGHTS_NAME, architecture_of, parse_source, save_pretrained, verify_file
 from .onnx import INPUT_NAME, META_ARCHITECTURE, META_INPUT_SIZE, META_LABELS, ONNX_NAME, OUTPUT_NAME
 from .predict import model_input_size, prepare_images
@@ -247,14 +248,6 @@ def _norm_of(res: dict) -> str:
     return {"linf": "linf", "l_inf": "linf", "l2": "l2", "corruptions": "corruptions"}.get(norm, norm)
 
 
-def eps_str(eps) -> str:
-    """8/255 for multiples of 1/255, else the number."""
-    if eps is None:
-        return "?"
-    k = float(eps) * 255
-    return f"{round(k)}/255" if eps > 0 and abs(k - round(k)) < 1e-6 else f"{float(eps):g}"
-
-
 def _percent(res: dict, acc):
     """An accuracy of the "attacks" block in percent. rocl_zoo.evaluate (schema rocl_zoo.eval/*) writes fractions
     there and percentages in RobustBench's keys; other files are read as percent unless clearly fractions."""
@@ -400,7 +393,7 @@ def build_card(config: dict, results: Sequence[tuple[str, dict]], *, model_name:
           f'model = rocl_zoo.load("hf-hub:{repo}")  # sha256-verified, eval mode',
           f'model = timm.create_model("hf-hub:{repo}", pretrained=True)',
           f'model = torch.hub.load("rocl-zoo/rocl-zoo", "{arch}", pretrained=True)  # zoo entries',
-          f'rocl_zoo.predict(model, ["image.png"], topk=3)', "```", ""]
+          'rocl_zoo.predict(model, ["image.png"], topk=3)', "```", ""]
     if ONNX_NAME in files:
         L += ["ONNX Runtime (`pip install rocl-zoo[onnx]`):", "", "```python",
               "from rocl_zoo.onnx import OnnxClassifier",

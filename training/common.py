@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -351,3 +352,47 @@ def main(prog: str, doc: str, train, kinds, argv=None) -> int:
         return 2
     print(f"run folder: {out}")
     return 0
+
+
+@dataclass
+class RunSetup:
+    """What a training entry point knows before it builds its model: settings, processes, data, step counts."""
+    recipe: object
+    dist: Dist
+    run: RunFolder
+    config: dict
+    ds: object                      # rocl_zoo.data.ImageTensorDataset
+    info: object                    # rocl_zoo.data.DatasetInfo
+    local: int                      # this process's share of the global batch
+    steps_per_epoch: int
+    total: int                      # steps of the whole recipe (the LR schedule's length)
+    stop: int                       # where this invocation stops (--max-steps)
+
+
+def start_run(args, kinds) -> RunSetup:
+    """Resolve the recipe, start the processes, load the data and count the steps (shared by both trainers)."""
+    from rocl_zoo.data import DatasetInfo, dataset_info, load_dataset
+
+    set_threads(args.threads)
+    recipe = resolve_recipe(args, kinds)
+    dist = Dist(args.device)
+    if recipe.batch_size % dist.world:
+        raise ConfigError(f"batch size {recipe.batch_size} does not split over {dist.world} processes.")
+    config = {**recipe.to_dict(), "seed": args.seed, "world_size": dist.world, "device": str(dist.device),
+              "max_steps": args.max_steps, "data_root": args.data_root, "command": " ".join(sys.argv)}
+    ds = load_dataset(recipe.dataset, "train", root=args.data_root, download=args.download,
+                      subset=recipe.subset or None)
+    if recipe.dataset.startswith("imagefolder:"):  # no table entry: statistics of [0, 1] images
+        c = ds.input_size[0]
+        info = DatasetInfo(recipe.dataset, ds.input_size, tuple(ds.classes), (0.5,) * c, (0.5,) * c)
+    else:
+        info = dataset_info(recipe.dataset)
+    steps_per_epoch = len(ds) // recipe.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{len(ds)} images are fewer than one batch of {recipe.batch_size}; lower --batch-size.")
+    total = recipe.epochs * steps_per_epoch
+    stop = min(total, args.max_steps) if args.max_steps else total
+    config.update(steps_per_epoch=steps_per_epoch, total_steps=total, n_train=len(ds))
+    out = Path(args.out or Path("runs") / recipe.name)
+    return RunSetup(recipe, dist, RunFolder(out, dist.main), config, ds, info, recipe.batch_size // dist.world,
+                    steps_per_epoch, total, stop)

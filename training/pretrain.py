@@ -26,8 +26,7 @@ from torch import nn
 
 import rocl_zoo.models  # noqa: F401  (registers the architectures)
 from rocl_zoo.attacks import instance_attack
-from rocl_zoo.data import RoclAugment, dataset_info, load_dataset
-from rocl_zoo.errors import RoclZooError
+from rocl_zoo.data import RoclAugment
 from rocl_zoo.losses import rocl_loss, simclr_loss
 from rocl_zoo.models import ProjectionHead
 
@@ -54,31 +53,11 @@ def build(recipe, info) -> ContrastiveNet:
 
 
 def train(args) -> Path:
-    C.set_threads(args.threads)
-    recipe = C.resolve_recipe(args, KINDS)
-    dist = C.Dist(args.device)
+    setup = C.start_run(args, KINDS)
+    recipe, dist, run, config, ds, info, local = (setup.recipe, setup.dist, setup.run, setup.config, setup.ds,
+                                                  setup.info, setup.local)
     device, world, rank = dist.device, dist.world, dist.rank
-    if recipe.batch_size % world:
-        raise RoclZooError(f"batch size {recipe.batch_size} does not split over {world} processes.")
-    local = recipe.batch_size // world
-    out = Path(args.out or Path("runs") / recipe.name)
-    run = C.RunFolder(out, dist.main)
-    config = {**recipe.to_dict(), "seed": args.seed, "world_size": world, "device": str(device),
-              "max_steps": args.max_steps, "data_root": args.data_root, "command": " ".join(sys.argv)}
-
-    ds = load_dataset(recipe.dataset, "train", root=args.data_root, download=args.download,
-                      subset=recipe.subset or None)
-    info = dataset_info(recipe.dataset) if not recipe.dataset.startswith("imagefolder:") else None
-    if info is None:
-        from rocl_zoo.data import DatasetInfo
-        c = ds.input_size[0]
-        info = DatasetInfo(recipe.dataset, ds.input_size, tuple(ds.classes), (0.5,) * c, (0.5,) * c)
-    steps_per_epoch = len(ds) // recipe.batch_size
-    if steps_per_epoch == 0:
-        raise RoclZooError(f"{len(ds)} images are fewer than one batch of {recipe.batch_size}; lower --batch-size.")
-    total = recipe.epochs * steps_per_epoch
-    stop = min(total, args.max_steps) if args.max_steps else total
-    config.update(steps_per_epoch=steps_per_epoch, total_steps=total, n_train=len(ds))
+    steps_per_epoch, total, stop = setup.steps_per_epoch, setup.total, setup.stop
 
     torch.manual_seed(args.seed)
     net = build(recipe, info)
@@ -184,7 +163,7 @@ def train(args) -> Path:
         export(net, recipe, info, run, config)
     dist.barrier()
     dist.close()
-    return out
+    return run.path
 
 
 def export(net: ContrastiveNet, recipe, info, run: C.RunFolder, config: dict) -> Path:
