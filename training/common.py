@@ -396,3 +396,22 @@ def start_run(args, kinds) -> RunSetup:
     out = Path(args.out or Path("runs") / recipe.name)
     return RunSetup(recipe, dist, RunFolder(out, dist.main), config, ds, info, recipe.batch_size // dist.world,
                     steps_per_epoch, total, stop)
+
+
+def export_model(state: dict, setup: RunSetup, folder: str, num_classes: int, keys) -> Path:
+    """Trained weights as a Hub folder in the run (`rocl_zoo.load(run / folder)`): a fresh model of the recipe's
+    architecture (plain BN even when trained with SyncBN), the dataset's input size and labels, and the training
+    settings named by `keys` in its config."""
+    import timm
+
+    from rocl_zoo.hub import save_pretrained
+
+    recipe, info = setup.recipe, setup.info
+    model = timm.create_model(recipe.arch, num_classes=num_classes, in_chans=info.input_size[0], mean=info.mean,
+                              std=info.std)
+    model.load_state_dict(state)
+    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": tuple(info.input_size),
+                            "label_names": tuple(setup.ds.classes)}
+    extra = {"training": {k: setup.config[k] for k in keys}}
+    return save_pretrained(model.eval(), setup.run.path / folder, dataset=recipe.dataset, recipe=recipe.name,
+                           extra=extra)

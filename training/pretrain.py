@@ -160,24 +160,12 @@ def train(args) -> Path:
             checkpoint()
     bar.close()
     if step == total and dist.main:
-        export(net, recipe, info, run, config)
+        C.export_model(net.encoder.state_dict(), setup, "encoder", 0,
+                       ("kind", "epochs", "batch_size", "eps", "alpha", "attack_steps", "temperature", "lam", "seed",
+                        "world_size", "total_steps"))
     dist.barrier()
     dist.close()
     return run.path
-
-
-def export(net: ContrastiveNet, recipe, info, run: C.RunFolder, config: dict) -> Path:
-    """The encoder (without projector) as a Hub folder: `rocl_zoo.load(run / "encoder")`."""
-    from rocl_zoo.hub import save_pretrained
-
-    encoder = timm.create_model(recipe.arch, num_classes=0, in_chans=info.input_size[0], mean=info.mean, std=info.std)
-    encoder.load_state_dict(net.encoder.state_dict())  # plain BN even when trained with SyncBN
-    encoder.pretrained_cfg = {**encoder.pretrained_cfg, "input_size": tuple(info.input_size),
-                              "label_names": tuple(info.classes)}
-    extra = {"training": {k: config[k] for k in ("kind", "epochs", "batch_size", "eps", "alpha", "attack_steps",
-                                                  "temperature", "lam", "seed", "world_size", "total_steps")}}
-    return save_pretrained(encoder.eval(), run.path / "encoder", dataset=recipe.dataset, recipe=recipe.name,
-                           extra=extra)
 
 
 def main(argv=None) -> int:

@@ -117,17 +117,9 @@ def train(args) -> Path:
             dist.barrier()
     bar.close()
     if step == total and dist.main:
-        from rocl_zoo.hub import save_pretrained
-
-        clf = timm.create_model(recipe.arch, num_classes=len(ds.classes), in_chans=info.input_size[0],
-                                mean=info.mean, std=info.std)
-        clf.load_state_dict(net.state_dict())
-        clf.pretrained_cfg = {**clf.pretrained_cfg, "input_size": tuple(info.input_size),
-                              "label_names": tuple(ds.classes)}
-        save_pretrained(clf.eval(), run.path / "model", dataset=recipe.dataset, recipe=recipe.name,
-                        label_names=list(ds.classes), extra={"training": {
-                            k: config[k] for k in ("kind", "epochs", "batch_size", "eps", "alpha", "attack_steps",
-                                                   "trades_beta", "seed", "world_size", "total_steps")}})
+        C.export_model(net.state_dict(), setup, "model", len(ds.classes),
+                       ("kind", "epochs", "batch_size", "eps", "alpha", "attack_steps", "trades_beta", "seed",
+                        "world_size", "total_steps"))
     dist.barrier()
     dist.close()
     return run.path
