@@ -168,7 +168,7 @@ def zoo_table_markdown() -> str:
         m = e.metrics
         threat = f"{m['norm']} eps={m['eps']:g}, {m['n_examples']} {m['split']} images" if m else ""
         status = "embedded" if (e.embedded_dir / e.filename).is_file() else ("Hub" if e.published else
-                                                                             f"not yet: run `{e.recipe}`")
+                                                                             "not trained yet")
         rows.append(f"| `{e.name}` | {e.dataset} | `{e.recipe}` | {_pct(m.get('clean_acc'))} | "
                     f"{_pct(m.get('pgd20_acc'))} | {_pct(m.get('autoattack_acc'))} | {threat} | {status} |")
     return "\n".join(rows)
