@@ -169,6 +169,9 @@ def zoo_table_markdown() -> str:
         threat = f"{m['norm']} eps={m['eps']:g}, {m['n_examples']} {m['split']} images" if m else ""
         status = "embedded" if (e.embedded_dir / e.filename).is_file() else ("Hub" if e.published else
                                                                              "not trained yet")
+        aa = _pct(m.get("autoattack_acc"))
+        if aa and m.get("autoattack_n_examples"):
+            aa += f" (n={m['autoattack_n_examples']})"
         rows.append(f"| `{e.name}` | {e.dataset} | `{e.recipe}` | {_pct(m.get('clean_acc'))} | "
-                    f"{_pct(m.get('pgd20_acc'))} | {_pct(m.get('autoattack_acc'))} | {threat} | {status} |")
+                    f"{_pct(m.get('pgd20_acc'))} | {aa} | {threat} | {status} |")
     return "\n".join(rows)

@@ -68,6 +68,15 @@ def release(name: str, classifier, results: list[Path], weights_dir: Path = zoo.
     model = load(out)
     metrics = headline_metrics(first)
     metrics["results"] = f"{name}/{Path(results[0]).name}"
+    if metrics["autoattack_acc"] is None:  # AutoAttack is often run on fewer examples, in a file of its own
+        for path in results[1:]:
+            other = json.loads(Path(path).read_text())
+            if other.get("autoattack_acc") is not None and other.get("eps") == first["eps"] \
+                    and other.get("threat_model") == first["threat_model"]:
+                metrics.update(autoattack_acc=other["autoattack_acc"] / 100,
+                               autoattack_n_examples=other["n_examples"],
+                               autoattack_results=f"{name}/{Path(path).name}")
+                break
     metrics["check"] = quick_check(model, entry.dataset, first["eps"], first["threat_model"].lower())
     record = {"sha256": sha256_file(out / entry.filename), "metrics": metrics}
     registry_path = weights_dir / zoo.REGISTRY_NAME
