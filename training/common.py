@@ -398,10 +398,15 @@ def start_run(args, kinds) -> RunSetup:
                     steps_per_epoch, total, stop)
 
 
-def export_model(state: dict, setup: RunSetup, folder: str, num_classes: int, keys) -> Path:
+# Settings every exported model records in its config (plus the method's own, passed by each trainer).
+EXPORTED_SETTINGS = ("kind", "epochs", "batch_size", "eps", "alpha", "attack_steps", "seed", "world_size",
+                     "total_steps")
+
+
+def export_model(state: dict, setup: RunSetup, folder: str, num_classes: int, keys=()) -> Path:
     """Trained weights as a Hub folder in the run (`rocl_zoo.load(run / folder)`): a fresh model of the recipe's
     architecture (plain BN even when trained with SyncBN), the dataset's input size and labels, and the training
-    settings named by `keys` in its config."""
+    settings of EXPORTED_SETTINGS and `keys` in its config."""
     import timm
 
     from rocl_zoo.hub import save_pretrained
@@ -412,6 +417,6 @@ def export_model(state: dict, setup: RunSetup, folder: str, num_classes: int, ke
     model.load_state_dict(state)
     model.pretrained_cfg = {**model.pretrained_cfg, "input_size": tuple(info.input_size),
                             "label_names": tuple(setup.ds.classes)}
-    extra = {"training": {k: setup.config[k] for k in keys}}
+    extra = {"training": {k: setup.config[k] for k in (*EXPORTED_SETTINGS, *keys)}}
     return save_pretrained(model.eval(), setup.run.path / folder, dataset=recipe.dataset, recipe=recipe.name,
                            extra=extra)

@@ -160,9 +160,7 @@ def train(args) -> Path:
             checkpoint()
     bar.close()
     if step == total and dist.main:
-        C.export_model(net.encoder.state_dict(), setup, "encoder", 0,
-                       ("kind", "epochs", "batch_size", "eps", "alpha", "attack_steps", "temperature", "lam", "seed",
-                        "world_size", "total_steps"))
+        C.export_model(net.encoder.state_dict(), setup, "encoder", 0, ("temperature", "lam"))
     dist.barrier()
     dist.close()
     return run.path

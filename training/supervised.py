@@ -117,9 +117,7 @@ def train(args) -> Path:
             dist.barrier()
     bar.close()
     if step == total and dist.main:
-        C.export_model(net.state_dict(), setup, "model", len(ds.classes),
-                       ("kind", "epochs", "batch_size", "eps", "alpha", "attack_steps", "trades_beta", "seed",
-                        "world_size", "total_steps"))
+        C.export_model(net.state_dict(), setup, "model", len(ds.classes), ("trades_beta",))
     dist.barrier()
     dist.close()
     return run.path
