@@ -437,3 +437,55 @@ def build_demo(model: str = "cnn4_rocl.fmnist", baseline: str = "cnn4_rocl.fmnis
                samples_dir: Path | None = None) -> Demo:
     """Load both models (falling back to untrained zoo architectures, with warnings) and the examples."""
     return Demo(load_demo_model(model, ROBUST), load_demo_model(baseline, BASELINE), ExampleSet.load(samples_dir))
+
+
+# ------------------------------------------------------------------------------------------------ serving
+
+
+def start_server(model, baseline, *, timeout: float = 120.0, extra_args=()):
+    """Run `python app.py` on a free local port until its page answers; return (process, url, seconds taken).
+
+    For the tests and benchmarks/bench_demo.py. The process's output is captured (read it with stop_server);
+    RuntimeError if it exits or stays silent for `timeout` seconds.
+    """
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    app = Path(__file__).with_name("app.py")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(app), "--model", str(model), "--baseline", str(baseline),
+                             "--port", str(port), *extra_args], cwd=app.parent, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return proc, url, time.perf_counter() - t0
+        except OSError:
+            time.sleep(0.2)
+    stop_server(proc)
+    raise RuntimeError(f"app.py did not answer on {url} within {timeout} s")
+
+
+def stop_server(proc) -> str:
+    """Stop a server from start_server; return what it printed."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out or ""

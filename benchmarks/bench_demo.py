@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -45,32 +42,6 @@ def timed(fn, repeats: int) -> tuple[float, float]:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times), min(times)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_app(model: str, baseline: str, timeout: float = 300.0):
-    """Start `python app.py`; return (process, url, seconds until HTTP 200)."""
-    port = free_port()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", model, "--baseline", baseline,
-                             "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-    while time.perf_counter() - t0 < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"app.py exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return proc, url, time.perf_counter() - t0
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"app.py did not answer within {timeout} s")
 
 
 def browser_ready(url: str, t0: float) -> float | None:
@@ -119,7 +90,7 @@ def main(argv=None) -> int:
                                                       args.repeats))]
 
     t0 = time.perf_counter()
-    proc, url, http_ready = start_app(args.model, args.baseline)
+    proc, url, http_ready = L.start_server(args.model, args.baseline, timeout=300.0)
     try:
         page_ready = None if args.no_browser else browser_ready(url, t0)
         from gradio_client import Client, handle_file
@@ -129,8 +100,7 @@ def main(argv=None) -> int:
             lambda: client.predict(handle_file(example), "pgd_linf", EPS, STEPS, "robust", api_name="/attack"),
             max(5, args.repeats // 4))))
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        L.stop_server(proc)
 
     untrained = " (untrained fallback: weights not published yet)" if robust.warning else ""
     lines = [f"# bench_demo: PGD-10 (l-inf, eps {EPS}) on one 28x28 image, and page-ready time",

@@ -532,9 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to save encoder + head in the Hub layout (default: next to --out, <out>.classifier/)")
     g = p.add_argument_group("output")
     g.add_argument("--out", metavar="FILE.json", help="results file (default: print JSON to stdout)")
+    g.add_argument("--name", help="the model's name in the results file and tables (default: SOURCE as given; "
+                                  "e.g. the zoo name a run folder will ship as)")
     g.add_argument("--table", metavar="DIR", help="render every results file under DIR as a markdown table, then exit")
     g.add_argument("--seed", type=int, default=0, help="seed for the subset and the random starts (default 0)")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -611,7 +614,7 @@ def run(args: argparse.Namespace) -> dict:
     if classes and getattr(model, "num_classes", len(classes)) != len(classes):
         raise DataError(f"{args.source} has {model.num_classes} classes but {dataset} has {len(classes)}; "
                         f"evaluate it on its own dataset or use --protocol linear.")
-    meta = {"model": args.source, "dataset": dataset, "split": args.split, "protocol": args.protocol,
+    meta = {"model": args.name or args.source, "source": args.source, "dataset": dataset, "split": args.split, "protocol": args.protocol,
             "protocol_config": protocol_cfg}
     from . import __version__
 
@@ -648,6 +651,8 @@ def main(argv=None) -> int:
         if args.table:
             sys.stdout.write(render_table(load_results(args.table)))
             return 0
+        if args.threads:
+            torch.set_num_threads(args.threads)
         run(args)
         return 0
     except (RoclZooError, ImportError) as e:

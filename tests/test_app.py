@@ -5,13 +5,7 @@ trains in about a second on the bundled examples (so the robust one classifies t
 """
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -61,44 +55,6 @@ def make_models(folder: Path) -> tuple[Path, Path]:
     return robust, baseline
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: Path, baseline: Path, timeout: float = 120.0):
-    """`python app.py` on a free port; returns (process, url, seconds until the page answered)."""
-    port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", str(model), "--baseline",
-                             str(baseline), "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    while time.perf_counter() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app.py exited with {proc.returncode}:\n{proc.stdout.read()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return proc, url, time.perf_counter() - t0
-        except OSError:
-            time.sleep(0.3)
-    stop_server(proc)
-    raise RuntimeError(f"app.py did not answer on {url} within {timeout} s")
-
-
-def stop_server(proc: subprocess.Popen) -> str:
-    proc.terminate()
-    try:
-        out, _ = proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out or ""
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     return make_models(tmp_path_factory.mktemp("demo_models"))
@@ -106,9 +62,9 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(models):
-    proc, url, _ = start_server(*models)
+    proc, url, _ = L.start_server(*models)
     yield url
-    log = stop_server(proc)
+    log = L.stop_server(proc)
     assert "Traceback" not in log, log  # every bad input was answered with a message, never a crash
 
 

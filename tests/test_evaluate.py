@@ -210,9 +210,10 @@ def test_cli_robust_linear_and_sanity(saved_encoder, tmp_path):
     out = tmp_path / "r.json"
     rc = E.main([str(saved_encoder), "--protocol", "robust-linear", "--epochs", "1", "--train-examples", "32",
                  "--attacks", "clean,pgd20", "--eps", "0.05", "--n-examples", "16", "--sanity",
-                 "--sanity-examples", "8", "--out", str(out), "--quiet"])
+                 "--sanity-examples", "8", "--out", str(out), "--quiet", "--name", "tiny.blobs", "--threads", "1"])
     assert rc == 0
     r = json.loads(out.read_text())
+    assert (r["model"], r["source"]) == ("tiny.blobs", str(saved_encoder))  # --name: what tables and claims show
     assert r["protocol"] == "robust-linear" and r["protocol_config"]["train_attack"]["steps"] == 10
     assert {c["name"] for c in r["sanity"]["checks"]} == {"eps_monotone", "large_eps_chance", "more_steps_restarts",
                                                           "black_box_not_stronger", "autoattack_vs_pgd"}

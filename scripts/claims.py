@@ -1,0 +1,129 @@
+"""The paper's claims, checked one by one against the results files (rendered into the README).
+
+    python scripts/claims.py            # print the claims table from results/
+
+Each claim compares numbers from results files written by `python -m rocl_zoo.evaluate` or
+`python -m rocl_zoo.finetune`, looked up by the model name, protocol, dataset and threat model they record. The
+rule that makes a claim "reproduced" is written next to it, fixed before the numbers came in; a claim whose
+files are missing says which ones, and what makes them.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ROCL, SIMCLR, AT = "cnn4_rocl.fmnist", "cnn4_rocl.fmnist_simclr", "cnn4_rocl.fmnist_at"
+EPS, EPS_L2 = 0.1, 1.5  # Fashion-MNIST's l-inf budget; the unseen l2 budget (the l-inf ball's corner is 2.8)
+
+
+@dataclass
+class Number:
+    acc: float  # %
+    n: int
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.acc:.1f}"
+
+
+def lookup(results, model, attack, *, protocol=None, dataset="fashion_mnist", threat="Linf", eps=EPS,
+           transfer_from=None) -> Number | None:
+    """The accuracy under `attack` (a results-file attack name, or "autoattack") of the named model, from the
+    matching results file with the most examples. `protocol`: one name or a tuple of them (the shipped SLF
+    classifier evaluated as it is records "none", its linear evaluation "linear")."""
+    protocols = (protocol,) if isinstance(protocol, str) else protocol
+    best = None
+    for r in results:
+        if (r.get("model"), r.get("dataset")) != (model, dataset) or (protocols and r.get("protocol") not in protocols):
+            continue
+        for name, a in r.get("attacks", {}).items():
+            c = a["config"]
+            if c["attack"] != "clean" and (c.get("threat_model") != threat or abs(c.get("eps", -1) - eps) > 1e-9):
+                continue
+            if c.get("transfer_from") != transfer_from:
+                continue
+            if name.split("@")[0] == attack and (best is None or r["n_examples"] > best.n):
+                best = Number(100 * a["acc"], r["n_examples"], r["_path"])
+    return best
+
+
+@dataclass
+class Claim:
+    text: str
+    rule: str
+    compare: list  # [(label, Number | None, how to make it)]
+    holds: callable  # numbers -> bool
+
+    def row(self) -> str:
+        nums = [n for _, n, _ in self.compare]
+        missing = [how for _, n, how in self.compare if n is None]
+        shown = "; ".join(f"{label} {n} (n={n.n})" for label, n, _ in self.compare if n is not None)
+        if missing:
+            verdict = "not measured yet: needs " + "; ".join(dict.fromkeys(missing))
+        else:
+            verdict = "**reproduced**" if self.holds(*[n.acc for n in nums]) else "**not reproduced**"
+        return f"| {self.text} | {self.rule} | {shown or '–'} | {verdict} |"
+
+
+def claims(results) -> list[Claim]:
+    def get(model, attack="pgd20", **kw):
+        return lookup(results, model, attack, **kw)
+
+    slf = ("linear", "none")
+    rocl_lin = get(ROCL, protocol=slf)
+    rocl_rlin = get(ROCL, protocol="robust-linear")
+    rocl_best = max((n for n in (rocl_lin, rocl_rlin) if n), key=lambda n: n.acc, default=None)
+    at = get(AT, protocol="none")
+    train_simclr = "`bash scripts/zoo_fmnist.sh simclr`"
+    train_at = "`bash scripts/zoo_fmnist.sh at`"
+    claims_out = [
+        Claim("RoCL is far more robust than SimCLR", "RoCL PGD-20 >= SimCLR PGD-20 + 10 points (both linear eval)",
+              [("RoCL", rocl_lin, "`bash scripts/zoo_fmnist.sh rocl`"),
+               ("SimCLR", get(SIMCLR, protocol=slf), train_simclr)],
+              lambda r, s: r >= s + 10),
+        Claim("RoCL comes close to supervised adversarial training without labels",
+              "best RoCL linear protocol PGD-20 >= PGD-AT PGD-20 - 5 points",
+              [("RoCL", rocl_best, "`bash scripts/zoo_fmnist.sh rocl`"), ("PGD-AT", at, train_at)],
+              lambda r, a: r >= a - 5),
+        Claim("RoCL + adversarial fine-tuning beats adversarial training",
+              "RoCL+AT (PGD-AT fine-tuning of the RoCL encoder) PGD-20 > PGD-AT PGD-20",
+              [("RoCL+AT", get(ROCL, protocol="finetune-at"), "`bash scripts/zoo_fmnist.sh rocl_at`"),
+               ("PGD-AT", at, train_at)],
+              lambda r, a: r > a),
+        Claim("RoCL resists black-box attacks better",
+              "RoCL accuracy >= PGD-AT accuracy under PGD-20 transferred from the SimCLR classifier",
+              [("RoCL", get(ROCL, "transfer-pgd20", protocol=slf, transfer_from=SIMCLR), train_simclr),
+               ("PGD-AT", get(AT, "transfer-pgd20", protocol="none", transfer_from=SIMCLR), train_at)],
+              lambda r, a: r >= a),
+        Claim("RoCL resists an unseen threat (l2) better",
+              f"RoCL PGD-20 l2 accuracy >= PGD-AT's at l2 eps {EPS_L2} (both trained for l-inf 0.1)",
+              [("RoCL", get(ROCL, "pgd20-l2", protocol=slf, threat="L2", eps=EPS_L2),
+                "`bash scripts/zoo_fmnist.sh rocl`"),
+               ("PGD-AT", get(AT, "pgd20-l2", protocol="none", threat="L2", eps=EPS_L2), train_at)],
+              lambda r, a: r >= a),
+        Claim("RoCL transfers robustness better",
+              "digits, PGD-AT fine-tuning: RoCL encoder PGD-20 >= PGD-AT encoder PGD-20",
+              [("RoCL", get(ROCL, dataset="digits", protocol="finetune-at"),
+                "`bash scripts/finetune_digits_example.sh`"),
+               ("PGD-AT", get(AT, dataset="digits", protocol="finetune-at"),
+                f"`bash scripts/finetune_digits_example.sh {AT}`")],
+              lambda r, a: r >= a),
+    ]
+    return claims_out
+
+
+def claims_markdown(results) -> str:
+    lines = ["| Claim (RoCL paper) | Rule | Numbers (% accuracy, l-inf 0.1 unless said) | Verdict |",
+             "|---|---|---|---|"]
+    lines += [c.row() for c in claims(results)]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    from rocl_zoo.evaluate import load_results
+
+    sys.stdout.write(claims_markdown(load_results(ROOT / "results")))

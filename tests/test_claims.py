@@ -1,0 +1,56 @@
+"""scripts/claims.py: the README's claim verdicts follow the results files and the written rules."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import claims as C  # noqa: E402
+
+
+def result(model, protocol, accs, *, dataset="fashion_mnist", threat="Linf", eps=0.1, n=1000, transfer_from=None):
+    attacks = {"clean": {"config": {"name": "clean", "attack": "clean"}, "acc": 0.9}}
+    for name, acc in accs.items():
+        cfg = {"name": name, "attack": "pgd", "threat_model": threat, "eps": eps}
+        if transfer_from:
+            cfg["transfer_from"] = transfer_from
+        attacks[name] = {"config": cfg, "acc": acc}
+    return {"model": model, "protocol": protocol, "dataset": dataset, "n_examples": n, "attacks": attacks,
+            "_path": f"results/{model}/x.json"}
+
+
+def verdicts(results):
+    return [c.row().rsplit("|", 2)[-2].strip() for c in C.claims(results)]
+
+
+def test_missing_files_name_the_command_that_makes_them():
+    rows = verdicts([result(C.ROCL, "linear", {"pgd20": 0.45})])
+    assert rows[0].startswith("not measured yet") and "zoo_fmnist.sh simclr" in rows[0]
+    assert all(v.startswith("not measured yet") for v in rows)
+
+
+def test_rules_decide_the_verdicts():
+    results = [result(C.ROCL, "linear", {"pgd20": 0.45}), result(C.SIMCLR, "linear", {"pgd20": 0.40}),
+               result(C.AT, "none", {"pgd20": 0.52}), result(C.ROCL, "robust-linear", {"pgd20": 0.48}),
+               result(C.ROCL, "finetune-at", {"pgd20": 0.60})]
+    v = verdicts(results)
+    assert v[0] == "**not reproduced**"  # 45 < 40 + 10
+    assert v[1] == "**reproduced**"      # the better protocol (robust-linear 48) is within 5 points of 52
+    assert v[2] == "**reproduced**"      # 60 > 52
+    results[1] = result(C.SIMCLR, "linear", {"pgd20": 0.02})
+    results[3] = result(C.ROCL, "robust-linear", {"pgd20": 0.30})
+    v = verdicts(results)
+    assert v[0] == "**reproduced**" and v[1] == "**not reproduced**"
+
+
+def test_lookup_prefers_more_examples_and_matches_threat_and_source():
+    results = [result(C.ROCL, "none", {"pgd20": 0.40}, n=200), result(C.ROCL, "linear", {"pgd20": 0.45}, n=1000),
+               result(C.ROCL, "none", {"pgd20-l2": 0.70}, threat="L2", eps=C.EPS_L2),
+               result(C.ROCL, "none", {"transfer-pgd20": 0.80}, transfer_from=C.SIMCLR)]
+    assert C.lookup(results, C.ROCL, "pgd20", protocol=("linear", "none")).acc == 45.0
+    assert C.lookup(results, C.ROCL, "pgd20-l2", threat="L2", eps=C.EPS_L2).acc == 70.0
+    assert C.lookup(results, C.ROCL, "pgd20-l2") is None  # l-inf 0.1 asked, only l2 measured
+    assert C.lookup(results, C.ROCL, "transfer-pgd20", transfer_from=C.SIMCLR).acc == 80.0
+    assert C.lookup(results, C.ROCL, "transfer-pgd20", transfer_from="other") is None
