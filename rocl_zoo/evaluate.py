@@ -119,8 +119,9 @@ def parse_attack(spec: str, eps: float, norm: str) -> dict:
     return cfg
 
 
-def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict, seed: int = 0) -> torch.Tensor:
-    """Adversarial images for one attack config (clean returns x)."""
+def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict, seed: int = 0,
+               verbose: bool = False) -> torch.Tensor:
+    """Adversarial images for one attack config (clean returns x); verbose: AutoAttack reports each stage."""
     torch.manual_seed(seed)
     kind = cfg["attack"]
     if kind == "clean":
@@ -134,7 +135,7 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict, se
                      early_stop=cfg.get("early_stop", True))  # accuracy is all we keep: stop fooled ones
     if kind == "autoattack":
         return A.autoattack(model, x, y, cfg["eps"], cfg["norm"], version=cfg.get("version", "standard"),
-                            attacks=cfg.get("attacks"), batch_size=max(len(x), 1), seed=seed)
+                            attacks=cfg.get("attacks"), batch_size=max(len(x), 1), seed=seed, verbose=verbose)
     raise ConfigError(f"unknown attack kind {kind!r}.")
 
 
@@ -154,7 +155,9 @@ def correct_under(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict,
             with A.attack_mode(model), torch.inference_mode():
                 pred = model(xb).argmax(1)
         else:
-            x_adv = run_attack(source_model if source_model is not None else model, xb, yb, cfg, seed + i)
+            # AutoAttack's stages take minutes each on a CPU: with a progress bar, say how they go
+            x_adv = run_attack(source_model if source_model is not None else model, xb, yb, cfg, seed + i,
+                               verbose=progress)
             pred = A.predict_labels(model, x_adv)
         out.append((pred == yb).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's transfer example: a Fashion-MNIST RoCL encoder transferred to scikit-learn's digits in all four
-# modes of `python -m rocl_zoo.finetune`, then the table of clean and robust accuracy it produced.
+# modes of `python -m rocl_zoo.finetune`, then the table of clean and robust accuracy it produced. Any other
+# encoder goes the same way (results/finetune-digits/<its name>/): the claims compare cnn4_rocl.fmnist_at's.
 #
 #   bash scripts/finetune_digits_example.sh [ENCODER]      # default: cnn4_rocl.fmnist, else runs/fmnist_rocl/encoder
 #
@@ -25,8 +26,9 @@ if [ -z "$ENCODER" ]; then
     exit 2
   fi
 fi
-OUT=${OUT:-runs/finetune-digits}
-RESULTS=${RESULTS:-results/finetune-digits}
+TAG=$(basename "$ENCODER")
+OUT=${OUT:-runs/finetune-digits/$TAG}
+RESULTS=${RESULTS:-results/finetune-digits/$TAG}
 mkdir -p "$RESULTS"
 for MODE in linear robust-linear at trades; do
   EXTRA=()
@@ -48,10 +50,10 @@ for mode in ("linear", "robust-linear", "at", "trades"):
         f"TRADES-KL-{c['train_attack']['steps']}, beta {c['beta']:g}"
     aa = "–" if r.get("autoattack_acc") is None else f"{r['autoattack_acc']:.2f}"
     rows.append(f"| {mode} | {c['epochs']} | {attack} | {r['clean_acc']:.2f} | {r['pgd_acc']:.2f} | {aa} | "
-                f"{r['finetune_train_time_s'] / 60:.1f} |")
+                f"{r['finetune_train_time_s']:.0f} |")
 print(f"Encoder `{encoder}` -> digits ({c['source_input_size']} resized to {c['input_size']}), l-inf eps {r['eps_str']}, "
       f"{r['n_examples']} test images.\n")
-print("| Mode | Epochs | Training attack | Clean (%) | PGD-20 (%) | AutoAttack (%) | Train time (min) |")
+print("| Mode | Epochs | Training attack | Clean (%) | PGD-20 (%) | AutoAttack (%) | Train time (s) |")
 print("|---|---:|---|---:|---:|---:|---:|")
 print("\n".join(rows))
 print(f"\nHardware: {hw}.")

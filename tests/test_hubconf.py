@@ -43,3 +43,13 @@ def test_load_entry_point_reads_a_folder(tmp_path):
     loaded = torch.hub.load(REPO, "load", str(folder), source="local")
     x = torch.rand(2, 1, 28, 28)
     assert torch.equal(loaded(x), model(x))
+
+
+def test_pretrained_returns_the_shipped_trained_weights():
+    import rocl_zoo
+
+    hub_model = torch.hub.load(REPO, "cnn4_rocl", source="local", pretrained=True).eval()
+    shipped = rocl_zoo.load("cnn4_rocl.fmnist")  # checksum-verified against the registry
+    assert hub_model.num_classes == 10 and hub_model.pretrained_cfg["tag"] == "fmnist"
+    for (name, a), b in zip(hub_model.state_dict().items(), shipped.state_dict().values()):
+        assert torch.equal(a, b), name
