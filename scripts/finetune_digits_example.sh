@@ -10,7 +10,8 @@
 # adversarial modes train 5 epochs with PGD-5 (step 2.5 eps / 5 = 0.05; LR /10 at epochs 3 and 4), so the whole
 # example costs minutes rather than the hours of the full AFF recipe (25 epochs, PGD-10). Evaluation: clean and
 # PGD-20 (step eps/10, random start) on the 360 test images. Re-running resumes or reuses finished runs.
-# ARGS="..." appends options to every run (a smoke test: ARGS="--epochs 1 --subset 100 --image-size 8").
+# MODES="at" runs only the modes named. ARGS="..." appends options to every run (a smoke test:
+# ARGS="--epochs 1 --subset 100 --image-size 8").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -30,19 +31,20 @@ TAG=$(basename "$ENCODER")
 OUT=${OUT:-runs/finetune-digits/$TAG}
 RESULTS=${RESULTS:-results/finetune-digits/$TAG}
 mkdir -p "$RESULTS"
-for MODE in linear robust-linear at trades; do
+MODES=${MODES:-linear robust-linear at trades}
+for MODE in $MODES; do
   EXTRA=()
   [ "$MODE" != linear ] && EXTRA=(--epochs 5 --steps 5)
   $PY -m rocl_zoo.finetune --model "$ENCODER" --dataset digits --mode "$MODE" --out "$OUT/$MODE" \
       --eps 0.1 --threads "$THREADS" --resume --quiet "${EXTRA[@]}" ${ARGS:-}
   cp "$OUT/$MODE/results.json" "$RESULTS/$MODE.json"
 done
-$PY - "$RESULTS" "$ENCODER" <<'PYEOF'
+$PY - "$RESULTS" "$ENCODER" $MODES <<'PYEOF'
 import json, sys
 from pathlib import Path
 folder, encoder = Path(sys.argv[1]), sys.argv[2]
 rows, hw = [], None
-for mode in ("linear", "robust-linear", "at", "trades"):
+for mode in sys.argv[3:]:
     r = json.loads((folder / f"{mode}.json").read_text())
     c = r["protocol_config"]
     hw = r["hardware"]
