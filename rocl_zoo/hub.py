@@ -110,7 +110,9 @@ def save_pretrained(model: nn.Module, folder, *, dataset: str | None = None, rec
 
     folder = Path(folder)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    data = save(state, metadata={"format": "pt", "architecture": architecture_of(model)})
+    # one metadata key: safetensors writes its metadata map in no fixed order, and the same weights must give
+    # the same bytes (and checksum) every time they are saved; config.json names the architecture
+    data = save(state, metadata={"format": "pt"})
     config = build_config(model, weights_sha256=hashlib.sha256(data).hexdigest(), weights_size=len(data),
                           dataset=dataset, recipe=recipe, metrics=metrics, label_names=label_names, extra=extra)
     card = card if card is not None else default_card(config)

@@ -166,3 +166,15 @@ def test_written_files_have_the_usual_mode(folder):
 
     for f in folder.iterdir():
         assert f.stat().st_mode & 0o777 == 0o666 & ~current_umask(), f
+
+
+def test_saving_the_same_weights_twice_gives_the_same_bytes(model, tmp_path):
+    # a re-release of unchanged weights must keep its checksum (the registry and caches key on it)
+    import subprocess
+    import sys
+
+    a = rocl_zoo.save_pretrained(model, tmp_path / "a") / WEIGHTS_NAME
+    code = ("import sys, rocl_zoo; m = rocl_zoo.load(sys.argv[1]); "
+            "rocl_zoo.save_pretrained(m, sys.argv[2])")  # another process: another hash seed
+    subprocess.run([sys.executable, "-c", code, str(a.parent), str(tmp_path / "b")], check=True)
+    assert (tmp_path / "b" / WEIGHTS_NAME).read_bytes() == a.read_bytes()
