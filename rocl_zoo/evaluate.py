@@ -466,8 +466,10 @@ def render_table(results: list[dict]) -> str:
                  n.upper() if n in ("fgsm", "cw") else n) for n in names}
     head = ["Model", "Dataset", "Protocol", "Threat model"] + [label[n] for n in names] + ["n", "Sanity"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(names) + 1) + [":---:"]) + "|"]
-    rows = sorted(results, key=lambda r: (str(r.get("dataset")), str(r.get("model")), str(r.get("protocol")),
-                                          r.get("threat_model", ""), r.get("eps", 0)))
+    # models on their own data first, transfer (fine-tuning) results after
+    rows = sorted(results, key=lambda r: (str(r.get("protocol")).startswith("finetune"), str(r.get("dataset")),
+                                          str(r.get("model")), str(r.get("protocol")), r.get("threat_model", ""),
+                                          r.get("eps", 0), -r.get("n_examples", 0)))
     for r in rows:
         cells = [f"`{r.get('model') or r.get('architecture')}`", str(r.get("dataset") or "–"),
                  str(r.get("protocol") or "none"), f"{r.get('threat_model')} {r.get('eps_str', r.get('eps'))}"]
@@ -479,7 +481,9 @@ def render_table(results: list[dict]) -> str:
         cells.append("–" if not s else "ok" if s.get("passed") else "⚠ " + ", ".join(s.get("flags", [])))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\nAccuracy in % (higher is more robust) on `n` test examples. Columns name the " \
-                              "attack (`pgd20-l2` = PGD-20 in l2; `transfer-*` = black-box transfer).\n"
+                              "attack (`pgd20-l2` = PGD-20 in l2; `transfer-*` = black-box transfer). Protocol " \
+                              "`none`: the classifier as it is (for an encoder, the head its linear evaluation " \
+                              "trained); `finetune-*`: `rocl_zoo.finetune` on that dataset.\n"
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
