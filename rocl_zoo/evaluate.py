@@ -457,31 +457,37 @@ def render_table(results: list[dict]) -> str:
     """A markdown table of results files: one row per model and threat model, one column per attack."""
     if not results:
         return "_No results files._\n"
+    def column(name: str, cfg: dict) -> str:  # a transfer attack from another source is another column
+        return f"{name} from {cfg['transfer_from']}" if cfg.get("transfer_from") else name
+
     columns: dict[str, dict] = {}
     for r in results:
         for name, a in r.get("attacks", {}).items():
-            columns.setdefault(name, a["config"])
+            columns.setdefault(column(name, a["config"]), a["config"])
     names = sorted(columns, key=lambda n: _column_key(columns[n]))
     label = {n: ("Clean" if columns[n]["attack"] == "clean" else "AutoAttack" if n in ("autoattack", "aa") else
                  n.upper() if n in ("fgsm", "cw") else n) for n in names}
+    by_column = [{column(name, a["config"]): a for name, a in r.get("attacks", {}).items()} for r in results]
     head = ["Model", "Dataset", "Protocol", "Threat model"] + [label[n] for n in names] + ["n", "Sanity"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(names) + 1) + [":---:"]) + "|"]
     # models on their own data first, transfer (fine-tuning) results after
-    rows = sorted(results, key=lambda r: (str(r.get("protocol")).startswith("finetune"), str(r.get("dataset")),
-                                          str(r.get("model")), str(r.get("protocol")), r.get("threat_model", ""),
-                                          r.get("eps", 0), -r.get("n_examples", 0)))
-    for r in rows:
+    order = sorted(range(len(results)), key=lambda i: (
+        str(results[i].get("protocol")).startswith("finetune"), str(results[i].get("dataset")),
+        str(results[i].get("model")), str(results[i].get("protocol")), results[i].get("threat_model", ""),
+        results[i].get("eps", 0), -results[i].get("n_examples", 0)))
+    for i in order:
+        r = results[i]
         cells = [f"`{r.get('model') or r.get('architecture')}`", str(r.get("dataset") or "–"),
                  str(r.get("protocol") or "none"), f"{r.get('threat_model')} {r.get('eps_str', r.get('eps'))}"]
         for n in names:
-            a = r.get("attacks", {}).get(n)
+            a = by_column[i].get(n)
             cells.append("–" if a is None else f"{100 * a['acc']:.2f}")
         cells.append(str(r.get("n_examples", "–")))
         s = r.get("sanity")
         cells.append("–" if not s else "ok" if s.get("passed") else "⚠ " + ", ".join(s.get("flags", [])))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\nAccuracy in % (higher is more robust) on `n` test examples. Columns name the " \
-                              "attack (`pgd20-l2` = PGD-20 in l2; `transfer-*` = black-box transfer). Protocol " \
+                              "attack (`pgd20-l2` = PGD-20 in l2; `transfer-* from M` = black-box, made on M). Protocol " \
                               "`none`: the classifier as it is (for an encoder, the head its linear evaluation " \
                               "trained); `finetune-*`: `rocl_zoo.finetune` on that dataset.\n"
 

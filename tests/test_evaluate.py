@@ -240,3 +240,17 @@ def test_cli_errors_are_clear(saved_encoder, capsys, argv, match):
 def test_table_of_nothing_and_bad_folder(tmp_path, capsys):
     assert E.main(["--table", str(tmp_path)]) == 0 and "No results" in capsys.readouterr().out
     assert E.main(["--table", str(tmp_path / "missing")]) == 2
+
+
+def test_table_keeps_transfer_sources_apart():
+    def res(model, src, acc):
+        cfg = {"name": "transfer-pgd20", "attack": "pgd", "norm": "linf", "steps": 20, "eps": 0.1,
+               "transfer_from": src}
+        return {"model": model, "dataset": "d", "protocol": "none", "threat_model": "Linf", "eps": 0.1,
+                "n_examples": 10, "attacks": {"transfer-pgd20": {"config": cfg, "acc": acc}}}
+
+    table = E.render_table([res("a", "src1", 0.5), res("b", "src2", 0.25)])
+    head = table.splitlines()[0]
+    assert "transfer-pgd20 from src1" in head and "transfer-pgd20 from src2" in head
+    assert "| `a` | d | none | Linf 0.1 | 50.00 | – | 10 |" in table
+    assert "| `b` | d | none | Linf 0.1 | – | 25.00 | 10 |" in table
