@@ -7,7 +7,7 @@
 #   bash scripts/zoo_fmnist.sh at        # supervised PGD-AT -> cnn4_rocl.fmnist_at
 #   bash scripts/zoo_fmnist.sh trades    # supervised TRADES -> cnn4_rocl.fmnist_trades
 #   bash scripts/zoo_fmnist.sh rocl_at   # RoCL+AT: PGD-AT fine-tuning of the RoCL encoder, fmnist_at's budget
-#   bash scripts/zoo_fmnist.sh transfer  # black-box: PGD-20 from the SimCLR classifier onto RoCL and PGD-AT
+#   bash scripts/zoo_fmnist.sh transfer  # black-box PGD-20: SimCLR -> RoCL, PGD-AT; RoCL <-> PGD-AT
 #   bash scripts/zoo_fmnist.sh readme    # README tables and claims from the results files
 #
 # Every model is attacked at l-inf eps 0.1 (Fashion-MNIST's conventional budget) on N=1000 fixed test images
@@ -71,11 +71,13 @@ case "${1:-}" in
         --batch-size 128 --weight-decay 5e-4 --eps 0.1 --alpha 0.025 --steps 10 --attacks clean,fgsm,pgd20,cw \
         --eval-examples "$N" --checkpoint-every 100 --out runs/fmnist_rocl_at --threads "$THREADS" --resume --quiet
     cp runs/fmnist_rocl_at/results.json results/cnn4_rocl.fmnist/finetune-at-Linf-0.1.json ;;
-  transfer)
-    for name in cnn4_rocl.fmnist cnn4_rocl.fmnist_at cnn4_rocl.fmnist_trades; do
-      $PY -c "import rocl_zoo, sys; sys.exit('$name' not in rocl_zoo.list_models(pretrained=True))" || continue
-      $PY -m rocl_zoo.evaluate $name --attacks clean,pgd20 --transfer-from cnn4_rocl.fmnist_simclr --eps 0.1 \
-          --n-examples "$N" --threads "$THREADS" --quiet --out results/$name/Linf-0.1-transfer-from-simclr.json
+  transfer)  # TARGET:SOURCE pairs; results/TARGET/Linf-0.1-transfer-from-<source's tag>.json
+    for pair in cnn4_rocl.fmnist:cnn4_rocl.fmnist_simclr cnn4_rocl.fmnist_at:cnn4_rocl.fmnist_simclr \
+                cnn4_rocl.fmnist:cnn4_rocl.fmnist_at cnn4_rocl.fmnist_at:cnn4_rocl.fmnist; do
+      target=${pair%%:*} source=${pair##*:}
+      tag=${source#cnn4_rocl.fmnist}; tag=${tag#_}
+      $PY -m rocl_zoo.evaluate "$target" --attacks clean,pgd20 --transfer-from "$source" --eps 0.1 \
+          --n-examples "$N" --threads "$THREADS" --quiet --out results/$target/Linf-0.1-transfer-from-${tag:-rocl}.json
     done ;;
   readme) ;;
   *) sed -n 2,17p "$0"; exit 2 ;;
