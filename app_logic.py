@@ -442,6 +442,15 @@ def build_demo(model: str = "cnn4_rocl.fmnist", baseline: str = "cnn4_rocl.fmnis
 # ------------------------------------------------------------------------------------------------ serving
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_server(model, baseline, *, timeout: float = 120.0, extra_args=()):
     """Run `python app.py` on a free local port until its page answers; return (process, url, seconds taken).
 
@@ -449,15 +458,12 @@ def start_server(model, baseline, *, timeout: float = 120.0, extra_args=()):
     RuntimeError if it exits or stays silent for `timeout` seconds.
     """
     import os
-    import socket
     import subprocess
     import sys
     import time
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     app = Path(__file__).with_name("app.py")
     t0 = time.perf_counter()

@@ -22,7 +22,7 @@ pytestmark = [
 playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (the `dev` extra)")
 pytest.importorskip("gradio", reason="the demo needs the `demo` extra")
 
-from test_app import free_port, make_models  # noqa: E402  (tests/ is on sys.path)
+from test_app import make_models  # noqa: E402  (tests/ is on sys.path)
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
@@ -36,7 +36,7 @@ def server(tmp_path_factory):
     import app_logic as L
 
     blocks = app.build_app(L.build_demo(*map(str, make_models(tmp_path_factory.mktemp("browser_models")))))
-    port = free_port()
+    port = L.free_port()
     app.launch(blocks, port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     blocks.close()
