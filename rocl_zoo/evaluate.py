@@ -603,6 +603,12 @@ def run(args: argparse.Namespace) -> dict:
     if in_chans is not None and x.shape[1] != in_chans:
         raise DataError(f"{dataset} has {x.shape[1]}-channel images but {args.source} takes {in_chans} channels; "
                         f"pick the dataset the model was trained for.")
+    size = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size") or ())[-2:]
+    if size and tuple(x.shape[-2:]) != size:
+        # global pooling accepts any size, and would give a meaningless number: refuse instead
+        raise DataError(f"{dataset} has {x.shape[-2]}x{x.shape[-1]} images but {args.source} takes "
+                        f"{size[0]}x{size[1]}; evaluate it on data of its input size (a classifier made by "
+                        f"rocl_zoo.finetune on resized data has that evaluation in its results.json).")
     classes = list(getattr(test, "classes", None) or [])
     protocol_cfg: dict = {"protocol": args.protocol}
     t0 = time.time()

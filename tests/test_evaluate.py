@@ -175,7 +175,9 @@ class TinySet(torch.utils.data.Dataset):
 def saved_encoder(tmp_path, monkeypatch):
     from rocl_zoo.hub import save_pretrained
 
-    folder = save_pretrained(encoder(), tmp_path / "enc", dataset="blobs", recipe="test")
+    enc = encoder()
+    enc.pretrained_cfg = {**enc.pretrained_cfg, "input_size": (1, 8, 8)}  # the blobs' size
+    folder = save_pretrained(enc, tmp_path / "enc", dataset="blobs", recipe="test")
     real = E._load_dataset  # other names go to rocl_zoo.data (and its errors)
     monkeypatch.setattr(E, "_load_dataset", lambda name, split, root=None, download=False: (
         TinySet(*blobs(96, 0 if split == "train" else 1)) if name == "blobs" else real(name, split, root, download)))
@@ -254,3 +256,13 @@ def test_table_keeps_transfer_sources_apart():
     assert "transfer-pgd20 from src1" in head and "transfer-pgd20 from src2" in head
     assert "| `a` | d | none | Linf 0.1 | 50.00 | – | 10 |" in table
     assert "| `b` | d | none | Linf 0.1 | – | 25.00 | 10 |" in table
+
+
+def test_cli_refuses_images_of_another_size(tmp_path, capsys):
+    # a 28x28 Fashion-MNIST classifier on 8x8 digits would run (global pooling) and score garbage
+    import rocl_zoo
+
+    folder = rocl_zoo.save_pretrained(rocl_zoo.create_model("cnn4_rocl.fmnist"), tmp_path / "clf",
+                                      dataset="fashion_mnist")
+    assert E.main([str(folder), "--dataset", "digits", "--n-examples", "8", "--quiet"]) == 2
+    assert "8x8 images but" in capsys.readouterr().err
