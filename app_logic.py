@@ -12,7 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -444,8 +450,6 @@ def build_demo(model: str = "cnn4_rocl.fmnist", baseline: str = "cnn4_rocl.fmnis
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -457,12 +461,6 @@ def start_server(model, baseline, *, timeout: float = 120.0, extra_args=()):
     For the tests and benchmarks/bench_demo.py. The process's output is captured (read it with stop_server);
     RuntimeError if it exits or stays silent for `timeout` seconds.
     """
-    import os
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     app = Path(__file__).with_name("app.py")
@@ -486,8 +484,6 @@ def start_server(model, baseline, *, timeout: float = 120.0, extra_args=()):
 
 def stop_server(proc) -> str:
     """Stop a server from start_server; return what it printed."""
-    import subprocess
-
     proc.terminate()
     try:
         out, _ = proc.communicate(timeout=20)

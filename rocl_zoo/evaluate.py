@@ -457,17 +457,15 @@ def render_table(results: list[dict]) -> str:
     """A markdown table of results files: one row per model and threat model, one column per attack."""
     if not results:
         return "_No results files._\n"
+
     def column(name: str, cfg: dict) -> str:  # a transfer attack from another source is another column
         return f"{name} from {cfg['transfer_from']}" if cfg.get("transfer_from") else name
 
-    columns: dict[str, dict] = {}
-    for r in results:
-        for name, a in r.get("attacks", {}).items():
-            columns.setdefault(column(name, a["config"]), a["config"])
+    by_column = [{column(name, a["config"]): a for name, a in r.get("attacks", {}).items()} for r in results]
+    columns = {n: a["config"] for row in by_column for n, a in row.items()}
     names = sorted(columns, key=lambda n: _column_key(columns[n]))
     label = {n: ("Clean" if columns[n]["attack"] == "clean" else "AutoAttack" if n in ("autoattack", "aa") else
                  n.upper() if n in ("fgsm", "cw") else n) for n in names}
-    by_column = [{column(name, a["config"]): a for name, a in r.get("attacks", {}).items()} for r in results]
     head = ["Model", "Dataset", "Protocol", "Threat model"] + [label[n] for n in names] + ["n", "Sanity"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(names) + 1) + [":---:"]) + "|"]
     # models on their own data first, transfer (fine-tuning) results after
@@ -633,8 +631,8 @@ def run(args: argparse.Namespace) -> dict:
     if classes and getattr(model, "num_classes", len(classes)) != len(classes):
         raise DataError(f"{args.source} has {model.num_classes} classes but {dataset} has {len(classes)}; "
                         f"evaluate it on its own dataset or use --protocol linear.")
-    meta = {"model": args.name or args.source, "source": args.source, "dataset": dataset, "split": args.split, "protocol": args.protocol,
-            "protocol_config": protocol_cfg}
+    meta = {"model": args.name or args.source, "source": args.source, "dataset": dataset, "split": args.split,
+            "protocol": args.protocol, "protocol_config": protocol_cfg}
     from . import __version__
 
     meta["rocl_zoo_version"] = __version__

@@ -24,7 +24,6 @@ EPS, EPS_L2 = 0.1, 1.5  # Fashion-MNIST's l-inf budget; the unseen l2 budget (th
 class Number:
     acc: float  # %
     n: int
-    path: str
 
     def __str__(self) -> str:
         return f"{self.acc:.1f}"
@@ -47,7 +46,7 @@ def lookup(results, model, attack, *, protocol=None, dataset="fashion_mnist", th
             if c.get("transfer_from") != transfer_from:
                 continue
             if name.split("@")[0] == attack and (best is None or r["n_examples"] > best.n):
-                best = Number(100 * a["acc"], r["n_examples"], r["_path"])
+                best = Number(100 * a["acc"], r["n_examples"])
     return best
 
 

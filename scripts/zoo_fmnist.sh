@@ -27,21 +27,19 @@ EPS_L2=1.5
 evaluate_and_ship() {
   local name=$1 clf=$2 out=results/$1 aa
   shift 2
-  if [ "${PARALLEL:-0}" = 1 ] && [ -f "$clf/config.json" ]; then
+  autoattack() {
     $PY -m rocl_zoo.evaluate "$clf" --attacks clean,pgd20,autoattack --eps 0.1 --n-examples "$N_AA" \
-        --name "$name" --threads "$THREADS" --quiet --out $out/Linf-0.1-autoattack-n$N_AA.json &
+        --name "$name" --threads "$THREADS" --quiet --out $out/Linf-0.1-autoattack-n$N_AA.json
+  }
+  if [ "${PARALLEL:-0}" = 1 ] && [ -f "$clf/config.json" ]; then
+    autoattack &
     aa=$!
   fi
   $PY -m rocl_zoo.evaluate "$@" --attacks clean,fgsm,pgd20,cw --eps 0.1 --n-examples "$N" --sanity \
       --name "$name" --threads "$THREADS" --quiet --out $out/Linf-0.1.json
   $PY -m rocl_zoo.evaluate "$clf" --norm l2 --eps $EPS_L2 --attacks clean,pgd20-l2 --n-examples "$N" \
       --name "$name" --threads "$THREADS" --quiet --out $out/L2-$EPS_L2.json
-  if [ -n "${aa:-}" ]; then
-    wait "$aa"
-  else
-    $PY -m rocl_zoo.evaluate "$clf" --attacks clean,pgd20,autoattack --eps 0.1 --n-examples "$N_AA" \
-        --name "$name" --threads "$THREADS" --quiet --out $out/Linf-0.1-autoattack-n$N_AA.json
-  fi
+  if [ -n "${aa:-}" ]; then wait "$aa"; else autoattack; fi
   $PY -m training.release "$name" "$clf" --threads "$THREADS" \
       --results $out/Linf-0.1.json $out/Linf-0.1-autoattack-n$N_AA.json $out/L2-$EPS_L2.json
 }

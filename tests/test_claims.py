@@ -17,8 +17,7 @@ def result(model, protocol, accs, *, dataset="fashion_mnist", threat="Linf", eps
         if transfer_from:
             cfg["transfer_from"] = transfer_from
         attacks[name] = {"config": cfg, "acc": acc}
-    return {"model": model, "protocol": protocol, "dataset": dataset, "n_examples": n, "attacks": attacks,
-            "_path": f"results/{model}/x.json"}
+    return {"model": model, "protocol": protocol, "dataset": dataset, "n_examples": n, "attacks": attacks}
 
 
 def verdicts(results):

@@ -67,9 +67,11 @@ def release(name: str, classifier, results: list[Path], weights_dir: Path = zoo.
                  recipe=entry.recipe, repo_id=entry.hf_hub_id, overwrite=True, quiet=False)
     model = load(out)
     metrics = headline_metrics(first)
-    # export copies each results file into the folder (as results_<name>.json)
-    metrics["results"] = next(f"{name}/{p.name}" for p in sorted(out.glob("results*.json"))
-                              if p.name.endswith(Path(results[0]).name))
+
+    def shipped(path) -> str:  # export copies each results file into the folder as results_<its name>
+        return next(f"{name}/{p.name}" for p in sorted(out.glob("results*.json")) if p.name.endswith(Path(path).name))
+
+    metrics["results"] = shipped(results[0])
     if metrics["autoattack_acc"] is None:  # AutoAttack is often run on fewer examples, in a file of its own
         for path in results[1:]:
             other = json.loads(Path(path).read_text())
@@ -77,8 +79,7 @@ def release(name: str, classifier, results: list[Path], weights_dir: Path = zoo.
                     and other.get("threat_model") == first["threat_model"]:
                 metrics.update(autoattack_acc=other["autoattack_acc"] / 100,
                                autoattack_n_examples=other["n_examples"],
-                               autoattack_results=next(f"{name}/{p.name}" for p in sorted(out.glob("results*.json"))
-                                                       if p.name.endswith(Path(path).name)))
+                               autoattack_results=shipped(path))
                 break
     metrics["check"] = quick_check(model, entry.dataset, first["eps"], first["threat_model"].lower())
     record = {"sha256": sha256_file(out / entry.filename), "metrics": metrics}
