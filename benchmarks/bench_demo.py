@@ -103,7 +103,8 @@ def main(argv=None) -> int:
         L.stop_server(proc)
 
     untrained = " (untrained fallback: weights not published yet)" if robust.warning else ""
-    lines = [f"# bench_demo: PGD-10 (l-inf, eps {EPS}) on one 28x28 image, and page-ready time",
+    lines = ["# " + " ".join(["python", *sys.argv]),
+             f"# bench_demo: PGD-10 (l-inf, eps {EPS}) on one 28x28 image, and page-ready time",
              f"# machine: {hardware_name('cpu')}; torch {torch.__version__}",
              f"# model: {args.model}{untrained}; baseline: {args.baseline}; load average "
              f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}",

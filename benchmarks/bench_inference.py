@@ -103,6 +103,7 @@ def main(argv=None) -> int:
         print(s, flush=True)
         lines.append(s)
 
+    say("# " + " ".join(["python", *sys.argv]))
     say("ONNX Runtime vs PyTorch eager, inference (untrained weights; speed does not depend on them)")
     say(f"hardware: {hardware_name()}")
     say(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {args.threads} threads each, "
