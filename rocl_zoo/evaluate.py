@@ -267,7 +267,8 @@ def check_autoattack(pgd_acc: float | None, aa_acc: float | None, n: int, gap_wa
 
 def run_sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str,
                       num_classes: int, pgd_acc: float | None = None, autoattack_acc: float | None = None,
-                      best_pgd_acc: float | None = None, source_model: nn.Module | None = None, source_name: str | None = None, steps: int = 20,
+                      best_pgd_acc: float | None = None, source_model: nn.Module | None = None,
+                      source_name: str | None = None, steps: int = 20,
                       batch_size: int = 256, seed: int = 0, progress: bool = False) -> dict:
     """All gradient-masking checks on (x, y). Returns {"passed", "flags": [names that fired], "checks": [...]}.
 
@@ -307,12 +308,15 @@ def run_sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="clean,pgd20", eps: float = 8 / 255,
              norm: str = "linf", batch_size: int = 256, seed: int = 0, source_model: nn.Module | None = None,
              source_name: str | None = None, sanity: bool = False, sanity_examples: int = 200,
-             num_classes: int | None = None, progress: bool = True, meta: dict | None = None) -> dict:
+             num_classes: int | None = None, autoattack_examples: int = 0, progress: bool = True,
+             meta: dict | None = None) -> dict:
     """Run the attack suite on (x, y) and return the results dict (see the module docstring).
 
     attacks: a comma-separated string or a list of specs (see `parse_attack`). source_model: also run every
-    white-box attack as a black-box transfer from it ("transfer-<name>"). Accuracies are fractions in the
-    "attacks" block and percentages in RobustBench's keys.
+    white-box attack as a black-box transfer from it ("transfer-<name>"). autoattack_examples: run AutoAttack
+    on a fixed random subset of this many examples only (0 = all); "autoattack_subset" then holds clean and
+    PGD accuracy on the same subset. Accuracies are fractions in the "attacks" block and percentages in
+    RobustBench's keys.
     """
     from .utils import hardware_name
 
@@ -334,20 +338,28 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
             raise ConfigError(f"the transfer source {source_name or ''} gives {src_dim} outputs but the model "
                               f"{out_dim}: transfer needs a classifier over the same classes (an encoder has no "
                               f"head: evaluate it with --protocol linear and transfer from the saved classifier).")
+    if autoattack_examples < 0:
+        raise ConfigError(f"autoattack_examples must be >= 0, got {autoattack_examples}.")
     t_start = time.time()
     results: dict = {}
     per_example: dict[str, torch.Tensor] = {}
+    # AutoAttack is the slowest attack by far; its subset is a prefix of the sanity checks' fixed permutation
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    aa_idx = perm[:autoattack_examples] if 0 < autoattack_examples < len(y) else None
     jobs = [(c, None) for c in cfgs]
     if source_model is not None:
         jobs += [({**c, "name": f"transfer-{c['name']}", "transfer_from": source_name}, source_model)
                  for c in cfgs if c["attack"] in ("fgsm", "pgd")]
     for cfg, src in jobs:
         t0 = time.time()
-        correct = correct_under(model, x, y, cfg, batch_size=batch_size, seed=seed, source_model=src,
+        on_subset = aa_idx is not None and cfg["attack"] == "autoattack"
+        xa, ya = (x[aa_idx], y[aa_idx]) if on_subset else (x, y)
+        correct = correct_under(model, xa, ya, cfg, batch_size=batch_size, seed=seed, source_model=src,
                                 progress=progress, device=device)
         per_example[cfg["name"]] = correct
         results[cfg["name"]] = {"config": cfg, "acc": correct.float().mean().item(),
-                                "wall_time_s": round(time.time() - t0, 3)}
+                                "wall_time_s": round(time.time() - t0, 3),
+                                **({"n_examples": len(ya)} if on_subset else {})}
         if progress:
             tqdm.write(f"{cfg['name']:>20}: {results[cfg['name']]['acc']:.2%}  ({time.time() - t0:.1f} s)")
 
@@ -359,7 +371,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
     clean = acc_of(lambda c: c["attack"] == "clean")
     aa = acc_of(lambda c: c["attack"] == "autoattack" and c.get("version") == "standard" and in_threat(c))
     pgd_acc = acc_of(lambda c: c["attack"] == "pgd" and in_threat(c) and "transfer_from" not in c)
-    white = [n for n, r in results.items() if in_threat(r["config"]) or r["config"]["attack"] == "clean"]
+    white = [n for n, r in results.items() if (in_threat(r["config"]) or r["config"]["attack"] == "clean")
+             and "n_examples" not in r]  # an attack run on a subset has no say on the other examples
     worst = None
     if white:
         worst = torch.stack([per_example[n] for n in white]).all(0).float().mean().item()
@@ -388,26 +401,41 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
     }
     if source_model is not None:
         out["transfer_from"] = source_name
+    white_pgd = [n for n, r in results.items() if r["config"]["attack"] == "pgd" and in_threat(r["config"])
+                 and "transfer_from" not in r["config"]]
+    aa_names = [n for n, r in results.items() if r["config"]["attack"] == "autoattack" and in_threat(r["config"])
+                and r["config"].get("version") == "standard"]
+    if aa_names:
+        out["autoattack_n_examples"] = len(per_example[aa_names[0]])
+    if aa_names and aa_idx is not None:
+        on_aa = lambda names: min((per_example[n][aa_idx].float().mean().item() for n in names), default=None)  # noqa: E731
+        out["autoattack_subset"] = {"n_examples": len(aa_idx), "clean_acc": pct(on_aa(
+            [n for n, r in results.items() if r["config"]["attack"] == "clean"])), "pgd_acc": pct(on_aa(white_pgd))}
     if sanity:
         k = min(sanity_examples, len(y))
-        sub = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:k]
+        sub = perm[:k]
         xs, ys = x[sub], y[sub]
-        white_pgd = [n for n, r in results.items() if r["config"]["attack"] == "pgd" and in_threat(r["config"])
-                     and "transfer_from" not in r["config"]]
         pgd_names = [n for n in white_pgd if results[n]["config"].get("steps") == 20
                      and results[n]["config"].get("restarts") == 1 and results[n]["config"].get("loss") == "ce"]
         sub_pgd = per_example[pgd_names[0]][sub].float().mean().item() if pgd_names else None
         # AutoAttack is compared with the strongest PGD-type attack run (CE or CW loss, any steps)
         sub_best_pgd = min((per_example[n][sub].float().mean().item() for n in white_pgd), default=None)
-        aa_names = [n for n, r in results.items() if r["config"]["attack"] == "autoattack" and in_threat(r["config"])
-                    and r["config"].get("version") == "standard"]
-        sub_aa = per_example[aa_names[0]][sub].float().mean().item() if aa_names else None
+        sub_aa = None
+        if aa_names and aa_idx is None:
+            sub_aa = per_example[aa_names[0]][sub].float().mean().item()
+        elif aa_names and k <= len(aa_idx):  # both subsets are prefixes of `perm`
+            sub_aa = per_example[aa_names[0]][:k].float().mean().item()
         t0 = time.time()
         out["sanity"] = run_sanity_checks(model, xs.to(device), ys.to(device), eps=eps, norm=norm,
                                           num_classes=num_classes, pgd_acc=sub_pgd, autoattack_acc=sub_aa,
                                           best_pgd_acc=sub_best_pgd,
                                           source_model=source_model, source_name=source_name,
                                           batch_size=batch_size, seed=seed, progress=progress)
+        if aa_names and aa_idx is not None and k > len(aa_idx):  # AutoAttack vs PGD on AutoAttack's subset
+            checks = [c for c in out["sanity"]["checks"] if c["name"] != "autoattack_vs_pgd"]
+            checks.append(check_autoattack(on_aa(white_pgd), results[aa_names[0]]["acc"], len(aa_idx)))
+            flags = [c["name"] for c in checks if c["ok"] is False]
+            out["sanity"].update(checks=checks, flags=flags, passed=not flags)
         out["sanity"]["wall_time_s"] = round(time.time() - t0, 3)
         if progress:
             for c in out["sanity"]["checks"]:
@@ -479,7 +507,8 @@ def render_table(results: list[dict]) -> str:
                  str(r.get("protocol") or "none"), f"{r.get('threat_model')} {r.get('eps_str', r.get('eps'))}"]
         for n in names:
             a = by_column[i].get(n)
-            cells.append("–" if a is None else f"{100 * a['acc']:.2f}")
+            cells.append("–" if a is None else f"{100 * a['acc']:.2f}" +
+                         (f" (n={a['n_examples']})" if "n_examples" in a else ""))
         cells.append(str(r.get("n_examples", "–")))
         s = r.get("sanity")
         cells.append("–" if not s else "ok" if s.get("passed") else "⚠ " + ", ".join(s.get("flags", [])))
@@ -522,6 +551,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"@EPS sets one attack's budget (pgd20-l2@1.0). Default {DEFAULT_ATTACKS}")
     g.add_argument("--n-examples", type=int, default=1000,
                    help="attack a fixed random subset of this many test examples (default 1000; 0 = all)")
+    g.add_argument("--autoattack-examples", type=int, default=0, metavar="K",
+                   help="run AutoAttack on a fixed random K of the --n-examples only (its Square stage costs "
+                        "thousands of queries per robust image); the results file adds clean and PGD accuracy on "
+                        "the same K (default 0: all)")
     g.add_argument("--batch-size", type=int, default=256, help="attack batch size (default 256)")
     g.add_argument("--transfer-from", metavar="SOURCE",
                    help="also run each FGSM/PGD attack as black-box transfer from this model")
@@ -576,7 +609,7 @@ def run(args: argparse.Namespace) -> dict:
 
     if not args.source:
         raise ConfigError("give a model SOURCE (zoo name, hf-hub:ORG/REPO or folder), or --table DIR.")
-    for flag in ("n_examples", "train_examples"):
+    for flag in ("n_examples", "train_examples", "autoattack_examples"):
         if getattr(args, flag) < 0:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 0.")
     if min(args.batch_size, args.sanity_examples, args.epochs, args.linear_batch_size) < 1:
@@ -639,7 +672,8 @@ def run(args: argparse.Namespace) -> dict:
     result = evaluate(model, x, y, attacks=specs, eps=eps, norm=args.norm, batch_size=args.batch_size,
                       seed=args.seed, source_model=source_model, source_name=args.transfer_from,
                       sanity=args.sanity, sanity_examples=args.sanity_examples,
-                      num_classes=len(classes) or None, progress=progress, meta=meta)
+                      num_classes=len(classes) or None, autoattack_examples=args.autoattack_examples,
+                      progress=progress, meta=meta)
     result["wall_time_s"] = round(time.time() - t0, 3)
     if args.protocol != "none":
         folder = args.save_classifier or (str(Path(args.out).with_suffix("")) + ".classifier" if args.out else None)

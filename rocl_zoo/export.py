@@ -284,8 +284,11 @@ def result_metrics(res: dict) -> list[dict]:
         a_norm = _norm_of(cfg) if cfg.get("norm") else norm
         a_eps = cfg.get("eps", eps)
         settings = {k: v for k, v in cfg.items() if k not in _NOT_SETTINGS and v is not None}
+        subset = f", on {spec['n_examples']} of the examples" if isinstance(spec, dict) and "n_examples" in spec else ""
+        if subset:  # e.g. AutoAttack on a fixed random subset (rocl_zoo.evaluate --autoattack-examples)
+            settings["n_examples"] = spec["n_examples"]
         out.append({"config": f"{name}_{a_norm}_{eps_str(a_eps)}", "name": f"{name} accuracy ({a_norm}, eps="
-                    f"{eps_str(a_eps)})", "value": _percent(res, acc), "attack": name, "kind": kind,
+                    f"{eps_str(a_eps)}{subset})", "value": _percent(res, acc), "attack": name, "kind": kind,
                     "settings": settings})
     if res.get("autoattack_acc") is not None and not any(m["kind"].lower() in ("autoattack", "aa") for m in out):
         out.append({"config": f"autoattack_{threat}", "name": f"AutoAttack accuracy ({norm}, eps={eps_str(eps)})",

@@ -88,7 +88,8 @@ CONFIG_NAME, METRICS_NAME, CHECKPOINT_NAME, RESULTS_NAME, CLASSIFIER_DIR = (
     "config.json", "metrics.jsonl", "checkpoint.pt", "results.json", "classifier")
 OUTPUT_NAMES = (CONFIG_NAME, METRICS_NAME, CHECKPOINT_NAME, RESULTS_NAME, CLASSIFIER_DIR)
 # Settings a resumed run may change: they do not touch the optimisation.
-VOLATILE = {"device", "progress", "resume", "overwrite", "checkpoint_every", "autoattack", "attacks",
+VOLATILE = {"device", "progress", "resume", "overwrite", "checkpoint_every", "autoattack", "autoattack_examples",
+            "attacks",
             "eval_examples", "run_id", "started", "hardware", "rocl_zoo_version", "torch", "encoder_source"}
 
 
@@ -371,6 +372,17 @@ def _write_metrics(path: Path, metrics: list) -> None:
             f.write(json.dumps(m) + "\n")
 
 
+def autoattack_text(results: dict) -> str:
+    """'39.00 %', with the subset it ran on when that is not every evaluated image."""
+    aa, sub = results.get("autoattack_acc"), results.get("autoattack_subset")
+    if aa is None:
+        return "–"
+    if not sub:
+        return f"{aa:.2f} %"
+    return f"{aa:.2f} % (on {sub['n_examples']} of the {results.get('n_examples')} images, where PGD gives " \
+           f"{sub['pgd_acc']:.2f} %)"
+
+
 def model_card(config: dict, results: dict, metrics: list) -> str:
     """The classifier's README.md: how it was made, what it scores, how to load it."""
     mode, ds = config["mode"], config["dataset"]
@@ -390,7 +402,7 @@ def model_card(config: dict, results: dict, metrics: list) -> str:
         f"## Results on the test split ({results.get('n_examples')} images, {results.get('threat_model')} "
         f"eps {results.get('eps_str')})\n\n| Attack | Accuracy (%) |\n|---|---:|\n" + "\n".join(rows) +
         f"\n\nClean {pct(results.get('clean_acc'))} %, PGD {pct(results.get('pgd_acc'))} %, AutoAttack "
-        f"{pct(results.get('autoattack_acc'))} %. Last epoch's validation: clean "
+        f"{autoattack_text(results)}. Last epoch's validation: clean "
         f"{last.get('val_clean_acc', '–')}, robust {last.get('val_robust_acc', '–')}. Hardware: "
         f"{results.get('hardware')}.\n\n## Load\n\n```python\nimport rocl_zoo\nmodel = rocl_zoo.load('PATH')"
         f"          # verified sha256, strict\n\nimport timm, rocl_zoo.models\nmodel = "
@@ -565,7 +577,8 @@ def _train(clf: nn.Module, data: dict, s: dict, *, device, out: Path | None, ckp
              else "adversarial"}
         if mode in ADVERSARIAL_MODES:
             m.update(adv_examples=running["adv"],
-                     adv_size_mean=round(running["adv_linf_sum"] / max(running["adv"], 1), 6), adv_size_max=round(running["adv_linf_max"], 6), attack_time_s=round(running["attack_time_s"], 3))
+                     adv_size_mean=round(running["adv_linf_sum"] / max(running["adv"], 1), 6),
+                     adv_size_max=round(running["adv_linf_max"], 6), attack_time_s=round(running["attack_time_s"], 3))
             if mode == "trades":
                 m["train_adv_acc"] = round(running["adv_correct"] / running["seen"], 6)
         robust_val = mode in ADVERSARIAL_MODES or epoch + 1 == s["epochs"]
@@ -597,7 +610,8 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
              norm: str = "linf", beta: float | None = None, image_size: int | None = None,
              in_chans: int | None = None, val_fraction: float = 0.1, val_examples: int = 500,
              subset: int | None = None, eval_examples: int = 0, attacks: str | None = None,
-             autoattack: bool = False, seed: int = 0, device="auto", data_root=None, download: bool = False,
+             autoattack: bool = False, autoattack_examples: int = 0, seed: int = 0, device="auto", data_root=None,
+             download: bool = False,
              resume: bool = False, overwrite: bool = False, checkpoint_every: int = 0,
              progress: bool = True) -> FinetuneResult:
     """Transfer an encoder to a dataset in one of the modes linear, robust-linear, at, trades (see the module doc).
@@ -607,7 +621,8 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
     data. out: the output folder (None: nothing is written, no resume). image_size / in_chans: change the model
     rather than the data. subset: train on a fixed random subset. eval_examples: evaluate on a fixed random
     subset of the test split (0 = all). attacks: the evaluation suite (default clean,pgd20; autoattack=True
-    adds AutoAttack). Returns FinetuneResult(model, results, metrics, out, config).
+    adds AutoAttack, on a fixed random subset of autoattack_examples of them when > 0). Returns
+    FinetuneResult(model, results, metrics, out, config).
     """
     from . import __version__
     from .evaluate import eps_str, evaluate, parse_attack
@@ -619,6 +634,7 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
     if not 0 < val_fraction < 1:
         raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}.")
     for name, v in (("val_examples", val_examples), ("eval_examples", eval_examples),
+                    ("autoattack_examples", autoattack_examples),
                     ("checkpoint_every", checkpoint_every), ("subset", subset or 0)):
         if v < 0:
             raise ConfigError(f"{name} must be >= 0, got {v}.")
@@ -663,7 +679,8 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
               "train_attack": None if mode == "linear" else (
                   {"attack": "trades-kl" if mode == "trades" else "pgd", "norm": norm, "eps": s["eps"],
                    "alpha": s["alpha"], "steps": s["steps"], "random_start": True, "model_mode": "eval"}),
-              "attacks": suite, "autoattack": autoattack, "eval_examples": eval_examples,
+              "attacks": suite, "autoattack": autoattack, "autoattack_examples": autoattack_examples,
+              "eval_examples": eval_examples,
               "checkpoint_every": checkpoint_every, "device": str(device), "hardware": hardware_name(device),
               "rocl_zoo_version": __version__, "torch": torch.__version__}
 
@@ -718,7 +735,8 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
     if mode == "trades":
         meta["protocol_config"]["beta"] = s["beta"]
     results = evaluate(clf, _float(xte, "cpu"), yte, attacks=suite, eps=s["eps"], norm=norm, seed=seed,
-                       num_classes=data["num_classes"], progress=progress, meta=meta)
+                       num_classes=data["num_classes"], autoattack_examples=autoattack_examples,
+                       progress=progress, meta=meta)
     if out is not None:
         from .hub import save_pretrained
 
@@ -788,6 +806,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--attacks", default=DEFAULT_ATTACKS, help="evaluation suite, as rocl_zoo.evaluate "
                                                               "(default %(default)s)")
     g.add_argument("--autoattack", action="store_true", help="add AutoAttack (standard) to the evaluation")
+    g.add_argument("--autoattack-examples", type=int, default=0, metavar="K",
+                   help="run AutoAttack on a fixed random K of the evaluated test images only, with clean and PGD "
+                        "on the same K in the results (default 0: all)")
     g.add_argument("--eval-examples", type=int, default=0, help="test examples to evaluate (default 0 = all)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a run")
@@ -830,8 +851,9 @@ def main(argv=None) -> int:
                        steps=args.steps, norm=args.norm, beta=args.beta, image_size=args.image_size,
                        in_chans=args.in_chans, val_fraction=args.val_fraction, val_examples=args.val_examples,
                        subset=args.subset, eval_examples=args.eval_examples, attacks=args.attacks,
-                       autoattack=args.autoattack, seed=args.seed, device=args.device, data_root=args.data_root,
-                       download=args.download, resume=args.resume, overwrite=args.overwrite,
+                       autoattack=args.autoattack, autoattack_examples=args.autoattack_examples, seed=args.seed,
+                       device=args.device, data_root=args.data_root, download=args.download, resume=args.resume,
+                       overwrite=args.overwrite,
                        checkpoint_every=args.checkpoint_every, progress=not args.quiet)
     except FinetuneInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
@@ -845,7 +867,7 @@ def main(argv=None) -> int:
     r = run.results
     fmt = lambda v: "–" if v is None else f"{v:.2f} %"  # noqa: E731
     print(f"{args.mode}: clean {fmt(r.get('clean_acc'))}, PGD {fmt(r.get('pgd_acc'))}, AutoAttack "
-          f"{fmt(r.get('autoattack_acc'))} ({r.get('threat_model')} eps {r.get('eps_str')}, "
+          f"{autoattack_text(r)} ({r.get('threat_model')} eps {r.get('eps_str')}, "
           f"{r.get('n_examples')} test images) -> {run.out}")
     return 0
 

@@ -9,7 +9,10 @@
 # l-inf eps 0.1. linear uses the protocol's defaults (150 epochs on frozen features, seconds); the three
 # adversarial modes train 5 epochs with PGD-5 (step 2.5 eps / 5 = 0.05; LR /10 at epochs 3 and 4), so the whole
 # example costs minutes rather than the hours of the full AFF recipe (25 epochs, PGD-10). Evaluation: clean and
-# PGD-20 (step eps/10, random start) on the 360 test images. Re-running resumes or reuses finished runs.
+# PGD-20 (step eps/10, random start) on the 360 test images; AutoAttack (standard) on a fixed random AA_EXAMPLES
+# of them (default 100: Square's queries make all 360 about a core-hour per robust mode), with PGD-20 on the same
+# images beside it; AA_EXAMPLES=0 skips it. Re-running resumes or reuses finished runs (and adds AutoAttack to a
+# finished run without training it again).
 # MODES="at" runs only the modes named. ARGS="..." appends options to every run (a smoke test:
 # ARGS="--epochs 1 --subset 100 --image-size 8").
 set -euo pipefail
@@ -32,9 +35,11 @@ OUT=${OUT:-runs/finetune-digits/$TAG}
 RESULTS=${RESULTS:-results/finetune-digits/$TAG}
 mkdir -p "$RESULTS"
 MODES=${MODES:-linear robust-linear at trades}
+AA_EXAMPLES=${AA_EXAMPLES:-100}
 for MODE in $MODES; do
   EXTRA=()
   [ "$MODE" != linear ] && EXTRA=(--epochs 5 --steps 5)
+  [ "$AA_EXAMPLES" != 0 ] && EXTRA+=(--autoattack --autoattack-examples "$AA_EXAMPLES")
   $PY -m rocl_zoo.finetune --model "$ENCODER" --dataset digits --mode "$MODE" --out "$OUT/$MODE" \
       --eps 0.1 --threads "$THREADS" --resume --quiet "${EXTRA[@]}" ${ARGS:-}
   cp "$OUT/$MODE/results.json" "$RESULTS/$MODE.json"
@@ -50,7 +55,9 @@ for mode in sys.argv[3:]:
     hw = r["hardware"]
     attack = "–" if mode == "linear" else f"PGD-{c['train_attack']['steps']}" if mode != "trades" else \
         f"TRADES-KL-{c['train_attack']['steps']}, beta {c['beta']:g}"
-    aa = "–" if r.get("autoattack_acc") is None else f"{r['autoattack_acc']:.2f}"
+    sub = r.get("autoattack_subset")
+    aa = "–" if r.get("autoattack_acc") is None else f"{r['autoattack_acc']:.2f}" + (
+        f" (n={sub['n_examples']}; PGD-20 on them {sub['pgd_acc']:.2f})" if sub else "")
     rows.append(f"| {mode} | {c['epochs']} | {attack} | {r['clean_acc']:.2f} | {r['pgd_acc']:.2f} | {aa} | "
                 f"{r['finetune_train_time_s']:.0f} |")
 print(f"Encoder `{encoder}` -> digits ({c['source_input_size']} resized to {c['input_size']}), l-inf eps {r['eps_str']}, "

@@ -53,3 +53,16 @@ def test_lookup_prefers_more_examples_and_matches_threat_and_source():
     assert C.lookup(results, C.ROCL, "pgd20-l2") is None  # l-inf 0.1 asked, only l2 measured
     assert C.lookup(results, C.ROCL, "transfer-pgd20", transfer_from=C.SIMCLR).acc == 80.0
     assert C.lookup(results, C.ROCL, "transfer-pgd20", transfer_from="other") is None
+
+
+def test_autoattack_on_a_subset_counts_its_own_examples():
+    full = result(C.ROCL, "finetune-at", {"pgd20": 0.60}, n=1000)
+    full["attacks"]["autoattack"] = {"config": {"name": "autoattack", "attack": "autoattack", "threat_model": "Linf",
+                                                "eps": 0.1}, "acc": 0.55, "n_examples": 100}
+    alone = result(C.ROCL, "finetune-at", {"autoattack": 0.50}, n=200)
+    got = C.lookup([full, alone], C.ROCL, "autoattack", protocol="finetune-at")
+    assert (got.acc, got.n) == (50.0, 200)  # 200 images beat the 100 of the 1,000-image file's subset
+    got = C.lookup([full], C.ROCL, "autoattack", protocol="finetune-at")
+    assert (round(got.acc, 6), got.n) == (55.0, 100)
+    row = next(c for c in C.claims([full, result(C.AT, "none", {"pgd20": 0.52})]) if "beats" in c.text).row()
+    assert "AutoAttack: RoCL+AT 55.0 (n=100)" in row

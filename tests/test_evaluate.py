@@ -101,6 +101,26 @@ def test_autoattack_and_eps_checks_fire():
     assert out["ok"] is False
 
 
+def test_autoattack_on_a_subset_reports_pgd_on_the_same_images():
+    plain, x, y = teacher_data(n=40)
+    # at this eps APGD-CE breaks every image, so AutoAttack's slow later stages have nothing left to do
+    r = E.evaluate(plain, x, y, attacks="clean,pgd10,autoattack", eps=0.08, autoattack_examples=12, sanity=True,
+                   sanity_examples=30, progress=False)
+    aa, sub = r["attacks"]["autoattack"], r["autoattack_subset"]
+    assert aa["n_examples"] == 12 == r["autoattack_n_examples"] == sub["n_examples"] and r["n_examples"] == 40
+    assert "n_examples" not in r["attacks"]["pgd10"]
+    # the subset is the seed's fixed one: PGD re-run on exactly those images gives the recorded number
+    idx = torch.randperm(40, generator=torch.Generator().manual_seed(0))[:12]
+    again = E.evaluate(plain, x[idx], y[idx], attacks="clean,pgd10", eps=0.08, progress=False)
+    assert (sub["pgd_acc"], sub["clean_acc"]) == (again["pgd_acc"], again["clean_acc"])
+    assert r["autoattack_acc"] <= sub["pgd_acc"] + 1e-9
+    check = next(c for c in r["sanity"]["checks"] if c["name"] == "autoattack_vs_pgd")
+    assert check["ok"] is not None  # compared on AutoAttack's own 12 images, not the sanity checks' 30
+    assert 100 * check["values"]["pgd_acc"] == pytest.approx(sub["pgd_acc"], abs=0.01)
+    assert "(n=12)" in E.render_table([r])
+    with pytest.raises(ConfigError, match="autoattack_examples"):
+        E.evaluate(plain, x, y, attacks="clean", autoattack_examples=-1, progress=False)
+
 def test_evaluate_with_transfer_and_sanity_results_dict():
     plain, x, y = teacher_data(n=48)
     r = E.evaluate(Quantised(plain), x, y, attacks="clean,fgsm,pgd10,pgd10-l2", eps=0.05, norm="linf",

@@ -214,3 +214,12 @@ def test_dynamo_exporter_also_verifies(tmp_path):
         out = ex.export(model, tmp_path / "out", dynamo=True, n_check=4, pgd_steps=1)
     parity = json.loads((out / "config.json").read_text())["rocl_zoo"]["export"]["parity"]
     assert parity["exporter"] == "dynamo" and parity["max_abs_diff_random"] <= 1e-4
+
+
+def test_an_attack_run_on_a_subset_says_so_in_the_card():
+    res = dict(RESULTS, attacks={**RESULTS["attacks"], "autoattack": {
+        "acc": 0.55, "n_examples": 100, "config": {"name": "autoattack", "attack": "autoattack", "norm": "linf",
+                                                   "eps": 0.1, "version": "standard"}}})
+    aa = next(m for m in ex.result_metrics(res) if m["kind"] == "autoattack")
+    assert "on 100 of the examples" in aa["name"] and aa["settings"]["n_examples"] == 100
+    assert all("n_examples" not in m["settings"] for m in ex.result_metrics(RESULTS))

@@ -161,6 +161,14 @@ def test_resume_is_exact(encoder_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(ft, "_after_step", boom)
     again = ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", resume=True, **kw)
     assert again.results["clean_acc"] == resumed.results["clean_acc"]
+    # ... and AutoAttack on a subset is added to a finished run, still without training (the README example)
+    with_aa = ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", resume=True, autoattack=True,
+                          autoattack_examples=6, **kw)
+    r = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert r["autoattack_subset"]["n_examples"] == 6 and r["n_examples"] == 40 and r["autoattack_acc"] is not None
+    assert (r["clean_acc"], r["pgd_acc"]) == (resumed.results["clean_acc"], resumed.results["pgd_acc"])
+    assert with_aa.results["autoattack_acc"] == r["autoattack_acc"]
+    assert "on 6 of the 40 images" in (tmp_path / "cut" / "classifier" / "README.md").read_text()
 
 
 def test_corrupt_checkpoint_is_a_clear_error(encoder_dir, tmp_path, monkeypatch):

@@ -56,3 +56,13 @@ def test_release_writes_folder_registry_and_check(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "WEIGHTS_DIR", weights)
     monkeypatch.setattr(zoo, "ZOO", zoo._published(zoo.ZOO))
     assert torch.equal(rocl_zoo.load("cnn4_rocl.fmnist")(x[:2]), model(x[:2]))
+
+
+def test_headline_metrics_keep_the_autoattack_subset_size():
+    from training.release import headline_metrics
+
+    result = {"clean_acc": 80.0, "autoattack_acc": 60.0, "threat_model": "Linf", "eps": 0.1, "n_examples": 1000,
+              "dataset": "fashion_mnist", "attacks": {"pgd20": {"acc": 0.65}}}
+    assert "autoattack_n_examples" not in headline_metrics(result)  # AutoAttack on all 1,000
+    m = headline_metrics(dict(result, autoattack_subset={"n_examples": 100, "pgd_acc": 64.0}))
+    assert (m["autoattack_acc"], m["autoattack_n_examples"], m["n_examples"]) == (0.6, 100, 1000)

@@ -31,7 +31,7 @@ def headline_metrics(result: dict) -> dict:
     """The registry's metrics from one results file (rocl_zoo.evaluate's schema): accuracies as fractions."""
     attacks = result.get("attacks") or {}
     aa = result.get("autoattack_acc")
-    return {
+    metrics = {
         "clean_acc": result["clean_acc"] / 100,
         "pgd20_acc": attacks["pgd20"]["acc"] if "pgd20" in attacks else None,
         "autoattack_acc": None if aa is None else aa / 100,
@@ -39,6 +39,9 @@ def headline_metrics(result: dict) -> dict:
         "n_examples": result["n_examples"], "dataset": result["dataset"],
         "protocol": result.get("protocol"), "hardware": result.get("hardware"),
     }
+    if result.get("autoattack_subset"):  # AutoAttack ran on fewer of the examples (--autoattack-examples)
+        metrics["autoattack_n_examples"] = result["autoattack_subset"]["n_examples"]
+    return metrics
 
 
 def quick_check(model, dataset: str, eps: float, norm: str) -> dict:
