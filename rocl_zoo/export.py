@@ -296,7 +296,8 @@ def result_metrics(res: dict) -> list[dict]:
     if res.get("robust_acc") is not None and len(out) > 1:
         out.append({"config": f"worst_case_{threat}", "name": f"Worst case over the attacks ({norm}, eps="
                     f"{eps_str(eps)})", "value": res["robust_acc"], "attack": "worst case", "kind": "worst_case",
-                    "settings": {"over": ", ".join(m["attack"] for m in out)}})
+                    "settings": {"over": ", ".join(m["attack"] for m in out  # not those run on a subset
+                                                   if "n_examples" not in m["settings"])}})
     if clean is not None:
         out.insert(0, {"config": "clean", "name": "Clean accuracy", "value": clean, "attack": "clean",
                        "kind": "clean", "settings": {}})

@@ -89,8 +89,8 @@ CONFIG_NAME, METRICS_NAME, CHECKPOINT_NAME, RESULTS_NAME, CLASSIFIER_DIR = (
 OUTPUT_NAMES = (CONFIG_NAME, METRICS_NAME, CHECKPOINT_NAME, RESULTS_NAME, CLASSIFIER_DIR)
 # Settings a resumed run may change: they do not touch the optimisation.
 VOLATILE = {"device", "progress", "resume", "overwrite", "checkpoint_every", "autoattack", "autoattack_examples",
-            "attacks",
-            "eval_examples", "run_id", "started", "hardware", "rocl_zoo_version", "torch", "encoder_source"}
+            "attacks", "eval_examples", "run_id", "started", "hardware", "rocl_zoo_version", "torch",
+            "encoder_source"}
 
 
 class FinetuneInterrupted(RoclZooError):
@@ -611,8 +611,7 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
              in_chans: int | None = None, val_fraction: float = 0.1, val_examples: int = 500,
              subset: int | None = None, eval_examples: int = 0, attacks: str | None = None,
              autoattack: bool = False, autoattack_examples: int = 0, seed: int = 0, device="auto", data_root=None,
-             download: bool = False,
-             resume: bool = False, overwrite: bool = False, checkpoint_every: int = 0,
+             download: bool = False, resume: bool = False, overwrite: bool = False, checkpoint_every: int = 0,
              progress: bool = True) -> FinetuneResult:
     """Transfer an encoder to a dataset in one of the modes linear, robust-linear, at, trades (see the module doc).
 
@@ -853,8 +852,7 @@ def main(argv=None) -> int:
                        subset=args.subset, eval_examples=args.eval_examples, attacks=args.attacks,
                        autoattack=args.autoattack, autoattack_examples=args.autoattack_examples, seed=args.seed,
                        device=args.device, data_root=args.data_root, download=args.download, resume=args.resume,
-                       overwrite=args.overwrite,
-                       checkpoint_every=args.checkpoint_every, progress=not args.quiet)
+                       overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, progress=not args.quiet)
     except FinetuneInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
         return 130

@@ -7,7 +7,7 @@
 #   bash scripts/zoo_fmnist.sh at        # supervised PGD-AT -> cnn4_rocl.fmnist_at
 #   bash scripts/zoo_fmnist.sh trades    # supervised TRADES -> cnn4_rocl.fmnist_trades
 #   bash scripts/zoo_fmnist.sh rocl_at   # RoCL+AT: PGD-AT fine-tuning of the RoCL encoder, fmnist_at's budget
-#                                        # (AutoAttack on N_AA of its N test images, PGD-20 on the same beside it)
+#                                        # -> cnn4_rocl.fmnist_rocl_at (AutoAttack on N_AA of its N test images)
 #   bash scripts/zoo_fmnist.sh transfer  # black-box PGD-20: SimCLR -> RoCL, PGD-AT; RoCL <-> PGD-AT
 #   bash scripts/zoo_fmnist.sh readme    # README tables and claims from the results files
 #
@@ -70,7 +70,9 @@ case "${1:-}" in
         --batch-size 128 --weight-decay 5e-4 --eps 0.1 --alpha 0.025 --steps 10 --attacks clean,fgsm,pgd20,cw \
         --eval-examples "$N" --autoattack --autoattack-examples "$N_AA" --checkpoint-every 100 --out runs/fmnist_rocl_at \
         --threads "$THREADS" --resume --quiet
-    cp runs/fmnist_rocl_at/results.json results/cnn4_rocl.fmnist/finetune-at-Linf-0.1.json ;;
+    cp runs/fmnist_rocl_at/results.json results/cnn4_rocl.fmnist/finetune-at-Linf-0.1.json
+    $PY -m training.release cnn4_rocl.fmnist_rocl_at runs/fmnist_rocl_at/classifier --threads "$THREADS" \
+        --results results/cnn4_rocl.fmnist/finetune-at-Linf-0.1.json ;;
   transfer)  # TARGET:SOURCE pairs; results/TARGET/Linf-0.1-transfer-from-<source's tag>.json
     for pair in cnn4_rocl.fmnist:cnn4_rocl.fmnist_simclr cnn4_rocl.fmnist_at:cnn4_rocl.fmnist_simclr \
                 cnn4_rocl.fmnist:cnn4_rocl.fmnist_at cnn4_rocl.fmnist_at:cnn4_rocl.fmnist; do

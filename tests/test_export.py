@@ -223,3 +223,5 @@ def test_an_attack_run_on_a_subset_says_so_in_the_card():
     aa = next(m for m in ex.result_metrics(res) if m["kind"] == "autoattack")
     assert "on 100 of the examples" in aa["name"] and aa["settings"]["n_examples"] == 100
     assert all("n_examples" not in m["settings"] for m in ex.result_metrics(RESULTS))
+    worst = next(m for m in ex.result_metrics(dict(res, robust_acc=60.0)) if m["kind"] == "worst_case")
+    assert worst["settings"]["over"] == "pgd20, fgsm"  # the per-example worst case leaves the subset out
