@@ -21,7 +21,8 @@ def _entry_point(arch: str):
 cnn4_rocl = _entry_point("cnn4_rocl")
 cnn4_rocl.__doc__ = """Small 4-conv CNN (256-d features) for 28x28 images; default tag `fmnist` (RoCL, Fashion-MNIST).
 
-Args: pretrained (load the zoo weights), tag (e.g. "fmnist_simclr", "fmnist_at"), num_classes, in_chans."""
+Args: pretrained (load the zoo weights), tag (e.g. "fmnist_simclr", "fmnist_at", "fmnist_rocl_at"), num_classes,
+in_chans."""
 cnn4w_rocl = _entry_point("cnn4w_rocl")
 cnn4w_rocl.__doc__ = """Double-width 4-conv CNN (512-d features) for 28x28 images; default tag `fmnist`.
 
