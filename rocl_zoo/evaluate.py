@@ -407,10 +407,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
                 and r["config"].get("version") == "standard"]
     if aa_names:
         out["autoattack_n_examples"] = len(per_example[aa_names[0]])
+    aa_sub_pgd = None  # the strongest PGD's accuracy on AutoAttack's subset
     if aa_names and aa_idx is not None:
-        on_aa = lambda names: min((per_example[n][aa_idx].float().mean().item() for n in names), default=None)  # noqa: E731
+        def on_aa(names):
+            return min((per_example[n][aa_idx].float().mean().item() for n in names), default=None)
+
+        aa_sub_pgd = on_aa(white_pgd)
         out["autoattack_subset"] = {"n_examples": len(aa_idx), "clean_acc": pct(on_aa(
-            [n for n, r in results.items() if r["config"]["attack"] == "clean"])), "pgd_acc": pct(on_aa(white_pgd))}
+            [n for n, r in results.items() if r["config"]["attack"] == "clean"])), "pgd_acc": pct(aa_sub_pgd)}
     if sanity:
         k = min(sanity_examples, len(y))
         sub = perm[:k]
@@ -433,7 +437,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
                                           batch_size=batch_size, seed=seed, progress=progress)
         if aa_names and aa_idx is not None and k > len(aa_idx):  # AutoAttack vs PGD on AutoAttack's subset
             checks = [c for c in out["sanity"]["checks"] if c["name"] != "autoattack_vs_pgd"]
-            checks.append(check_autoattack(on_aa(white_pgd), results[aa_names[0]]["acc"], len(aa_idx)))
+            checks.append(check_autoattack(aa_sub_pgd, results[aa_names[0]]["acc"], len(aa_idx)))
             flags = [c["name"] for c in checks if c["ok"] is False]
             out["sanity"].update(checks=checks, flags=flags, passed=not flags)
         out["sanity"]["wall_time_s"] = round(time.time() - t0, 3)
