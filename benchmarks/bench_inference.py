@@ -132,12 +132,13 @@ def main(argv=None) -> int:
                     continue
                 t_torch, t_ort, n = measure(model, clf, batch, args.budget)
                 per_image = per_image or t_torch / batch
+                gf_torch, gf_onnx = batch * flops / t_torch / 1e9, batch * flops / t_ort / 1e9
                 say(f"{arch:<15} {'x'.join(map(str, clf.input_size)):<10} {batch:>5} {batch / t_torch:>12.1f} "
-                    f"{batch / t_ort:>12.1f} {t_torch / t_ort:>6.2f}x {n:>6} {batch * flops / t_torch / 1e9:>14.1f} "
-                    f"{batch * flops / t_ort / 1e9:>13.1f} {3 * batch * flops / t_torch / 1e9:>9.1f}")
-                best_onnx = max(best_onnx, batch * flops / t_ort / 1e9)
+                    f"{batch / t_ort:>12.1f} {t_torch / t_ort:>6.2f}x {n:>6} {gf_torch:>14.1f} {gf_onnx:>13.1f} "
+                    f"{3 * gf_torch:>9.1f}")
+                best_onnx = max(best_onnx, gf_onnx)
                 if batch == 1:
-                    needs[arch] = 3 * flops / t_torch / 1e9
+                    needs[arch] = 3 * gf_torch
             path.unlink()
     say(f"ratio = ONNX Runtime images/s / PyTorch images/s (median call times, alternating blocks of calls); "
         f"GFLOP/s = images/s x the forward pass's FLOPs (torch.utils.flop_counter); '3x needs' = the GFLOP/s an "
