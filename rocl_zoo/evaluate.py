@@ -570,12 +570,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--protocol", default="none", choices=["none", "linear", "robust-linear"],
                    help="none: the model is already a classifier; linear: train a linear head on frozen features "
                         "(SLF); robust-linear: on PGD-10 examples (ALF). Default none")
+    g.add_argument("--protocol-label", metavar="NAME",
+                   help="with --protocol none: how the classifier's head was made, for tables and claims (e.g. "
+                        "robust-linear for a classifier saved by --protocol robust-linear). Default none")
     g.add_argument("--epochs", type=int, default=150, help="linear head epochs (default 150; LR /10 at 20/33/67 %%)")
     g.add_argument("--lr", type=float, default=0.1, help="linear head SGD learning rate (default 0.1)")
     g.add_argument("--linear-batch-size", type=int, default=256, help="linear head batch size (default 256)")
     g.add_argument("--train-examples", type=int, default=0,
                    help="train the head on a fixed random subset of this many examples (default 0 = all)")
     g.add_argument("--train-eps", help="robust-linear PGD budget (default: --eps)")
+    g.add_argument("--train-alpha", help="robust-linear PGD step (default: RoCL's 0.007 at 8/255, scaled with the "
+                                         "budget: 0.0223 at 0.1)")
+    g.add_argument("--train-steps", type=int, default=10, help="robust-linear PGD steps (default 10)")
     g.add_argument("--save-classifier", metavar="DIR",
                    help="where to save encoder + head in the Hub layout (default: next to --out, <out>.classifier/)")
     g = p.add_argument_group("output")
@@ -608,7 +614,7 @@ def _model_dataset(model) -> str | None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from .linear import as_tensors, train_linear_head
+    from .linear import ALF_STEP_RATIO, as_tensors, train_linear_head
     from .utils import resolve_device, write_json
 
     if not args.source:
@@ -616,8 +622,12 @@ def run(args: argparse.Namespace) -> dict:
     for flag in ("n_examples", "train_examples", "autoattack_examples"):
         if getattr(args, flag) < 0:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 0.")
-    if min(args.batch_size, args.sanity_examples, args.epochs, args.linear_batch_size) < 1:
-        raise ConfigError("--batch-size, --linear-batch-size, --sanity-examples and --epochs must be >= 1.")
+    if min(args.batch_size, args.sanity_examples, args.epochs, args.linear_batch_size, args.train_steps) < 1:
+        raise ConfigError("--batch-size, --linear-batch-size, --sanity-examples, --epochs and --train-steps must be "
+                          ">= 1.")
+    if args.protocol_label and args.protocol != "none":
+        raise ConfigError(f"--protocol-label names the protocol of a classifier evaluated as it is; with --protocol "
+                          f"{args.protocol} the protocol is {args.protocol}: drop one of them.")
     device = resolve_device(args.device)
     progress = not args.quiet
     model = _load_model(args.source, device)
@@ -645,14 +655,19 @@ def run(args: argparse.Namespace) -> dict:
                         f"{size[0]}x{size[1]}; evaluate it on data of its input size (a classifier made by "
                         f"rocl_zoo.finetune on resized data has that evaluation in its results.json).")
     classes = list(getattr(test, "classes", None) or [])
-    protocol_cfg: dict = {"protocol": args.protocol}
+    protocol = args.protocol_label or args.protocol
+    protocol_cfg: dict = {"protocol": protocol}
+    if args.protocol_label:
+        protocol_cfg["head_trained_before"] = True  # the head came with the classifier: nothing trained here
     t0 = time.time()
     if args.protocol != "none":
         robust = args.protocol == "robust-linear"
         train_eps = parse_eps(args.train_eps) if args.train_eps is not None else eps
+        train_alpha = parse_eps(args.train_alpha) if args.train_alpha is not None else ALF_STEP_RATIO * train_eps
         train = _load_dataset(dataset, "train", args.data_root, args.download)
         model = train_linear_head(model, train, num_classes=len(classes) or None, robust=robust,
-                                  epochs=args.epochs, lr=args.lr, eps=train_eps, norm=args.norm,
+                                  epochs=args.epochs, lr=args.lr, eps=train_eps, alpha=train_alpha,
+                                  steps=args.train_steps, norm=args.norm,
                                   n_examples=args.train_examples or None, seed=args.seed, progress=progress,
                                   label_names=classes or None, batch_size=args.linear_batch_size)
         protocol_cfg.update(epochs=args.epochs, lr=args.lr, momentum=0.9, weight_decay=5e-4,
@@ -661,7 +676,8 @@ def run(args: argparse.Namespace) -> dict:
                             features_precomputed=not robust, train_time_s=round(time.time() - t0, 3))
         if robust:
             protocol_cfg.update(train_attack={"attack": "pgd", "norm": args.norm, "eps": train_eps,
-                                              "alpha": 0.007, "steps": 10, "random_start": True})
+                                              "alpha": train_alpha, "steps": args.train_steps,
+                                              "random_start": True})
     elif getattr(model, "num_classes", 1) == 0:
         raise ConfigError(f"{args.source} is an encoder without a classifier head; use --protocol linear or "
                           f"robust-linear to train one.")
@@ -669,7 +685,7 @@ def run(args: argparse.Namespace) -> dict:
         raise DataError(f"{args.source} has {model.num_classes} classes but {dataset} has {len(classes)}; "
                         f"evaluate it on its own dataset or use --protocol linear.")
     meta = {"model": args.name or args.source, "source": args.source, "dataset": dataset, "split": args.split,
-            "protocol": args.protocol, "protocol_config": protocol_cfg}
+            "protocol": protocol, "protocol_config": protocol_cfg}
     from . import __version__
 
     meta["rocl_zoo_version"] = __version__

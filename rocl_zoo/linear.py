@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from .errors import ConfigError, DataError
 
 MILESTONE_FRACTIONS = (30 / 150, 50 / 150, 100 / 150)
+# RoCL's ALF attack: PGD-10 with step 0.007 at eps 8/255; other budgets keep that step-to-eps ratio
+ALF_STEP_RATIO = 0.007 / (8 / 255)
 
 
 def as_tensors(data, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,18 +75,20 @@ def milestones(epochs: int) -> list[int]:
 
 def train_linear_head(encoder: nn.Module, train_set, *, num_classes: int | None = None, robust: bool = False,
                       epochs: int = 150, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
-                      batch_size: int = 256, eps: float = 8 / 255, alpha: float = 0.007, steps: int = 10,
+                      batch_size: int = 256, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
                       norm: str = "linf", n_examples: int | None = None, seed: int = 0, device=None,
                       progress: bool = True, label_names=None) -> nn.Module:
     """Train a linear head on a frozen encoder; return a classifier (a copy of the encoder with `fc` set).
 
     robust=False: standard linear evaluation (SLF), on precomputed features. robust=True: robust linear
     evaluation (ALF), each step on PGD examples (eps, alpha, steps, norm; random start) made through the frozen
-    encoder and the current head. The encoder passed in is not modified.
+    encoder and the current head; alpha defaults to RoCL's 0.007 at 8/255, scaled with eps (0.0223 at 0.1). The
+    encoder passed in is not modified.
     """
     from . import attacks
 
     check_encoder(encoder)
+    alpha = ALF_STEP_RATIO * eps if alpha is None else alpha
     if epochs < 1 or lr <= 0 or batch_size < 1:
         raise ConfigError(f"epochs and batch_size must be >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}.")
     x, y = as_tensors(train_set, n_examples, seed)
@@ -121,7 +125,8 @@ def train_linear_head(encoder: nn.Module, train_set, *, num_classes: int | None 
                 yb = y[idx].to(device, non_blocking=True)
                 if robust:
                     xb = x[idx].to(device, non_blocking=True)
-                    x_adv = attacks.pgd(clf, xb, yb, eps=eps, alpha=alpha, steps=steps, norm=norm)
+                    # the last iterate, as in training attacks: keep-best would cost a forward per step
+                    x_adv = attacks.pgd(clf, xb, yb, eps=eps, alpha=alpha, steps=steps, norm=norm, keep_best=False)
                     with torch.no_grad():
                         fb = clf.forward_head(clf.forward_features(x_adv), pre_logits=True)
                 else:

@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 ROCL, SIMCLR, AT = "cnn4_rocl.fmnist", "cnn4_rocl.fmnist_simclr", "cnn4_rocl.fmnist_at"
+TRADES = "cnn4_rocl.fmnist_trades"
+ROCL_AT = "cnn4_rocl.fmnist_rocl_at"  # the shipped RoCL+AT classifier: `finetune-at` results of ROCL, as it is
 EPS, EPS_L2 = 0.1, 1.5  # Fashion-MNIST's l-inf budget; the unseen l2 budget (the l-inf ball's corner is 2.8)
 
 
@@ -51,6 +53,11 @@ def lookup(results, model, attack, *, protocol=None, dataset="fashion_mnist", th
     return best
 
 
+def most_examples(*numbers: Number | None) -> Number | None:
+    """The number measured on the most examples (the first of equals); None if none was measured."""
+    return max((n for n in numbers if n), key=lambda n: n.n, default=None)
+
+
 @dataclass
 class Claim:
     text: str
@@ -82,6 +89,10 @@ def claims(results) -> list[Claim]:
     rocl_rlin = get(ROCL, protocol="robust-linear")
     rocl_best = max((n for n in (rocl_lin, rocl_rlin) if n), key=lambda n: n.acc, default=None)
     at = get(AT, protocol="none")
+
+    def rocl_at(attack="pgd20"):  # made by rocl_zoo.finetune (results under ROCL), or the zoo entry re-evaluated
+        return most_examples(get(ROCL, attack, protocol="finetune-at"), get(ROCL_AT, attack, protocol="none"))
+
     train_simclr = "`bash scripts/zoo_fmnist.sh simclr`"
     train_at = "`bash scripts/zoo_fmnist.sh at`"
     transfer = "`bash scripts/zoo_fmnist.sh transfer` (after simclr and at)"
@@ -95,14 +106,14 @@ def claims(results) -> list[Claim]:
               "best RoCL linear protocol PGD-20 >= PGD-AT PGD-20 - 5 points",
               [("RoCL", rocl_best, "`bash scripts/zoo_fmnist.sh rocl`"), ("PGD-AT", at, train_at)],
               lambda r, a: r >= a - 5,
-              [("RoCL", get(ROCL, "autoattack", protocol=slf)), ("PGD-AT", get(AT, "autoattack", protocol="none"))]),
+              [("RoCL SLF", get(ROCL, "autoattack", protocol=slf)),
+               ("RoCL ALF", get(ROCL, "autoattack", protocol="robust-linear")),
+               ("PGD-AT", get(AT, "autoattack", protocol="none"))]),
         Claim("RoCL + adversarial fine-tuning beats adversarial training",
               "RoCL+AT (PGD-AT fine-tuning of the RoCL encoder) PGD-20 > PGD-AT PGD-20",
-              [("RoCL+AT", get(ROCL, protocol="finetune-at"), "`bash scripts/zoo_fmnist.sh rocl_at`"),
-               ("PGD-AT", at, train_at)],
+              [("RoCL+AT", rocl_at(), "`bash scripts/zoo_fmnist.sh rocl_at`"), ("PGD-AT", at, train_at)],
               lambda r, a: r > a,
-              [("RoCL+AT", get(ROCL, "autoattack", protocol="finetune-at")),
-               ("PGD-AT", get(AT, "autoattack", protocol="none"))]),
+              [("RoCL+AT", rocl_at("autoattack")), ("PGD-AT", get(AT, "autoattack", protocol="none"))]),
         Claim("RoCL resists black-box attacks better",
               "RoCL accuracy >= PGD-AT accuracy under PGD-20 transferred from the SimCLR classifier",
               [("RoCL", get(ROCL, "transfer-pgd20", protocol=slf, transfer_from=SIMCLR), transfer),
@@ -125,6 +136,43 @@ def claims(results) -> list[Claim]:
                ("PGD-AT", get(AT, "autoattack", dataset="digits", protocol="finetune-at"))]),
     ]
     return claims_out
+
+
+# The summary: one row per model and protocol, the same lookups as the claims. (label, [(model, protocol), ...]):
+# a shipped classifier evaluated as it is records protocol "none" beside the run that made its head.
+SUMMARY_ROWS = [
+    ("RoCL, linear eval (SLF)", [(ROCL, ("linear", "none"))]),
+    ("RoCL, robust linear eval (ALF)", [(ROCL, "robust-linear")]),
+    ("RoCL+AT (PGD-AT fine-tuning)", [(ROCL, "finetune-at"), (ROCL_AT, "none")]),
+    ("SimCLR, linear eval (SLF)", [(SIMCLR, ("linear", "none"))]),
+    ("SimCLR, robust linear eval (ALF)", [(SIMCLR, "robust-linear")]),
+    ("PGD-AT (supervised)", [(AT, "none")]),
+    ("TRADES (supervised)", [(TRADES, "none")]),
+]
+# (column, attack, lookup options)
+SUMMARY_COLUMNS = [
+    ("Clean", "clean", {}),
+    ("PGD-20", "pgd20", {}),
+    ("CW", "cw", {}),
+    ("AutoAttack", "autoattack", {}),
+    ("PGD-20, 8/255", "pgd20", {"eps": 8 / 255}),
+    (f"PGD-20, l2 {EPS_L2}", "pgd20-l2", {"threat": "L2", "eps": EPS_L2}),
+    ("black-box from SimCLR", "transfer-pgd20", {"transfer_from": SIMCLR}),
+]
+
+
+def summary_markdown(results) -> str:
+    """Every Fashion-MNIST model at a glance: each cell from the results file with the most examples."""
+    head = "| Model | " + " | ".join(c for c, _, _ in SUMMARY_COLUMNS) + " |"
+    lines = [head, "|---|" + "---:|" * len(SUMMARY_COLUMNS)]
+    for label, sources in SUMMARY_ROWS:
+        cells = []
+        for _, attack, kw in SUMMARY_COLUMNS:
+            n = most_examples(*(lookup(results, m, attack, protocol=p, **kw) for m, p in sources))
+            cells.append("–" if n is None else f"{n.acc:.1f} <sub>n={n.n:,}</sub>")
+        if any(c != "–" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def claims_markdown(results) -> str:

@@ -18,11 +18,12 @@ def blocks() -> dict[str, str]:
     from rocl_zoo.evaluate import load_results, render_table
     from rocl_zoo.zoo import zoo_table_markdown
 
-    from claims import claims_markdown
+    from claims import claims_markdown, summary_markdown
 
     results = load_results(ROOT / "results") if (ROOT / "results").is_dir() else []
     table = render_table(results).rstrip("\n") if results else "No results files yet."
     return {"zoo-table": zoo_table_markdown(), "results-table": table,
+            "summary": summary_markdown(results).rstrip("\n"),
             "claims": claims_markdown(results).rstrip("\n")}
 
 

@@ -66,3 +66,25 @@ def test_autoattack_on_a_subset_counts_its_own_examples():
     assert (round(got.acc, 6), got.n) == (55.0, 100)
     row = next(c for c in C.claims([full, result(C.AT, "none", {"pgd20": 0.52})]) if "beats" in c.text).row()
     assert "AutoAttack: RoCL+AT 55.0 (n=100)" in row
+
+
+def test_rocl_at_counts_the_shipped_classifier_evaluated_as_it_is():
+    """RoCL+AT's numbers come from rocl_zoo.finetune (under the encoder's name) or from its zoo entry evaluated
+    again (e.g. on the whole test split), whichever ran on more images."""
+    results = [result(C.AT, "none", {"pgd20": 0.70}), result(C.ROCL, "finetune-at", {"pgd20": 0.75}, n=1000),
+               result(C.ROCL_AT, "none", {"pgd20": 0.69}, n=10000)]
+    row = next(c for c in C.claims(results) if "beats" in c.text).row()
+    assert "RoCL+AT 69.0 (n=10000)" in row and row.endswith("**not reproduced** |")
+    assert C.most_examples(None, None) is None
+
+
+def test_summary_has_a_row_per_measured_model_with_each_cells_sample_size():
+    results = [result(C.ROCL, "linear", {"pgd20": 0.45}), result(C.ROCL, "none", {"pgd20": 0.43}, n=10000),
+               result(C.ROCL, "none", {"pgd20": 0.60}, eps=8 / 255, n=1000),
+               result(C.AT, "none", {"pgd20-l2": 0.55}, threat="L2", eps=C.EPS_L2)]
+    lines = C.summary_markdown(results).splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| Model | Clean | PGD-20 |")  # RoCL SLF and PGD-AT only
+    rocl = dict(zip(lines[0].split(" | "), lines[2].split(" | ")))
+    assert rocl["PGD-20"] == "43.0 <sub>n=10,000</sub>"            # the file on the most images wins
+    assert rocl["PGD-20, 8/255"] == "60.0 <sub>n=1,000</sub>" and rocl["CW"] == "–"
+    assert "55.0 <sub>n=1,000</sub>" in lines[3] and lines[3].startswith("| PGD-AT")

@@ -236,9 +236,18 @@ def test_cli_robust_linear_and_sanity(saved_encoder, tmp_path):
     assert rc == 0
     r = json.loads(out.read_text())
     assert (r["model"], r["source"]) == ("tiny.blobs", str(saved_encoder))  # --name: what tables and claims show
-    assert r["protocol"] == "robust-linear" and r["protocol_config"]["train_attack"]["steps"] == 10
+    attack = r["protocol_config"]["train_attack"]
+    assert r["protocol"] == "robust-linear" and attack["steps"] == 10
+    assert attack["alpha"] == pytest.approx(0.007 * 0.05 / (8 / 255))  # RoCL's step, scaled to the budget
     assert {c["name"] for c in r["sanity"]["checks"]} == {"eps_monotone", "large_eps_chance", "more_steps_restarts",
                                                           "black_box_not_stronger", "autoattack_vs_pgd"}
+    # the saved ALF classifier, attacked again as it is, still files under robust-linear (not the SLF rows)
+    again = tmp_path / "again.json"
+    assert E.main([r["classifier"], "--protocol-label", "robust-linear", "--attacks", "clean", "--n-examples", "16",
+                   "--out", str(again), "--quiet", "--name", "tiny.blobs"]) == 0
+    a = json.loads(again.read_text())
+    assert a["protocol"] == "robust-linear" and a["protocol_config"]["head_trained_before"]
+    assert a["clean_acc"] == r["clean_acc"]
 
 
 @pytest.mark.parametrize("argv,match", [
@@ -250,6 +259,8 @@ def test_cli_robust_linear_and_sanity(saved_encoder, tmp_path):
     (["{enc}", "--attacks", "clean,bogus"], "unknown attack"),
     (["{enc}", "--protocol", "linear", "--epochs", "1", "--transfer-from", "{enc}"], "transfer needs a classifier"),
     (["{enc}"], "encoder without a classifier head"),
+    (["{enc}", "--protocol", "robust-linear", "--train-steps", "0"], "--train-steps"),
+    (["{enc}", "--protocol", "linear", "--protocol-label", "robust-linear"], "--protocol-label"),
     ([], "SOURCE"),
 ])
 def test_cli_errors_are_clear(saved_encoder, capsys, argv, match):

@@ -80,8 +80,9 @@ def release(name: str, classifier, results: list[Path], weights_dir: Path = zoo.
             other = json.loads(Path(path).read_text())
             if other.get("autoattack_acc") is not None and other.get("eps") == first["eps"] \
                     and other.get("threat_model") == first["threat_model"]:
+                subset = other.get("autoattack_subset") or {}  # --autoattack-examples: fewer than the file's n
                 metrics.update(autoattack_acc=other["autoattack_acc"] / 100,
-                               autoattack_n_examples=other["n_examples"],
+                               autoattack_n_examples=subset.get("n_examples", other["n_examples"]),
                                autoattack_results=shipped(path))
                 break
     metrics["check"] = quick_check(model, entry.dataset, first["eps"], first["threat_model"].lower())
