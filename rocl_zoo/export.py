@@ -356,7 +356,7 @@ def build_card(config: dict, results: Sequence[tuple[str, dict]], *, model_name:
           f"(mean {_round(rz.get('normalization', {}).get('mean'))}, std "
           f"{_round(rz.get('normalization', {}).get('std'))}), so "
           f"eps is in pixel units.",
-          f"- Method: RoCL, {PAPER}; code: rocl-zoo.", ""]
+          f"- Zoo: rocl-zoo, built around RoCL ({PAPER}); the line above says how this model was trained.", ""]
     L += ["## Evaluation", ""]
     if not results:
         L += ["No evaluation results were attached to this export. Measure them with `python -m rocl_zoo.evaluate` "
@@ -485,18 +485,18 @@ def export(source, out, *, onnx: bool = True, opset: int = DEFAULT_OPSET, result
     norm = norm or (_norm_of(first) if parsed else "linf")
     if norm not in ("linf", "l2"):
         norm = "linf"
+    from .zoo import ZOO
+
     tag = cfg.get("tag")
     model_name = repo_id.split("/")[-1] if repo_id else (f"{arch}.{tag}" if tag else arch)
-    if repo_id is None and tag:
-        from .zoo import ZOO
-
-        entry = ZOO.get(f"{arch}.{tag}")
-        repo_id = entry.hf_hub_id if entry else None
-    description = None
-    with contextlib.suppress(Exception):
-        from .zoo import ZOO
-
-        description = ZOO[f"{arch}.{tag}"].description + "." if tag else None
+    entry = ZOO.get(model_name)  # the zoo entry this folder is published as, if any
+    if repo_id is None and entry is not None:
+        repo_id = entry.hf_hub_id
+    description = entry.description + "." if entry is not None else None
+    retag = entry is not None and entry.name.partition(".")[2] != tag
+    if retag:  # a model made from another entry's config (a baseline trained from cnn4_rocl.fmnist's) carries its
+        # tag: the config must name the entry it is published as (the caller's model gets its own back below)
+        model.pretrained_cfg = {**cfg, "tag": entry.name.partition(".")[2]}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
@@ -544,6 +544,8 @@ def export(source, out, *, onnx: bool = True, opset: int = DEFAULT_OPSET, result
         raise
     finally:
         model.train(was_training)
+        if retag:
+            model.pretrained_cfg = cfg
     say(f"wrote {out}: " + ", ".join(files))
     return out
 

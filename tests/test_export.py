@@ -225,3 +225,18 @@ def test_an_attack_run_on_a_subset_says_so_in_the_card():
     assert all("n_examples" not in m["settings"] for m in ex.result_metrics(RESULTS))
     worst = next(m for m in ex.result_metrics(dict(res, robust_acc=60.0)) if m["kind"] == "worst_case")
     assert worst["settings"]["over"] == "pgd20, fgsm"  # the per-example worst case leaves the subset out
+
+
+def test_a_baseline_published_as_its_own_entry_gets_that_entrys_card_and_tag(tmp_path):
+    """Baselines are trained from cnn4_rocl.fmnist's config (tag "fmnist"): published as cnn4_rocl.fmnist_at,
+    the card and config must describe PGD-AT, not the RoCL entry whose tag the model carried."""
+    from rocl_zoo.zoo import get_entry
+
+    model = rocl_zoo.create_model("cnn4_rocl.fmnist").eval()
+    assert model.pretrained_cfg["tag"] == "fmnist"
+    entry = get_entry("cnn4_rocl.fmnist_at")
+    out = ex.export(model, tmp_path / "at", onnx=False, results=[], repo_id=entry.hf_hub_id, dataset="fashion_mnist")
+    card = (out / "README.md").read_text()
+    assert "# cnn4_rocl.fmnist_at" in card and entry.description in card and "RoCL encoder (no labels)" not in card
+    assert json.loads((out / "config.json").read_text())["pretrained_cfg"]["tag"] == "fmnist_at"
+    assert model.pretrained_cfg["tag"] == "fmnist"  # the caller's model is left as it was
