@@ -41,6 +41,7 @@ from .evaluate import eps_str
 from .hub import CARD_NAME, CONFIG_NAME, HF_PREFIX, WEIGHTS_NAME, architecture_of, parse_source, save_pretrained, verify_file
 from .onnx import INPUT_NAME, META_ARCHITECTURE, META_INPUT_SIZE, META_LABELS, ONNX_NAME, OUTPUT_NAME
 from .predict import model_input_size, prepare_images
+from .zoo import ZOO
 from .utils import atomic_write, current_umask, sha256_file, write_json
 
 DEFAULT_OPSET = 18
@@ -356,7 +357,7 @@ def build_card(config: dict, results: Sequence[tuple[str, dict]], *, model_name:
           f"(mean {_round(rz.get('normalization', {}).get('mean'))}, std "
           f"{_round(rz.get('normalization', {}).get('std'))}), so "
           f"eps is in pixel units.",
-          f"- Zoo: rocl-zoo, built around RoCL ({PAPER}); the line above says how this model was trained.", ""]
+          f"- Zoo: rocl-zoo, built around RoCL ({PAPER}).", ""]
     L += ["## Evaluation", ""]
     if not results:
         L += ["No evaluation results were attached to this export. Measure them with `python -m rocl_zoo.evaluate` "
@@ -384,9 +385,11 @@ def build_card(config: dict, results: Sequence[tuple[str, dict]], *, model_name:
                                  for k, v in m["settings"].items()) or "-"
             L.append(f"| {m['attack']} | {settings} | {_fmt(m['value'])} |")
         L.append("")
-    if recipe:
+    if recipe and " " in recipe:  # a stage of a script, e.g. "zoo_fmnist.sh rocl_at"
+        L += ["## Recipe", "", f"Made by `bash scripts/{recipe}` in the rocl-zoo repository."]
+    elif recipe:
         L += ["## Recipe", "", f"Recipe `{recipe}`: reproduce with `python -m training.pretrain --recipe {recipe}` "
-              "(supervised baselines: `python -m training.supervised --recipe ...`), then "
+              f"(RoCL, SimCLR) or `python -m training.supervised --recipe {recipe}` (the supervised baselines), then "
               "`python -m rocl_zoo.evaluate` and `python -m rocl_zoo.export`."]
     else:
         L += ["## Recipe", "", "Not recorded: this model was exported from a source without a recipe name."]
@@ -471,8 +474,14 @@ def export(source, out, *, onnx: bool = True, opset: int = DEFAULT_OPSET, result
     cfg = getattr(model, "pretrained_cfg", None) or {}
     rz = dict(cfg.get("rocl_zoo") or {})
     arch = architecture_of(model)
-    dataset = dataset or rz.get("dataset")
-    recipe = recipe or rz.get("recipe")
+    tag = cfg.get("tag")
+    model_name = repo_id.split("/")[-1] if repo_id else (f"{arch}.{tag}" if tag else arch)
+    entry = ZOO.get(model_name)  # the zoo entry this folder is published as, if any
+    if repo_id is None and entry is not None:
+        repo_id = entry.hf_hub_id
+    description = entry.description + "." if entry is not None else None
+    dataset = dataset or rz.get("dataset") or (entry.dataset if entry is not None else None)
+    recipe = recipe or (entry.recipe if entry is not None else None) or rz.get("recipe")
     result_files = list(results) if results is not None else _source_results(source)
     parsed = read_results(result_files)
     _check_results_fit(parsed, arch, dataset)
@@ -485,14 +494,6 @@ def export(source, out, *, onnx: bool = True, opset: int = DEFAULT_OPSET, result
     norm = norm or (_norm_of(first) if parsed else "linf")
     if norm not in ("linf", "l2"):
         norm = "linf"
-    from .zoo import ZOO
-
-    tag = cfg.get("tag")
-    model_name = repo_id.split("/")[-1] if repo_id else (f"{arch}.{tag}" if tag else arch)
-    entry = ZOO.get(model_name)  # the zoo entry this folder is published as, if any
-    if repo_id is None and entry is not None:
-        repo_id = entry.hf_hub_id
-    description = entry.description + "." if entry is not None else None
     retag = entry is not None and entry.name.partition(".")[2] != tag
     if retag:  # a model made from another entry's config (a baseline trained from cnn4_rocl.fmnist's) carries its
         # tag: the config must name the entry it is published as (the caller's model gets its own back below)

@@ -235,8 +235,11 @@ def test_a_baseline_published_as_its_own_entry_gets_that_entrys_card_and_tag(tmp
     model = rocl_zoo.create_model("cnn4_rocl.fmnist").eval()
     assert model.pretrained_cfg["tag"] == "fmnist"
     entry = get_entry("cnn4_rocl.fmnist_at")
-    out = ex.export(model, tmp_path / "at", onnx=False, results=[], repo_id=entry.hf_hub_id, dataset="fashion_mnist")
+    with pytest.warns(UserWarning, match="without results"):
+        out = ex.export(model, tmp_path / "at", onnx=False, results=[], repo_id=entry.hf_hub_id,
+                        dataset="fashion_mnist")
     card = (out / "README.md").read_text()
     assert "# cnn4_rocl.fmnist_at" in card and entry.description in card and "RoCL encoder (no labels)" not in card
     assert json.loads((out / "config.json").read_text())["pretrained_cfg"]["tag"] == "fmnist_at"
+    assert "training.supervised --recipe fmnist_at" in card  # the recipe came with the entry
     assert model.pretrained_cfg["tag"] == "fmnist"  # the caller's model is left as it was
