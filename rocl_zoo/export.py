@@ -41,8 +41,8 @@ from .evaluate import eps_str
 from .hub import CARD_NAME, CONFIG_NAME, HF_PREFIX, WEIGHTS_NAME, architecture_of, parse_source, save_pretrained, verify_file
 from .onnx import INPUT_NAME, META_ARCHITECTURE, META_INPUT_SIZE, META_LABELS, ONNX_NAME, OUTPUT_NAME
 from .predict import model_input_size, prepare_images
-from .zoo import ZOO
 from .utils import atomic_write, current_umask, sha256_file, write_json
+from .zoo import ZOO
 
 DEFAULT_OPSET = 18
 LOGIT_ATOL = 1e-4          # max |logit difference| ONNX Runtime vs PyTorch

@@ -19,6 +19,8 @@ sys.path.insert(0, str(ROOT))
 ROCL, SIMCLR, AT = "cnn4_rocl.fmnist", "cnn4_rocl.fmnist_simclr", "cnn4_rocl.fmnist_at"
 TRADES = "cnn4_rocl.fmnist_trades"
 ROCL_AT = "cnn4_rocl.fmnist_rocl_at"  # the shipped RoCL+AT classifier: `finetune-at` results of ROCL, as it is
+# where RoCL+AT's numbers live: rocl_zoo.finetune's results (under the encoder), or the zoo entry re-evaluated
+ROCL_AT_SOURCES = [(ROCL, "finetune-at"), (ROCL_AT, "none")]
 EPS, EPS_L2 = 0.1, 1.5  # Fashion-MNIST's l-inf budget; the unseen l2 budget (the l-inf ball's corner is 2.8)
 
 
@@ -58,6 +60,11 @@ def most_examples(*numbers: Number | None) -> Number | None:
     return max((n for n in numbers if n), key=lambda n: n.n, default=None)
 
 
+def lookup_any(results, sources, attack, **kw) -> Number | None:
+    """`lookup` over several (model, protocol) sources of the same weights: the one on the most examples."""
+    return most_examples(*(lookup(results, m, attack, protocol=p, **kw) for m, p in sources))
+
+
 @dataclass
 class Claim:
     text: str
@@ -90,8 +97,8 @@ def claims(results) -> list[Claim]:
     rocl_best = max((n for n in (rocl_lin, rocl_rlin) if n), key=lambda n: n.acc, default=None)
     at = get(AT, protocol="none")
 
-    def rocl_at(attack="pgd20"):  # made by rocl_zoo.finetune (results under ROCL), or the zoo entry re-evaluated
-        return most_examples(get(ROCL, attack, protocol="finetune-at"), get(ROCL_AT, attack, protocol="none"))
+    def rocl_at(attack="pgd20"):
+        return lookup_any(results, ROCL_AT_SOURCES, attack)
 
     train_simclr = "`bash scripts/zoo_fmnist.sh simclr`"
     train_at = "`bash scripts/zoo_fmnist.sh at`"
@@ -143,7 +150,7 @@ def claims(results) -> list[Claim]:
 SUMMARY_ROWS = [
     ("RoCL, linear eval (SLF)", [(ROCL, ("linear", "none"))]),
     ("RoCL, robust linear eval (ALF)", [(ROCL, "robust-linear")]),
-    ("RoCL+AT (PGD-AT fine-tuning)", [(ROCL, "finetune-at"), (ROCL_AT, "none")]),
+    ("RoCL+AT (PGD-AT fine-tuning)", ROCL_AT_SOURCES),
     ("SimCLR, linear eval (SLF)", [(SIMCLR, ("linear", "none"))]),
     ("SimCLR, robust linear eval (ALF)", [(SIMCLR, "robust-linear")]),
     ("PGD-AT (supervised)", [(AT, "none")]),
@@ -168,7 +175,7 @@ def summary_markdown(results) -> str:
     for label, sources in SUMMARY_ROWS:
         cells = []
         for _, attack, kw in SUMMARY_COLUMNS:
-            n = most_examples(*(lookup(results, m, attack, protocol=p, **kw) for m, p in sources))
+            n = lookup_any(results, sources, attack, **kw)
             cells.append("–" if n is None else f"{n.acc:.1f} <sub>n={n.n:,}</sub>")
         if any(c != "–" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")

@@ -28,6 +28,7 @@ N_AA=${N_AA:-200}
 N_FULL=${N_FULL:-10000}
 N_8=${N_8:-10000}
 EPS_L2=1.5
+ROCL_AT_RESULTS=results/cnn4_rocl.fmnist/finetune-at-Linf-0.1.json  # rocl_zoo.finetune's, under the encoder
 SHIPPED="cnn4_rocl.fmnist cnn4_rocl.fmnist_simclr cnn4_rocl.fmnist_at cnn4_rocl.fmnist_trades cnn4_rocl.fmnist_rocl_at"
 
 # ship NAME CLASSIFIER [more results files]: release with every results file NAME has, the whole test split's
@@ -88,8 +89,8 @@ case "${1:-}" in
         --batch-size 128 --weight-decay 5e-4 --eps 0.1 --alpha 0.025 --steps 10 --attacks clean,fgsm,pgd20,cw \
         --eval-examples "$N" --autoattack --autoattack-examples "$N_AA" --checkpoint-every 100 --out runs/fmnist_rocl_at \
         --threads "$THREADS" --resume --quiet
-    cp runs/fmnist_rocl_at/results.json results/cnn4_rocl.fmnist/finetune-at-Linf-0.1.json
-    ship cnn4_rocl.fmnist_rocl_at runs/fmnist_rocl_at/classifier results/cnn4_rocl.fmnist/finetune-at-Linf-0.1.json ;;
+    cp runs/fmnist_rocl_at/results.json $ROCL_AT_RESULTS
+    ship cnn4_rocl.fmnist_rocl_at runs/fmnist_rocl_at/classifier $ROCL_AT_RESULTS ;;
   alf)  # robust linear evaluation (ALF): a linear head on PGD-10 examples (step 0.0223) through the frozen encoder;
         # the attack makes every step ~25x a standard one, so 5 epochs on a fixed 10,000 of the training images
     shift
@@ -117,16 +118,17 @@ case "${1:-}" in
       [ -f rocl_zoo/weights/$name/model.safetensors ] || { echo "skip $name: not shipped yet"; continue; }
       for eps in 0.1:$N_FULL 8/255:$N_8; do
         n=${eps##*:} eps=${eps%%:*}
-        [ -f "results/$name/Linf-${eps/\//_}-n$n.json" ] || $PY -m rocl_zoo.evaluate "$name" --attacks clean,pgd20 --eps "$eps" --n-examples "$n" --name "$name" \
-            --threads "$THREADS" --quiet --out "results/$name/Linf-${eps/\//_}-n$n.json"
+        out="results/$name/Linf-${eps/\//_}-n$n.json"
+        [ -f "$out" ] || $PY -m rocl_zoo.evaluate "$name" --attacks clean,pgd20 --eps "$eps" --n-examples "$n" \
+            --name "$name" --threads "$THREADS" --quiet --out "$out"
       done
       if [ "$name" = cnn4_rocl.fmnist_rocl_at ]; then
-        ship "$name" "$name" results/cnn4_rocl.fmnist/finetune-at-Linf-0.1.json
+        ship "$name" "$name" $ROCL_AT_RESULTS
       else
         ship "$name" "$name"
       fi
     done ;;
   readme) ;;
-  *) sed -n 2,17p "$0"; exit 2 ;;
+  *) sed -n '2,/^set /{/^set /!p}' "$0"; exit 2 ;;  # the header above, whatever its length
 esac
 $PY scripts/update_readme.py
