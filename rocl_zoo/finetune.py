@@ -10,7 +10,8 @@ Modes (DESIGN section 1):
 - linear         frozen encoder (eval mode, weights and BN statistics untouched), a linear head trained on its
                  features of the un-augmented images (SLF). Features are computed once: same optimisation.
 - robust-linear  frozen encoder, the head trained on PGD examples made through the encoder and the current head
-                 (ALF / rLE).
+                 (ALF / rLE): RoCL's PGD-10 with step 0.007 at 8/255, scaled with eps (0.0223 at 0.1), as
+                 `rocl_zoo.evaluate --protocol robust-linear`.
 - at             the whole network fine-tuned on PGD examples (adversarial full fine-tuning with PGD-AT).
 - trades         the whole network fine-tuned with TRADES: CE(clean) + beta * KL(p(clean) || p(adversarial)),
                  the attack maximising that KL (beta 6).
@@ -63,6 +64,7 @@ from tqdm.auto import tqdm
 from .attacks import trades_attack
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .errors import ConfigError, DataError, IntegrityError, RoclZooError
+from .linear import ALF_STEP_RATIO, as_tensors, check_encoder
 from .losses import trades_loss
 
 MODES = {
@@ -114,8 +116,6 @@ def _is_imagefolder(name) -> bool:
 
 
 def _as_xy(data):
-    from .linear import as_tensors
-
     if hasattr(data, "images") and hasattr(data, "labels"):
         return data.images, data.labels.long()  # keep uint8: adapted and converted per batch
     return as_tensors(data)
@@ -263,7 +263,6 @@ def build_classifier(encoder: nn.Module, num_classes: int, *, in_chans: int | No
                      image_size: tuple[int, int] | None = None, label_names=None, seed: int = 0) -> nn.Module:
     """A copy of `encoder` with a fresh Linear(num_features, num_classes) head (std 0.01, zero bias, seeded)
     and, when asked, another input channel count or size. The encoder passed in is not modified."""
-    from .linear import check_encoder
     from .predict import model_input_size
 
     check_encoder(encoder)
@@ -321,7 +320,12 @@ def resolve_settings(mode: str, dataset_name: str | None, *, epochs=None, lr=Non
     steps = DEFAULT_STEPS if steps is None else int(steps)
     if steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}.")
-    alpha = 2.5 * eps / steps if alpha is None else parse_eps(alpha)
+    if alpha is not None:
+        alpha = parse_eps(alpha)
+    elif mode == "robust-linear":  # the same ALF attack as rocl_zoo.evaluate --protocol robust-linear
+        alpha = ALF_STEP_RATIO * eps
+    else:
+        alpha = 2.5 * eps / steps
     beta = DEFAULT_BETA if beta is None else float(beta)
     if beta < 0:
         raise ConfigError(f"TRADES beta must be >= 0, got {beta}.")
@@ -787,7 +791,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--milestones", help="comma-separated epochs where the LR is divided by 10 (e.g. 15,20)")
     g = p.add_argument_group("training attack (robust-linear, at, trades) and threat model")
     g.add_argument("--eps", help="budget in [0, 1] pixel units, e.g. 8/255 or 0.1")
-    g.add_argument("--alpha", help="attack step size (default 2.5 * eps / steps)")
+    g.add_argument("--alpha", help="attack step size (default: 2.5 * eps / steps for at and trades, RoCL's "
+                                   "0.007 * eps / (8/255) for robust-linear)")
     g.add_argument("--steps", type=int, help=f"attack steps (default {DEFAULT_STEPS})")
     g.add_argument("--norm", default="linf", choices=["linf", "l2"], help="(default linf)")
     g.add_argument("--beta", type=float, help=f"TRADES beta (default {DEFAULT_BETA:g})")

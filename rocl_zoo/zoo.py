@@ -90,6 +90,8 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
     _entry("cnn4_rocl.fmnist_trades", "fashion_mnist", "fmnist_trades", "Supervised TRADES, Fashion-MNIST"),
     _entry("cnn4_rocl.fmnist_rocl_at", "fashion_mnist", "zoo_fmnist.sh rocl_at",
            "RoCL+AT: the RoCL encoder fine-tuned with PGD-AT (python -m rocl_zoo.finetune --mode at), Fashion-MNIST"),
+    _entry("cnn4_rocl.fmnist_simclr_at", "fashion_mnist", "zoo_fmnist.sh simclr_at",
+           "SimCLR+AT: the SimCLR encoder fine-tuned with PGD-AT, RoCL+AT's budget, Fashion-MNIST"),
     _entry("cnn4w_rocl.fmnist", "fashion_mnist", "fmnist_rocl_wide",
            "RoCL encoder + linear head, Fashion-MNIST, double-width CNN", default=True),
     _entry("resnet18_rocl.cifar10", "cifar10", "cifar10_resnet18_rocl",

@@ -21,6 +21,8 @@ TRADES = "cnn4_rocl.fmnist_trades"
 ROCL_AT = "cnn4_rocl.fmnist_rocl_at"  # the shipped RoCL+AT classifier: `finetune-at` results of ROCL, as it is
 # where RoCL+AT's numbers live: rocl_zoo.finetune's results (under the encoder), or the zoo entry re-evaluated
 ROCL_AT_SOURCES = [(ROCL, "finetune-at"), (ROCL_AT, "none")]
+SIMCLR_AT = "cnn4_rocl.fmnist_simclr_at"  # the same fine-tuning of the SimCLR encoder
+SIMCLR_AT_SOURCES = [(SIMCLR, "finetune-at"), (SIMCLR_AT, "none")]
 EPS, EPS_L2 = 0.1, 1.5  # Fashion-MNIST's l-inf budget; the unseen l2 budget (the l-inf ball's corner is 2.8)
 
 
@@ -153,6 +155,7 @@ SUMMARY_ROWS = [
     ("RoCL+AT (PGD-AT fine-tuning)", ROCL_AT_SOURCES),
     ("SimCLR, linear eval (SLF)", [(SIMCLR, ("linear", "none"))]),
     ("SimCLR, robust linear eval (ALF)", [(SIMCLR, "robust-linear")]),
+    ("SimCLR+AT (PGD-AT fine-tuning)", SIMCLR_AT_SOURCES),
     ("PGD-AT (supervised)", [(AT, "none")]),
     ("TRADES (supervised)", [(TRADES, "none")]),
 ]

@@ -7,8 +7,9 @@
 #
 # Budget (2-core CPU): digits' 8x8 images are resized to the encoder's 28x28 (1,293 train / 144 val / 360 test);
 # l-inf eps 0.1. linear uses the protocol's defaults (150 epochs on frozen features, seconds); the three
-# adversarial modes train 5 epochs with PGD-5 (step 2.5 eps / 5 = 0.05; LR /10 at epochs 3 and 4), so the whole
-# example costs minutes rather than the hours of the full AFF recipe (25 epochs, PGD-10). Evaluation: clean and
+# adversarial modes train 5 epochs with PGD-5, step 2.5 eps / 5 = 0.05 in all three (LR /10 at epochs 3 and 4;
+# robust-linear's own default, RoCL's step made for 10 steps, would be 0.0223), so the whole example costs
+# minutes rather than the hours of the full AFF recipe (25 epochs, PGD-10). Evaluation: clean and
 # PGD-20 (step eps/10, random start) on the 360 test images; AutoAttack (standard) on a fixed random AA_EXAMPLES
 # of them (default 100: Square's queries make all 360 about a core-hour per robust mode), with PGD-20 on the same
 # images beside it; AA_EXAMPLES=0 skips it. Re-running resumes or reuses finished runs (and adds AutoAttack to a
@@ -38,7 +39,7 @@ MODES=${MODES:-linear robust-linear at trades}
 AA_EXAMPLES=${AA_EXAMPLES:-100}
 for MODE in $MODES; do
   EXTRA=()
-  [ "$MODE" != linear ] && EXTRA=(--epochs 5 --steps 5)
+  [ "$MODE" != linear ] && EXTRA=(--epochs 5 --steps 5 --alpha 0.05)
   [ "$AA_EXAMPLES" != 0 ] && EXTRA+=(--autoattack --autoattack-examples "$AA_EXAMPLES")
   $PY -m rocl_zoo.finetune --model "$ENCODER" --dataset digits --mode "$MODE" --out "$OUT/$MODE" \
       --eps 0.1 --threads "$THREADS" --resume --quiet "${EXTRA[@]}" ${ARGS:-}

@@ -8,6 +8,8 @@
 #   bash scripts/zoo_fmnist.sh trades    # supervised TRADES -> cnn4_rocl.fmnist_trades
 #   bash scripts/zoo_fmnist.sh rocl_at   # RoCL+AT: PGD-AT fine-tuning of the RoCL encoder, fmnist_at's budget
 #                                        # -> cnn4_rocl.fmnist_rocl_at (AutoAttack on N_AA of its N test images)
+#   bash scripts/zoo_fmnist.sh simclr_at # SimCLR+AT: the same fine-tuning of the SimCLR encoder
+#                                        # -> cnn4_rocl.fmnist_simclr_at
 #   bash scripts/zoo_fmnist.sh alf [NAME...]   # robust linear evaluation (ALF) of the RoCL and SimCLR encoders
 #   bash scripts/zoo_fmnist.sh transfer  # black-box PGD-20: SimCLR -> RoCL, PGD-AT; RoCL <-> PGD-AT
 #   bash scripts/zoo_fmnist.sh full [NAME...]  # the whole test split, l-inf 0.1 and 8/255, then re-released
@@ -28,8 +30,17 @@ N_AA=${N_AA:-200}
 N_FULL=${N_FULL:-10000}
 N_8=${N_8:-10000}
 EPS_L2=1.5
-ROCL_AT_RESULTS=results/cnn4_rocl.fmnist/finetune-at-Linf-0.1.json  # rocl_zoo.finetune's, under the encoder
-SHIPPED="cnn4_rocl.fmnist cnn4_rocl.fmnist_simclr cnn4_rocl.fmnist_at cnn4_rocl.fmnist_trades cnn4_rocl.fmnist_rocl_at"
+SHIPPED="cnn4_rocl.fmnist cnn4_rocl.fmnist_simclr cnn4_rocl.fmnist_at cnn4_rocl.fmnist_trades cnn4_rocl.fmnist_rocl_at
+         cnn4_rocl.fmnist_simclr_at"
+
+# finetuned_from NAME: the encoder a fine-tuned entry started from; rocl_zoo.finetune's results file is kept under
+# the encoder's results (results/ENCODER/finetune-at-Linf-0.1.json). Nothing for the other entries.
+finetuned_from() {
+  case $1 in
+    cnn4_rocl.fmnist_rocl_at) echo cnn4_rocl.fmnist ;;
+    cnn4_rocl.fmnist_simclr_at) echo cnn4_rocl.fmnist_simclr ;;
+  esac
+}
 
 # ship NAME CLASSIFIER [more results files]: release with every results file NAME has, the whole test split's
 # first (the registry's headline); re-releasing unchanged weights keeps their checksum
@@ -79,30 +90,44 @@ supervised() {
   evaluate_and_ship "$2" $run/model $run/model
 }
 
+# finetune_at NAME: PGD-AT fine-tuning of a shipped encoder with fmnist_at's budget (3 epochs of PGD-10, step
+# 0.025, LR 0.1 /10 after 2) -> zoo entry NAME
+finetune_at() {
+  local encoder run=runs/${1#cnn4_rocl.} res
+  encoder=$(finetuned_from "$1")
+  res=results/$encoder/finetune-at-Linf-0.1.json
+  $PY -m rocl_zoo.finetune --model "$encoder" --dataset fashion_mnist --mode at --epochs 3 --milestones 2 \
+      --batch-size 128 --weight-decay 5e-4 --eps 0.1 --alpha 0.025 --steps 10 --attacks clean,fgsm,pgd20,cw \
+      --eval-examples "$N" --autoattack --autoattack-examples "$N_AA" --checkpoint-every 100 --out $run \
+      --threads "$THREADS" --resume --quiet
+  cp $run/results.json $res
+  ship "$1" $run/classifier $res
+}
+
+# alf_attack ATTACKS N OUT: the saved ALF classifier $clf of $name attacked again, unless OUT exists
+alf_attack() {
+  [ -f "$3" ] || $PY -m rocl_zoo.evaluate "$clf" --protocol-label robust-linear --attacks "$1" --eps 0.1 \
+      --n-examples "$2" --name "$name" --threads "$THREADS" --quiet --out "$3"
+}
+
 case "${1:-}" in
   rocl) encoder fmnist_rocl cnn4_rocl.fmnist ;;
   simclr) encoder fmnist_simclr cnn4_rocl.fmnist_simclr ;;
   at) supervised fmnist_at cnn4_rocl.fmnist_at ;;
   trades) supervised fmnist_trades cnn4_rocl.fmnist_trades ;;
-  rocl_at)  # 3 epochs of PGD-10 (step 0.025), LR 0.1 /10 after 2, like the fmnist_at recipe
-    $PY -m rocl_zoo.finetune --model cnn4_rocl.fmnist --dataset fashion_mnist --mode at --epochs 3 --milestones 2 \
-        --batch-size 128 --weight-decay 5e-4 --eps 0.1 --alpha 0.025 --steps 10 --attacks clean,fgsm,pgd20,cw \
-        --eval-examples "$N" --autoattack --autoattack-examples "$N_AA" --checkpoint-every 100 --out runs/fmnist_rocl_at \
-        --threads "$THREADS" --resume --quiet
-    cp runs/fmnist_rocl_at/results.json $ROCL_AT_RESULTS
-    ship cnn4_rocl.fmnist_rocl_at runs/fmnist_rocl_at/classifier $ROCL_AT_RESULTS ;;
+  rocl_at) finetune_at cnn4_rocl.fmnist_rocl_at ;;
+  simclr_at) finetune_at cnn4_rocl.fmnist_simclr_at ;;
   alf)  # robust linear evaluation (ALF): a linear head on PGD-10 examples (step 0.0223) through the frozen encoder;
-        # the attack makes every step ~25x a standard one, so 5 epochs on a fixed 10,000 of the training images
+        # the attack makes every step ~25x a standard one, so 5 epochs on a fixed 10,000 of the training images.
+        # Then attacked like the others: FGSM, PGD-20, CW on N, AutoAttack on N_AA, clean + PGD-20 on all N_FULL
     shift
     for name in ${@:-cnn4_rocl.fmnist cnn4_rocl.fmnist_simclr}; do
-      clf=runs/alf/$name
+      clf=runs/alf/$name out=results/$name/robust-linear-Linf-0.1
       [ -f $clf/model.safetensors ] || $PY -m rocl_zoo.evaluate "$name" --protocol robust-linear --epochs 5 \
           --train-examples 10000 --attacks clean,fgsm,pgd20,cw --eps 0.1 --n-examples "$N" --sanity --name "$name" \
-          --threads "$THREADS" --quiet --out results/$name/robust-linear-Linf-0.1.json --save-classifier $clf
-      [ -f results/$name/robust-linear-Linf-0.1-autoattack-n$N_AA.json ] ||
-      $PY -m rocl_zoo.evaluate $clf --protocol-label robust-linear --attacks clean,pgd20,autoattack --eps 0.1 \
-          --n-examples "$N_AA" --name "$name" --threads "$THREADS" --quiet \
-          --out results/$name/robust-linear-Linf-0.1-autoattack-n$N_AA.json
+          --threads "$THREADS" --quiet --out $out.json --save-classifier $clf
+      alf_attack clean,pgd20,autoattack "$N_AA" $out-autoattack-n$N_AA.json
+      alf_attack clean,pgd20 "$N_FULL" $out-n$N_FULL.json
     done ;;
   transfer)  # TARGET:SOURCE pairs; results/TARGET/Linf-0.1-transfer-from-<source's tag>.json
     for pair in cnn4_rocl.fmnist:cnn4_rocl.fmnist_simclr cnn4_rocl.fmnist_at:cnn4_rocl.fmnist_simclr \
@@ -122,11 +147,8 @@ case "${1:-}" in
         [ -f "$out" ] || $PY -m rocl_zoo.evaluate "$name" --attacks clean,pgd20 --eps "$eps" --n-examples "$n" \
             --name "$name" --threads "$THREADS" --quiet --out "$out"
       done
-      if [ "$name" = cnn4_rocl.fmnist_rocl_at ]; then
-        ship "$name" "$name" $ROCL_AT_RESULTS
-      else
-        ship "$name" "$name"
-      fi
+      encoder=$(finetuned_from "$name")
+      ship "$name" "$name" ${encoder:+results/$encoder/finetune-at-Linf-0.1.json}
     done ;;
   readme) ;;
   *) sed -n '2,/^set /{/^set /!p}' "$0"; exit 2 ;;  # the header above, whatever its length

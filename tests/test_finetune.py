@@ -267,6 +267,8 @@ def test_settings_defaults():
     assert at["eps"] == pytest.approx(8 / 255) and at["alpha"] == pytest.approx(2 / 255) and at["steps"] == 10
     trades = ft.resolve_settings("trades", "digits")
     assert trades["beta"] == 6 and trades["eps"] == 0.1
+    rlin = ft.resolve_settings("robust-linear", "fashion_mnist")
+    assert rlin["alpha"] == pytest.approx(0.007 * 0.1 / (8 / 255))  # RoCL's ALF step, as evaluate's
     lin = ft.resolve_settings("linear", "cifar10")
     assert (lin["epochs"], lin["milestones"], lin["weight_decay"]) == (150, [30, 50, 100], 5e-4)
     assert [ft.lr_at(at, e) for e in (0, 14, 15, 19, 20, 24)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
