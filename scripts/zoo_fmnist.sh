@@ -33,13 +33,19 @@ EPS_L2=1.5
 SHIPPED="cnn4_rocl.fmnist cnn4_rocl.fmnist_simclr cnn4_rocl.fmnist_at cnn4_rocl.fmnist_trades cnn4_rocl.fmnist_rocl_at
          cnn4_rocl.fmnist_simclr_at"
 
-# finetuned_from NAME: the encoder a fine-tuned entry started from; rocl_zoo.finetune's results file is kept under
-# the encoder's results (results/ENCODER/finetune-at-Linf-0.1.json). Nothing for the other entries.
+# finetuned_from NAME: the encoder a fine-tuned entry started from; nothing for the other entries
 finetuned_from() {
   case $1 in
     cnn4_rocl.fmnist_rocl_at) echo cnn4_rocl.fmnist ;;
     cnn4_rocl.fmnist_simclr_at) echo cnn4_rocl.fmnist_simclr ;;
   esac
+}
+
+# finetune_results NAME: rocl_zoo.finetune's results file for a fine-tuned entry, kept under its encoder's results
+finetune_results() {
+  local encoder
+  encoder=$(finetuned_from "$1")
+  [ -z "$encoder" ] || echo results/$encoder/finetune-at-Linf-0.1.json
 }
 
 # ship NAME CLASSIFIER [more results files]: release with every results file NAME has, the whole test split's
@@ -95,7 +101,7 @@ supervised() {
 finetune_at() {
   local encoder run=runs/${1#cnn4_rocl.} res
   encoder=$(finetuned_from "$1")
-  res=results/$encoder/finetune-at-Linf-0.1.json
+  res=$(finetune_results "$1")
   $PY -m rocl_zoo.finetune --model "$encoder" --dataset fashion_mnist --mode at --epochs 3 --milestones 2 \
       --batch-size 128 --weight-decay 5e-4 --eps 0.1 --alpha 0.025 --steps 10 --attacks clean,fgsm,pgd20,cw \
       --eval-examples "$N" --autoattack --autoattack-examples "$N_AA" --checkpoint-every 100 --out $run \
@@ -147,8 +153,7 @@ case "${1:-}" in
         [ -f "$out" ] || $PY -m rocl_zoo.evaluate "$name" --attacks clean,pgd20 --eps "$eps" --n-examples "$n" \
             --name "$name" --threads "$THREADS" --quiet --out "$out"
       done
-      encoder=$(finetuned_from "$name")
-      ship "$name" "$name" ${encoder:+results/$encoder/finetune-at-Linf-0.1.json}
+      ship "$name" "$name" $(finetune_results "$name")
     done ;;
   readme) ;;
   *) sed -n '2,/^set /{/^set /!p}' "$0"; exit 2 ;;  # the header above, whatever its length
