@@ -7,7 +7,7 @@
 #   bash scripts/zoo_fmnist.sh at        # supervised PGD-AT -> cnn4_rocl.fmnist_at
 #   bash scripts/zoo_fmnist.sh trades    # supervised TRADES -> cnn4_rocl.fmnist_trades
 #   bash scripts/zoo_fmnist.sh rocl_at   # RoCL+AT: PGD-AT fine-tuning of the RoCL encoder, fmnist_at's budget
-#                                        # -> cnn4_rocl.fmnist_rocl_at (AutoAttack on N_AA of its N test images)
+#                                        # -> cnn4_rocl.fmnist_rocl_at
 #   bash scripts/zoo_fmnist.sh simclr_at # SimCLR+AT: the same fine-tuning of the SimCLR encoder
 #                                        # -> cnn4_rocl.fmnist_simclr_at
 #   bash scripts/zoo_fmnist.sh alf [NAME...]   # robust linear evaluation (ALF) of the RoCL and SimCLR encoders
@@ -17,8 +17,8 @@
 #
 # Every model is attacked at l-inf eps 0.1 (Fashion-MNIST's conventional budget) on N=1000 fixed test images
 # (N=0: all 10,000) with FGSM, PGD-20 and CW plus the gradient-masking checks; AutoAttack (standard) on N_AA=200
-# (its Square stage runs 5,000 queries on every robust point: hours on this CPU for 1,000 images); and PGD-20 in
-# l2 at eps 1.5, a threat none of them trained for. Encoders are evaluated with the paper's linear protocol (SLF).
+# of them, the same images for every model (its Square stage runs 5,000 queries on every robust point: hours on
+# this CPU for 1,000 images); and PGD-20 in l2 at eps 1.5, a threat none of them trained for. Encoders are evaluated with the paper's linear protocol (SLF).
 # `full` adds clean and PGD-20 accuracy on all 10,000 test images (N_FULL) at l-inf 0.1 and 8/255 (N_8): about
 # 10 minutes per robust model and budget on one core.
 set -euo pipefail
@@ -60,24 +60,26 @@ ship() {
   $PY -m training.release "$name" "$clf" --threads "$THREADS" --results "${files[@]}"
 }
 
+# autoattack NAME CLASSIFIER: AutoAttack on the first N_AA of the fixed test images, the same for every entry
+autoattack() {
+  $PY -m rocl_zoo.evaluate "$2" --attacks clean,pgd20,autoattack --eps 0.1 --n-examples "$N_AA" --name "$1" \
+      --threads "$THREADS" --quiet --out results/$1/Linf-0.1-autoattack-n$N_AA.json
+}
+
 # evaluate_and_ship NAME CLASSIFIER [evaluate options for the first results file]
 # (with PARALLEL=1, AutoAttack, by far the slowest, runs in a second process beside the other evaluations)
 evaluate_and_ship() {
   local name=$1 clf=$2 out=results/$1 aa
   shift 2
-  autoattack() {
-    $PY -m rocl_zoo.evaluate "$clf" --attacks clean,pgd20,autoattack --eps 0.1 --n-examples "$N_AA" \
-        --name "$name" --threads "$THREADS" --quiet --out $out/Linf-0.1-autoattack-n$N_AA.json
-  }
   if [ "${PARALLEL:-0}" = 1 ] && [ -f "$clf/config.json" ]; then
-    autoattack &
+    autoattack "$name" "$clf" &
     aa=$!
   fi
   $PY -m rocl_zoo.evaluate "$@" --attacks clean,fgsm,pgd20,cw --eps 0.1 --n-examples "$N" --sanity \
       --name "$name" --threads "$THREADS" --quiet --out $out/Linf-0.1.json
   $PY -m rocl_zoo.evaluate "$clf" --norm l2 --eps $EPS_L2 --attacks clean,pgd20-l2 --n-examples "$N" \
       --name "$name" --threads "$THREADS" --quiet --out $out/L2-$EPS_L2.json
-  if [ -n "${aa:-}" ]; then wait "$aa"; else autoattack; fi
+  if [ -n "${aa:-}" ]; then wait "$aa"; else autoattack "$name" "$clf"; fi
   ship "$name" "$clf"
 }
 
@@ -107,6 +109,7 @@ finetune_at() {
       --eval-examples "$N" --autoattack --autoattack-examples "$N_AA" --checkpoint-every 100 --out $run \
       --threads "$THREADS" --resume --quiet
   cp $run/results.json $res
+  autoattack "$1" $run/classifier  # also on the images every other entry's AutoAttack saw
   ship "$1" $run/classifier $res
 }
 

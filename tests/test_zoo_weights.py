@@ -45,15 +45,18 @@ def test_release_writes_folder_registry_and_check(tmp_path, monkeypatch):
     result = evaluate(model, x, y, attacks="clean,pgd20", eps=0.1, norm="linf", progress=False,
                       meta={"dataset": "fashion_mnist", "architecture": "cnn4_rocl"})
     write_json(tmp_path / "Linf-0.1.json", result)
-    # AutoAttack in a file of its own, run on a subset of that file's examples (--autoattack-examples 10)
-    write_json(tmp_path / "Linf-0.1-autoattack-n10.json",
-               dict(result, autoattack_acc=50.0, autoattack_subset={"n_examples": 10, "pgd_acc": 60.0}))
+    # AutoAttack in files of their own, run on subsets of their examples (--autoattack-examples): the headline is
+    # the one on the most examples, wherever it comes in the list
+    for n, acc in ((10, 50.0), (20, 55.0)):
+        write_json(tmp_path / f"Linf-0.1-autoattack-n{n}.json",
+                   dict(result, autoattack_acc=acc, autoattack_subset={"n_examples": n, "pgd_acc": 60.0}))
     weights = tmp_path / "weights"
     record = release.release("cnn4_rocl.fmnist", folder, [tmp_path / "Linf-0.1.json",
-                                                          tmp_path / "Linf-0.1-autoattack-n10.json"],
+                                                          tmp_path / "Linf-0.1-autoattack-n10.json",
+                                                          tmp_path / "Linf-0.1-autoattack-n20.json"],
                              weights_dir=weights)
-    assert (record["metrics"]["autoattack_acc"], record["metrics"]["autoattack_n_examples"]) == (0.5, 10)
-    assert record["metrics"]["autoattack_results"] == "cnn4_rocl.fmnist/results_Linf-0.1-autoattack-n10.json"
+    assert (record["metrics"]["autoattack_acc"], record["metrics"]["autoattack_n_examples"]) == (0.55, 20)
+    assert record["metrics"]["autoattack_results"] == "cnn4_rocl.fmnist/results_Linf-0.1-autoattack-n20.json"
     assert (weights / "cnn4_rocl.fmnist" / "model.safetensors").is_file()
     registry = (weights / zoo.REGISTRY_NAME).read_text()
     assert record["sha256"] in registry

@@ -76,15 +76,15 @@ def release(name: str, classifier, results: list[Path], weights_dir: Path = zoo.
 
     metrics["results"] = shipped(results[0])
     if metrics["autoattack_acc"] is None:  # AutoAttack is often run on fewer examples, in a file of its own
-        for path in results[1:]:
+        for path in results[1:]:  # the one on the most examples (the first of equals)
             other = json.loads(Path(path).read_text())
             if other.get("autoattack_acc") is not None and other.get("eps") == first["eps"] \
                     and other.get("threat_model") == first["threat_model"]:
                 subset = other.get("autoattack_subset") or {}  # --autoattack-examples: fewer than the file's n
-                metrics.update(autoattack_acc=other["autoattack_acc"] / 100,
-                               autoattack_n_examples=subset.get("n_examples", other["n_examples"]),
-                               autoattack_results=shipped(path))
-                break
+                n = subset.get("n_examples", other["n_examples"])
+                if n > metrics.get("autoattack_n_examples", 0):
+                    metrics.update(autoattack_acc=other["autoattack_acc"] / 100, autoattack_n_examples=n,
+                                   autoattack_results=shipped(path))
     metrics["check"] = quick_check(model, entry.dataset, first["eps"], first["threat_model"].lower())
     record = {"sha256": sha256_file(out / entry.filename), "metrics": metrics}
     registry_path = weights_dir / zoo.REGISTRY_NAME
