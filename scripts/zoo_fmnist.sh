@@ -11,16 +11,17 @@
 #   bash scripts/zoo_fmnist.sh simclr_at # SimCLR+AT: the same fine-tuning of the SimCLR encoder
 #                                        # -> cnn4_rocl.fmnist_simclr_at
 #   bash scripts/zoo_fmnist.sh alf [NAME...]   # robust linear evaluation (ALF) of the RoCL and SimCLR encoders
-#   bash scripts/zoo_fmnist.sh transfer  # black-box PGD-20: SimCLR -> RoCL, PGD-AT; RoCL <-> PGD-AT
-#   bash scripts/zoo_fmnist.sh full [NAME...]  # the whole test split, l-inf 0.1 and 8/255, then re-released
+#   bash scripts/zoo_fmnist.sh transfer  # black-box PGD-20: SimCLR -> RoCL, PGD-AT; RoCL <-> PGD-AT (N, then all)
+#   bash scripts/zoo_fmnist.sh full [NAME...]  # the whole test split, l-inf 0.1 and 8/255, l2; then re-released
 #   bash scripts/zoo_fmnist.sh readme    # README tables and claims from the results files
 #
 # Every model is attacked at l-inf eps 0.1 (Fashion-MNIST's conventional budget) on N=1000 fixed test images
 # (N=0: all 10,000) with FGSM, PGD-20 and CW plus the gradient-masking checks; AutoAttack (standard) on N_AA=200
 # of them, the same images for every model (its Square stage runs 5,000 queries on every robust point: hours on
-# this CPU for 1,000 images); and PGD-20 in l2 at eps 1.5, a threat none of them trained for. Encoders are evaluated with the paper's linear protocol (SLF).
-# `full` adds clean and PGD-20 accuracy on all 10,000 test images (N_FULL) at l-inf 0.1 and 8/255 (N_8): about
-# 10 minutes per robust model and budget on one core.
+# this CPU for 1,000 images); and PGD-20 in l2 at eps 1.5, a threat none of them trained for. Encoders are
+# evaluated with the paper's linear protocol (SLF).
+# `full` adds clean and PGD-20 accuracy on all 10,000 test images (N_FULL) at l-inf 0.1 and 8/255 (N_8) and in
+# l2: about 10 minutes per robust model and budget on one core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -54,7 +55,7 @@ ship() {
   local name=$1 clf=$2 out=results/$1 files=() f
   shift 2
   for f in $out/Linf-0.1-n[0-9]*.json $out/Linf-0.1.json $out/Linf-0.1-autoattack-n*.json "$@" \
-           $out/L2-$EPS_L2.json $out/Linf-8_255-n[0-9]*.json; do
+           $out/L2-$EPS_L2.json $out/L2-$EPS_L2-n[0-9]*.json $out/Linf-8_255-n[0-9]*.json; do
     [ -f "$f" ] && files+=("$f")
   done
   $PY -m training.release "$name" "$clf" --threads "$THREADS" --results "${files[@]}"
@@ -138,15 +139,19 @@ case "${1:-}" in
       alf_attack clean,pgd20,autoattack "$N_AA" $out-autoattack-n$N_AA.json
       alf_attack clean,pgd20 "$N_FULL" $out-n$N_FULL.json
     done ;;
-  transfer)  # TARGET:SOURCE pairs; results/TARGET/Linf-0.1-transfer-from-<source's tag>.json
+  transfer)  # TARGET:SOURCE pairs, on N and on all N_FULL test images (files already there are kept):
+             # results/TARGET/Linf-0.1-transfer-from-<source's tag>.json and ...-n$N_FULL.json
     for pair in cnn4_rocl.fmnist:cnn4_rocl.fmnist_simclr cnn4_rocl.fmnist_at:cnn4_rocl.fmnist_simclr \
                 cnn4_rocl.fmnist:cnn4_rocl.fmnist_at cnn4_rocl.fmnist_at:cnn4_rocl.fmnist; do
       target=${pair%%:*} source=${pair##*:}
       tag=${source#cnn4_rocl.fmnist}; tag=${tag#_}
-      $PY -m rocl_zoo.evaluate "$target" --attacks clean,pgd20 --transfer-from "$source" --eps 0.1 \
-          --n-examples "$N" --threads "$THREADS" --quiet --out results/$target/Linf-0.1-transfer-from-${tag:-rocl}.json
+      for n in "$N:" "$N_FULL:-n$N_FULL"; do
+        out=results/$target/Linf-0.1-transfer-from-${tag:-rocl}${n#*:}.json
+        [ -f "$out" ] || $PY -m rocl_zoo.evaluate "$target" --attacks clean,pgd20 --transfer-from "$source" \
+            --eps 0.1 --n-examples "${n%%:*}" --threads "$THREADS" --quiet --out "$out"
+      done
     done ;;
-  full)  # clean + PGD-20 on the whole test split at l-inf 0.1 and 8/255, then each model is shipped again with them
+  full)  # clean + PGD-20 on the whole test split at l-inf 0.1 and 8/255 and in l2, then each model is shipped again
     shift
     for name in ${@:-$SHIPPED}; do
       [ -f rocl_zoo/weights/$name/model.safetensors ] || { echo "skip $name: not shipped yet"; continue; }
@@ -156,6 +161,9 @@ case "${1:-}" in
         [ -f "$out" ] || $PY -m rocl_zoo.evaluate "$name" --attacks clean,pgd20 --eps "$eps" --n-examples "$n" \
             --name "$name" --threads "$THREADS" --quiet --out "$out"
       done
+      out=results/$name/L2-$EPS_L2-n$N_FULL.json
+      [ -f "$out" ] || $PY -m rocl_zoo.evaluate "$name" --norm l2 --eps $EPS_L2 --attacks clean,pgd20-l2 \
+          --n-examples "$N_FULL" --name "$name" --threads "$THREADS" --quiet --out "$out"
       ship "$name" "$name" $(finetune_results "$name")
     done ;;
   readme) ;;
