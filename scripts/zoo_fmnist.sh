@@ -114,10 +114,17 @@ finetune_at() {
   ship "$1" $run/classifier $res
 }
 
+# evaluate_once OUT ARGS...: rocl_zoo.evaluate ARGS into OUT, unless OUT is already there (these are the slow
+# whole-split and AutoAttack runs: rerunning a stage keeps what it measured)
+evaluate_once() {
+  local out=$1
+  shift
+  [ -f "$out" ] || $PY -m rocl_zoo.evaluate "$@" --threads "$THREADS" --quiet --out "$out"
+}
+
 # alf_attack ATTACKS N OUT: the saved ALF classifier $clf of $name attacked again, unless OUT exists
 alf_attack() {
-  [ -f "$3" ] || $PY -m rocl_zoo.evaluate "$clf" --protocol-label robust-linear --attacks "$1" --eps 0.1 \
-      --n-examples "$2" --name "$name" --threads "$THREADS" --quiet --out "$3"
+  evaluate_once "$3" "$clf" --protocol-label robust-linear --attacks "$1" --eps 0.1 --n-examples "$2" --name "$name"
 }
 
 case "${1:-}" in
@@ -146,9 +153,8 @@ case "${1:-}" in
       target=${pair%%:*} source=${pair##*:}
       tag=${source#cnn4_rocl.fmnist}; tag=${tag#_}
       for n in "$N:" "$N_FULL:-n$N_FULL"; do
-        out=results/$target/Linf-0.1-transfer-from-${tag:-rocl}${n#*:}.json
-        [ -f "$out" ] || $PY -m rocl_zoo.evaluate "$target" --attacks clean,pgd20 --transfer-from "$source" \
-            --eps 0.1 --n-examples "${n%%:*}" --threads "$THREADS" --quiet --out "$out"
+        evaluate_once results/$target/Linf-0.1-transfer-from-${tag:-rocl}${n#*:}.json "$target" \
+            --attacks clean,pgd20 --transfer-from "$source" --eps 0.1 --n-examples "${n%%:*}"
       done
     done ;;
   full)  # clean + PGD-20 on the whole test split at l-inf 0.1 and 8/255 and in l2, then each model is shipped again
@@ -157,13 +163,11 @@ case "${1:-}" in
       [ -f rocl_zoo/weights/$name/model.safetensors ] || { echo "skip $name: not shipped yet"; continue; }
       for eps in 0.1:$N_FULL 8/255:$N_8; do
         n=${eps##*:} eps=${eps%%:*}
-        out="results/$name/Linf-${eps/\//_}-n$n.json"
-        [ -f "$out" ] || $PY -m rocl_zoo.evaluate "$name" --attacks clean,pgd20 --eps "$eps" --n-examples "$n" \
-            --name "$name" --threads "$THREADS" --quiet --out "$out"
+        evaluate_once "results/$name/Linf-${eps/\//_}-n$n.json" "$name" --attacks clean,pgd20 --eps "$eps" \
+            --n-examples "$n" --name "$name"
       done
-      out=results/$name/L2-$EPS_L2-n$N_FULL.json
-      [ -f "$out" ] || $PY -m rocl_zoo.evaluate "$name" --norm l2 --eps $EPS_L2 --attacks clean,pgd20-l2 \
-          --n-examples "$N_FULL" --name "$name" --threads "$THREADS" --quiet --out "$out"
+      evaluate_once results/$name/L2-$EPS_L2-n$N_FULL.json "$name" --norm l2 --eps $EPS_L2 \
+          --attacks clean,pgd20-l2 --n-examples "$N_FULL" --name "$name"
       ship "$name" "$name" $(finetune_results "$name")
     done ;;
   readme) ;;
