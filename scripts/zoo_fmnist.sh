@@ -28,6 +28,7 @@ PY=${PY:-.venv/bin/python}
 THREADS=${THREADS:-2}
 N=${N:-1000}
 N_AA=${N_AA:-200}
+N_AA_FT=${N_AA_FT:-100}  # rocl_zoo.finetune's own AutoAttack, on that many of its N images
 N_FULL=${N_FULL:-10000}
 N_8=${N_8:-10000}
 EPS_L2=1.5
@@ -107,7 +108,7 @@ finetune_at() {
   res=$(finetune_results "$1")
   $PY -m rocl_zoo.finetune --model "$encoder" --dataset fashion_mnist --mode at --epochs 3 --milestones 2 \
       --batch-size 128 --weight-decay 5e-4 --eps 0.1 --alpha 0.025 --steps 10 --attacks clean,fgsm,pgd20,cw \
-      --eval-examples "$N" --autoattack --autoattack-examples "$N_AA" --checkpoint-every 100 --out $run \
+      --eval-examples "$N" --autoattack --autoattack-examples "$N_AA_FT" --checkpoint-every 100 --out $run \
       --threads "$THREADS" --resume --quiet
   cp $run/results.json $res
   autoattack "$1" $run/classifier  # also on the images every other entry's AutoAttack saw
