@@ -123,9 +123,11 @@ evaluate_once() {
   [ -f "$out" ] || $PY -m rocl_zoo.evaluate "$@" --threads "$THREADS" --quiet --out "$out"
 }
 
-# alf_attack ATTACKS N OUT: the saved ALF classifier $clf of $name attacked again, unless OUT exists
+# alf_attack OUT ARGS...: the saved ALF classifier $clf of $name attacked again (evaluate ARGS), unless OUT exists
 alf_attack() {
-  evaluate_once "$3" "$clf" --protocol-label robust-linear --attacks "$1" --eps 0.1 --n-examples "$2" --name "$name"
+  local out=$1
+  shift
+  evaluate_once "$out" "$clf" --protocol-label robust-linear --name "$name" "$@"
 }
 
 case "${1:-}" in
@@ -138,14 +140,19 @@ case "${1:-}" in
   alf)  # robust linear evaluation (ALF): a linear head on PGD-10 examples (step 0.0223) through the frozen encoder;
         # the attack makes every step ~25x a standard one, so 5 epochs on a fixed 10,000 of the training images.
         # Then attacked like the others: FGSM, PGD-20, CW on N, AutoAttack on N_AA, clean + PGD-20 on all N_FULL
+        # (l-inf 0.1 and 8/255) and PGD-20 in l2 on all N_FULL
     shift
     for name in ${@:-cnn4_rocl.fmnist cnn4_rocl.fmnist_simclr}; do
       clf=runs/alf/$name out=results/$name/robust-linear-Linf-0.1
       [ -f $clf/model.safetensors ] || $PY -m rocl_zoo.evaluate "$name" --protocol robust-linear --epochs 5 \
           --train-examples 10000 --attacks clean,fgsm,pgd20,cw --eps 0.1 --n-examples "$N" --sanity --name "$name" \
           --threads "$THREADS" --quiet --out $out.json --save-classifier $clf
-      alf_attack clean,pgd20,autoattack "$N_AA" $out-autoattack-n$N_AA.json
-      alf_attack clean,pgd20 "$N_FULL" $out-n$N_FULL.json
+      alf_attack $out-autoattack-n$N_AA.json --attacks clean,pgd20,autoattack --eps 0.1 --n-examples "$N_AA"
+      alf_attack $out-n$N_FULL.json --attacks clean,pgd20 --eps 0.1 --n-examples "$N_FULL"
+      alf_attack results/$name/robust-linear-Linf-8_255-n$N_8.json --attacks clean,pgd20 --eps 8/255 \
+          --n-examples "$N_8"
+      alf_attack results/$name/robust-linear-L2-$EPS_L2-n$N_FULL.json --norm l2 --eps $EPS_L2 \
+          --attacks clean,pgd20-l2 --n-examples "$N_FULL"
     done ;;
   transfer)  # TARGET:SOURCE pairs, on N and on all N_FULL test images (files already there are kept):
              # results/TARGET/Linf-0.1-transfer-from-<source's tag>.json and ...-n$N_FULL.json
