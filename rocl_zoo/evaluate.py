@@ -14,6 +14,7 @@ attack's config, accuracy and wall time, n_examples, seed, hardware, wall time a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import re
@@ -141,15 +142,20 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict, se
 
 def correct_under(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict, *, batch_size: int = 256,
                   seed: int = 0, source_model: nn.Module | None = None, progress: bool = False,
-                  device=None) -> torch.Tensor:
+                  device=None, log: EvalProgress | None = None) -> torch.Tensor:
     """Per example (bool, on the CPU): is it still classified correctly under the attack?
 
-    With source_model the examples are made on it (black-box transfer) and scored on `model`.
+    With source_model the examples are made on it (black-box transfer) and scored on `model`. With `log`,
+    batches it holds are not attacked again and every new one is added to it.
     """
     device = device or next(model.parameters()).device
     out = []
     desc = cfg["name"] + (" (transfer)" if source_model is not None else "")
     for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress or None, leave=False):
+        done = log.get(f"{cfg['name']}@{i}") if log else None
+        if done is not None:
+            out.append(done)
+            continue
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
         if cfg["attack"] == "clean":
             with A.attack_mode(model), torch.inference_mode():
@@ -160,7 +166,58 @@ def correct_under(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict,
                                verbose=progress)
             pred = A.predict_labels(model, x_adv)
         out.append((pred == yb).cpu())
+        if log:
+            log.put(f"{cfg['name']}@{i}", out[-1])
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+class EvalProgress:
+    """The finished batches of one evaluation, saved after each, so that an interrupted run resumes there.
+
+    Valid only for the same weights, images, attacks, seeds and device kind (`fingerprint`): a file from any other
+    evaluation is ignored and overwritten. Batches are seeded by their position, so a resumed run's numbers equal
+    an uninterrupted one's.
+    """
+
+    def __init__(self, path, fingerprint: str, *, progress: bool = False):
+        self.path, self.fingerprint, self.batches = Path(path), fingerprint, {}
+        if not self.path.exists():
+            return
+        try:
+            state = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            state = {}
+        if isinstance(state, dict) and state.get("fingerprint") == fingerprint:
+            self.batches = dict(state.get("batches") or {})
+        if progress:
+            tqdm.write(f"resuming from {self.path}: {len(self.batches)} batches already done" if self.batches else
+                       f"{self.path} is from another evaluation (weights, data or attacks differ): starting over")
+
+    def get(self, key: str) -> torch.Tensor | None:
+        bits = self.batches.get(key)
+        return None if bits is None else torch.tensor([b == "1" for b in bits], dtype=torch.bool)
+
+    def put(self, key: str, correct: torch.Tensor) -> None:
+        self.batches[key] = "".join("1" if c else "0" for c in correct.tolist())
+        from .utils import write_json
+
+        write_json(self.path, {"fingerprint": self.fingerprint, "batches": self.batches})
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def evaluation_fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: dict,
+                           source_model: nn.Module | None = None) -> str:
+    """sha256 over the weights (and the transfer source's), the images, the labels and the attack settings."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for m in (model, source_model):
+        for name, t in (m.state_dict() if m is not None else {}).items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for t in (x, y):
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------ sanity checks
@@ -309,14 +366,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
              norm: str = "linf", batch_size: int = 256, seed: int = 0, source_model: nn.Module | None = None,
              source_name: str | None = None, sanity: bool = False, sanity_examples: int = 200,
              num_classes: int | None = None, autoattack_examples: int = 0, progress: bool = True,
-             meta: dict | None = None) -> dict:
+             meta: dict | None = None, resume=None) -> dict:
     """Run the attack suite on (x, y) and return the results dict (see the module docstring).
 
     attacks: a comma-separated string or a list of specs (see `parse_attack`). source_model: also run every
     white-box attack as a black-box transfer from it ("transfer-<name>"). autoattack_examples: run AutoAttack
     on a fixed random subset of this many examples only (0 = all); "autoattack_subset" then holds clean and
     PGD accuracy on the same subset. Accuracies are fractions in the "attacks" block and percentages in
-    RobustBench's keys.
+    RobustBench's keys. resume: a file that keeps every finished attack batch (see `EvalProgress`); the same call
+    after an interruption picks up there, and the file is removed once the evaluation is done.
     """
     from .utils import hardware_name
 
@@ -350,12 +408,18 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
     if source_model is not None:
         jobs += [({**c, "name": f"transfer-{c['name']}", "transfer_from": source_name}, source_model)
                  for c in cfgs if c["attack"] in ("fgsm", "pgd")]
+    log = None
+    if resume is not None:
+        settings = {"jobs": [c for c, _ in jobs], "eps": eps, "norm": norm, "batch_size": batch_size, "seed": seed,
+                    "autoattack_examples": autoattack_examples, "device": device.type}  # GPU numbers differ a bit
+        log = EvalProgress(resume, evaluation_fingerprint(model, x, y, settings, source_model), progress=progress)
+    resumed = len(log.batches) if log else 0
     for cfg, src in jobs:
         t0 = time.time()
         on_subset = aa_idx is not None and cfg["attack"] == "autoattack"
         xa, ya = (x[aa_idx], y[aa_idx]) if on_subset else (x, y)
         correct = correct_under(model, xa, ya, cfg, batch_size=batch_size, seed=seed, source_model=src,
-                                progress=progress, device=device)
+                                progress=progress, device=device, log=log)
         per_example[cfg["name"]] = correct
         results[cfg["name"]] = {"config": cfg, "acc": correct.float().mean().item(),
                                 "wall_time_s": round(time.time() - t0, 3),
@@ -401,6 +465,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
     }
     if source_model is not None:
         out["transfer_from"] = source_name
+    if resumed:
+        out["resumed_batches"] = resumed  # attacked by an earlier, interrupted run: its wall time is not in here
     white_pgd = [n for n, r in results.items() if r["config"]["attack"] == "pgd" and in_threat(r["config"])
                  and "transfer_from" not in r["config"]]
     aa_names = [n for n, r in results.items() if r["config"]["attack"] == "autoattack" and in_threat(r["config"])
@@ -446,6 +512,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
                 mark = {True: "ok  ", False: "FLAG", None: "skip"}[c["ok"]]
                 tqdm.write(f"  sanity {mark} {c['name']}: {c['message']}")
     out["wall_time_s"] = round(time.time() - t_start, 3)
+    if log:
+        log.remove()
     return out
 
 
@@ -585,7 +653,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-classifier", metavar="DIR",
                    help="where to save encoder + head in the Hub layout (default: next to --out, <out>.classifier/)")
     g = p.add_argument_group("output")
-    g.add_argument("--out", metavar="FILE.json", help="results file (default: print JSON to stdout)")
+    g.add_argument("--out", metavar="FILE.json",
+                   help="results file (default: print JSON to stdout). Finished attack batches are kept in "
+                        "FILE.json.partial until the attacks are done: the same command run again after an "
+                        "interruption resumes there")
     g.add_argument("--name", help="the model's name in the results file and tables (default: SOURCE as given; "
                                   "e.g. the zoo name a run folder will ship as)")
     g.add_argument("--table", metavar="DIR", help="render every results file under DIR as a markdown table, then exit")
@@ -693,7 +764,7 @@ def run(args: argparse.Namespace) -> dict:
                       seed=args.seed, source_model=source_model, source_name=args.transfer_from,
                       sanity=args.sanity, sanity_examples=args.sanity_examples,
                       num_classes=len(classes) or None, autoattack_examples=args.autoattack_examples,
-                      progress=progress, meta=meta)
+                      progress=progress, meta=meta, resume=args.out and f"{args.out}.partial")
     result["wall_time_s"] = round(time.time() - t0, 3)
     if args.protocol != "none":
         folder = args.save_classifier or (str(Path(args.out).with_suffix("")) + ".classifier" if args.out else None)

@@ -134,6 +134,45 @@ def test_evaluate_with_transfer_and_sanity_results_dict():
     json.dumps(r)  # serialisable
 
 
+def test_an_interrupted_evaluation_resumes_where_it_stopped(tmp_path, monkeypatch):
+    plain, x, y = teacher_data(n=40)
+    kw = dict(attacks="clean,pgd10,fgsm", eps=0.05, batch_size=8, source_model=plain, source_name="plain",
+              progress=False)
+    whole = E.evaluate(plain, x, y, **kw)
+    partial = tmp_path / "r.json.partial"
+    calls, real, stop_at = [], E.run_attack, [7]
+
+    class Interrupted(Exception):
+        pass
+
+    def count_and_stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) in stop_at:
+            raise Interrupted
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(E, "run_attack", count_and_stop)
+    with pytest.raises(Interrupted):
+        E.evaluate(plain, x, y, resume=partial, **kw)
+    assert len(json.loads(partial.read_text())["batches"]) == 5 + 5 + 1  # clean's 5 batches, pgd10's, fgsm's first
+    calls.clear()
+    stop_at.clear()
+    again = E.evaluate(plain, x, y, resume=partial, **kw)
+    # the 4 attacks' 20 batches less the 6 done; the same numbers as the run nobody stopped
+    assert len(calls) == 4 * 5 - 6 and again["resumed_batches"] == 11 and not partial.exists()
+    assert {k: v["acc"] for k, v in again["attacks"].items()} == {k: v["acc"] for k, v in whole["attacks"].items()}
+    assert 0 < again["pgd_acc"] < 100 and again["robust_acc"] == whole["robust_acc"]
+    # progress saved by another evaluation (here: another budget) is not reused
+    calls.clear()
+    stop_at.append(7)
+    with pytest.raises(Interrupted):
+        E.evaluate(plain, x, y, resume=partial, **kw)
+    calls.clear()
+    stop_at.clear()
+    other = E.evaluate(plain, x, y, resume=partial, **{**kw, "eps": 0.06})
+    assert len(calls) == 4 * 5 and "resumed_batches" not in other and not partial.exists()
+
+
 # ----------------------------------------------------------------------------------------- linear probes
 
 def blobs(n, seed):
@@ -226,6 +265,33 @@ def test_cli_linear_protocol_writes_results_classifier_and_table(saved_encoder, 
     table = capsys.readouterr().out
     assert rc == 0 and "| Model | Dataset | Protocol | Threat model | Clean | FGSM | pgd5 |" in table
     assert f"{r['clean_acc']:.2f}" in table and "Linf 0.05" in table
+
+
+def test_cli_rerun_after_an_interruption_resumes_from_the_partial_file(saved_encoder, tmp_path, monkeypatch):
+    clf = tmp_path / "clf.json"
+    assert E.main([str(saved_encoder), "--protocol", "linear", "--epochs", "5", "--attacks", "clean", "--n-examples",
+                   "48", "--out", str(clf), "--quiet"]) == 0
+    out = tmp_path / "r.json"
+    argv = [str(tmp_path / "clf.classifier"), "--attacks", "clean,pgd5", "--eps", "0.05", "--n-examples", "48",
+            "--batch-size", "16", "--out", str(out), "--quiet"]
+    real = E.run_attack
+
+    def power_cut(model, x, y, cfg, seed=0, verbose=False):
+        if seed == 16:  # the second batch
+            raise SystemExit("killed")
+        return real(model, x, y, cfg, seed, verbose)
+
+    monkeypatch.setattr(E, "run_attack", power_cut)
+    with pytest.raises(SystemExit):
+        E.main(argv)
+    assert not out.exists() and len(json.loads((tmp_path / "r.json.partial").read_text())["batches"]) == 3 + 1
+    monkeypatch.setattr(E, "run_attack", real)
+    assert E.main(argv) == 0
+    r = json.loads(out.read_text())
+    assert r["resumed_batches"] == 4 and not (tmp_path / "r.json.partial").exists()
+    assert E.main([*argv[:-3], "--out", str(tmp_path / "whole.json"), "--quiet"]) == 0
+    whole = json.loads((tmp_path / "whole.json").read_text())
+    assert r["attacks"]["pgd5"]["acc"] == whole["attacks"]["pgd5"]["acc"] and "resumed_batches" not in whole
 
 
 def test_cli_robust_linear_and_sanity(saved_encoder, tmp_path):
