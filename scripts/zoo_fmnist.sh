@@ -13,6 +13,7 @@
 #   bash scripts/zoo_fmnist.sh alf [NAME...]   # robust linear evaluation (ALF) of the RoCL and SimCLR encoders
 #   bash scripts/zoo_fmnist.sh transfer  # black-box PGD-20: SimCLR -> RoCL, PGD-AT; RoCL <-> PGD-AT (N, then all)
 #   bash scripts/zoo_fmnist.sh full [NAME...]  # the whole test split, l-inf 0.1 and 8/255, l2; then re-released
+#   N_AA=500 bash scripts/zoo_fmnist.sh autoattack [NAME...]  # AutoAttack on more test images; then re-released
 #   bash scripts/zoo_fmnist.sh readme    # README tables and claims from the results files
 #
 # Every model is attacked at l-inf eps 0.1 (Fashion-MNIST's conventional budget) on N=1000 fixed test images
@@ -176,6 +177,13 @@ case "${1:-}" in
       done
       evaluate_once results/$name/L2-$EPS_L2-n$N_FULL.json "$name" --norm l2 --eps $EPS_L2 \
           --attacks clean,pgd20-l2 --n-examples "$N_FULL" --name "$name"
+      ship "$name" "$name" $(finetune_results "$name")
+    done ;;
+  autoattack)  # AutoAttack alone on N_AA test images for shipped entries (e.g. N_AA=500), then each is re-released;
+               # an interrupted run resumes from its results file's .partial
+    shift
+    for name in ${@:-$SHIPPED}; do
+      [ -f results/$name/Linf-0.1-autoattack-n$N_AA.json ] || autoattack "$name" "$name"
       ship "$name" "$name" $(finetune_results "$name")
     done ;;
   readme) ;;
