@@ -116,16 +116,26 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "linf"
     return (x + delta).clamp(0.0, 1.0)
 
 
-def random_init(x: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
-    """A uniform random point of the eps-ball around x (l-inf: uniform per pixel; l2: uniform in the ball)."""
+def random_init(x: torch.Tensor, eps: float, norm: str = "linf",
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniform random point of the eps-ball around x (l-inf: uniform per pixel; l2: uniform in the ball).
+
+    `generator` (a CPU generator) draws it, for exactly resumable training; without it the global RNG does."""
     if norm == "linf":
-        delta = torch.empty_like(x).uniform_(-eps, eps)
+        if generator is None:
+            delta = torch.empty_like(x).uniform_(-eps, eps)
+        else:
+            delta = (2 * torch.rand(x.shape, generator=generator) - 1).to(x) * eps
     else:
-        direction = torch.randn_like(x)
+        shape = (x.shape[0], *([1] * (x.dim() - 1)))
+        if generator is None:
+            direction = torch.randn_like(x)
+            u = torch.rand(shape, device=x.device, dtype=x.dtype)
+        else:
+            direction = torch.randn(x.shape, generator=generator).to(x)
+            u = torch.rand(shape, generator=generator).to(x)
         direction = direction / _flat_norm(direction).clamp_min(1e-12)
-        d = x[0].numel()
-        radius = eps * torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype) ** (1.0 / d)
-        delta = direction * radius
+        delta = direction * (eps * u ** (1.0 / x[0].numel()))
     return (x + delta).clamp(0.0, 1.0)
 
 
@@ -152,7 +162,8 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, loss: s
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float | None = None, steps: int = 20,
         norm: str = "linf", random_start: bool = True, restarts: int = 1, loss: str = "ce", targeted: bool = False,
-        keep_best: bool = True, early_stop: bool = False, eval_mode: bool = True) -> torch.Tensor:
+        keep_best: bool = True, early_stop: bool = False, eval_mode: bool = True,
+        generator: torch.Generator | None = None) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018) in l-inf or l2. Returns adversarial images.
 
     alpha: step size; default 2.5 * eps / steps (Madry's rule). l-inf steps are alpha * sign(grad), l2 steps
@@ -165,7 +176,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
     run restarts only on the examples still standing. Robust accuracy is unchanged, the work shrinks with it;
     the images returned for fooled examples are the first fooling iterate. For evaluation, not for training.
     loss: "ce" (cross-entropy) or "margin" (Carlini-Wagner). targeted: y holds target classes and the attack
-    pulls towards them.
+    pulls towards them. generator: draws the random starts (default: the global RNG).
     """
     from .errors import ConfigError
 
@@ -210,7 +221,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
                 if idx.numel() == n:
                     idx = None
             x0, y0 = (x, y) if idx is None else (x[idx], y[idx])
-            x_adv = random_init(x0, eps, norm) if (random_start and eps > 0) else x0.clone()
+            x_adv = random_init(x0, eps, norm, generator) if (random_start and eps > 0) else x0.clone()
             for _ in range(steps):
                 logits, value, grad = _input_grad(model, x_adv, y0, loss, targeted)
                 if keep_best:  # score the iterate this step's forward just saw

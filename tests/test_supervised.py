@@ -27,9 +27,13 @@ def test_trains_resumes_and_exports(tmp_path, recipe):
     supervised.train(args(["--recipe", recipe, *TINY, "--out", str(part), "--resume"]))
     a, b = load_file(full / "model/model.safetensors"), load_file(part / "model/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    logs = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    logs = [m for m in lines if m["record"] == "step"]
     assert len(logs) == 8 and all(m["loss"] == m["loss"] for m in logs)
     assert logs[-1]["lr"] == pytest.approx(0.01)  # divided by 10 at epoch 1
+    epochs = [m for m in lines if m["record"] == "epoch"]
+    assert [m["epoch"] for m in epochs] == [1, 2] and all(0 <= m["train_acc"] <= 1 for m in epochs)
+    assert 0 < epochs[0]["adv_size_mean"] <= epochs[0]["adv_size_max"] <= 0.1 + 1e-6
     import rocl_zoo.hub
 
     model = rocl_zoo.hub.load(full / "model")

@@ -1,18 +1,12 @@
-"""What pretraining and the supervised baselines share: processes, the run folder, checkpoints that resume
-exactly, LARS, the LR schedules, the data order and the progress bar.
-
-Exact resume. Every random choice of step s comes from generators seeded with (seed, s) (augmentations, attack
-starts) or (seed, epoch) (the data order, a permutation per epoch), so a run restarted from the checkpoint of
-step s draws exactly what the uninterrupted run drew. Checkpoints also hold the model, the optimiser (momentum
-buffers), the step (the LR schedule is a function of it) and the global torch RNG states.
+"""What pretraining and the supervised baselines share: processes, LARS, the LR schedules, the command line,
+the run's set-up and the export of its model. The loop, the run folder and exact resume are the library's
+(rocl_zoo.loop); the steps are rocl_zoo.steps.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +14,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from rocl_zoo import checkpoint
-from rocl_zoo.checkpoint import rng_state, set_rng_state  # noqa: F401  (part of this module's interface)
+from rocl_zoo import precision
 from rocl_zoo.errors import ConfigError
-from rocl_zoo.utils import atomic_write, resolve_device, write_json
-
-CHECKPOINT_FORMAT = "rocl_zoo.train/1"
+from rocl_zoo.loop import RunFolder
+from rocl_zoo.precision import SETTINGS
+from rocl_zoo.utils import hardware_name, resolve_device
 
 
 # --------------------------------------------------------------------------------------------- processes
@@ -110,83 +103,6 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     return module
 
 
-# ------------------------------------------------------------------------------------------- randomness
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The CPU generator of one training step: augmentations and attack starts derive from (seed, step)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + 17) % (2 ** 63))
-
-
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch + 1))
-
-
-# --------------------------------------------------------------------------------------------- run folder
-
-
-class RunFolder:
-    """<out>/config.json (resolved settings), metrics.jsonl (one line per logged step), checkpoints/last.pt,
-    and the exported model folder (encoder/ or model/) in the zoo's Hub layout."""
-
-    def __init__(self, out, main: bool = True):
-        self.path = Path(out)
-        self.main = main
-        self.checkpoint = self.path / "checkpoints" / "last.pt"
-        self.metrics = self.path / "metrics.jsonl"
-        self.config = self.path / "config.json"
-
-    def start(self, config: dict, resume: bool) -> dict | None:
-        """Write config.json; with resume, load the last checkpoint (None when there is none yet)."""
-        ckpt = None
-        if resume and self.checkpoint.exists():
-            ckpt = load_checkpoint(self.checkpoint)
-            check_compatible(ckpt["config"], config)
-        elif not resume and self.checkpoint.exists():
-            raise ConfigError(f"{self.path} already holds a run (checkpoints/last.pt). Pass --resume to continue it "
-                              "or choose another --out.")
-        if self.main:
-            write_json(self.config, config)
-            if ckpt is not None:  # drop lines logged after the checkpoint: the resumed run logs them again
-                self.truncate_metrics(ckpt["step"])
-            elif self.metrics.exists():
-                self.metrics.unlink()
-        return ckpt
-
-    def truncate_metrics(self, step: int) -> None:
-        if not self.metrics.exists():
-            return
-        keep = [line for line in self.metrics.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        with atomic_write(self.metrics, "w") as f:
-            f.write("".join(line + "\n" for line in keep))
-
-    def log(self, record: dict) -> None:
-        if self.main:
-            with open(self.metrics, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-RESUME_KEYS = ("name", "kind", "dataset", "arch", "batch_size", "epochs", "seed", "subset", "world_size", "lr",
-               "warmup_epochs", "eps", "attack_steps")
-
-
-def check_compatible(saved: dict, current: dict) -> None:
-    diff = {k: (saved.get(k), current.get(k)) for k in RESUME_KEYS if saved.get(k) != current.get(k)}
-    if diff:
-        desc = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise ConfigError(f"--resume with different settings than the checkpoint ({desc}). Resume with the same "
-                          "settings, or start a new run in another --out.")
-
-
-def save_checkpoint(path, state: dict) -> None:
-    checkpoint.save_checkpoint(path, state, format=CHECKPOINT_FORMAT)
-
-
-def load_checkpoint(path) -> dict:
-    return checkpoint.load_checkpoint(path, format=CHECKPOINT_FORMAT)
-
-
 # ------------------------------------------------------------------------------------- optimiser, schedule
 
 
@@ -250,52 +166,7 @@ def multistep_lr(step: int, steps_per_epoch: int, lr: float, milestones) -> floa
     return lr * 0.1 ** sum(epoch >= m for m in milestones)
 
 
-# ---------------------------------------------------------------------------------------------- runtime
-
-
-def use_channels_last(setting: str, device: torch.device, arch: str) -> bool:
-    """auto: yes. Measured faster on CUDA and on this CPU for ResNet-18 (DESIGN section 4) and for cnn4_rocl
-    (fwd+bwd at batch 256: 3.5 s against 4.2 s contiguous). bf16 autocast on this CPU (no bf16 units) measured
-    12x slower, so `amp=auto` means bf16 on CUDA only."""
-    if setting != "auto":
-        return setting == "true"
-    return True
-
-
-def autocast(setting: str, device: torch.device):
-    if setting == "bf16" or (setting == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
-def progress(total: int, initial: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled or not sys.stderr.isatty() and
-                not os.environ.get("ROCL_ZOO_PROGRESS"), desc=desc, unit="step", dynamic_ncols=True)
-
-
-class Meter:
-    """Images per second between log points."""
-
-    def __init__(self):
-        self.t, self.images = time.perf_counter(), 0
-
-    def add(self, n: int):
-        self.images += n
-
-    def rate(self) -> float:
-        now = time.perf_counter()
-        r = self.images / max(now - self.t, 1e-9)
-        self.t, self.images = now, 0
-        return r
-
-
-def set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
+# ---------------------------------------------------------------------------------------------- command line
 
 
 def add_common_args(p) -> None:
@@ -310,9 +181,12 @@ def add_common_args(p) -> None:
                    "schedule still follows --epochs, so a later --resume continues the same run)")
     p.add_argument("--subset", type=int, default=None, help="train on a fixed random subset of N images")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a run")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--amp", choices=SETTINGS, default=None, help="training precision: auto (bf16 on CUDA and on CPUs "
+                   "with native bf16, fp32 elsewhere; the recipe's default), bf16 or off (fp32)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -322,7 +196,7 @@ def resolve_recipe(args, kinds):
     from .recipes import apply_overrides, get_recipe
 
     recipe = get_recipe(args.recipe, kinds)
-    for flag in ("epochs", "batch_size", "subset"):
+    for flag in ("epochs", "batch_size", "subset", "amp"):
         if getattr(args, flag) is not None:
             args.set.insert(0, f"{flag}={getattr(args, flag)}")
     return apply_overrides(recipe, args.set)
@@ -367,18 +241,31 @@ class RunSetup:
     steps_per_epoch: int
     total: int                      # steps of the whole recipe (the LR schedule's length)
     stop: int                       # where this invocation stops (--max-steps)
+    precision: str                  # bf16 | fp32
+    ckpt: dict | None               # the checkpoint to resume from
+
+    def amp(self):
+        return precision.autocast(self.precision, self.dist.device)
+
+    def rows(self) -> slice:
+        """This process's rows of the global batch."""
+        return slice(self.dist.rank * self.local, (self.dist.rank + 1) * self.local)
 
 
 def start_run(args, kinds) -> RunSetup:
-    """Resolve the recipe, start the processes, load the data and count the steps (shared by both trainers)."""
+    """Resolve the recipe and the precision, start the processes, load the data, count the steps, and open the run
+    folder (shared by both trainers)."""
     from rocl_zoo.data import DatasetInfo, dataset_info, load_dataset
 
-    set_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     recipe = resolve_recipe(args, kinds)
     dist = Dist(args.device)
     if recipe.batch_size % dist.world:
         raise ConfigError(f"batch size {recipe.batch_size} does not split over {dist.world} processes.")
+    prec = precision.resolve(recipe.amp, dist.device)
     config = {**recipe.to_dict(), "seed": args.seed, "world_size": dist.world, "device": str(dist.device),
+              **precision.describe(prec, dist.device), "hardware": hardware_name(dist.device),
               "max_steps": args.max_steps, "data_root": args.data_root, "command": " ".join(sys.argv)}
     ds = load_dataset(recipe.dataset, "train", root=args.data_root, download=args.download,
                       subset=recipe.subset or None)
@@ -393,14 +280,33 @@ def start_run(args, kinds) -> RunSetup:
     total = recipe.epochs * steps_per_epoch
     stop = min(total, args.max_steps) if args.max_steps else total
     config.update(steps_per_epoch=steps_per_epoch, total_steps=total, n_train=len(ds))
-    out = Path(args.out or Path("runs") / recipe.name)
-    return RunSetup(recipe, dist, RunFolder(out, dist.main), config, ds, info, recipe.batch_size // dist.world,
-                    steps_per_epoch, total, stop)
+    run = RunFolder(args.out or Path("runs") / recipe.name, dist.main)
+    ckpt = run.start(config, resume=args.resume, overwrite=getattr(args, "overwrite", False))
+    return RunSetup(recipe, dist, run, config, ds, info, recipe.batch_size // dist.world, steps_per_epoch, total,
+                    stop, prec, ckpt)
+
+
+def prepare(net: nn.Module, setup: RunSetup) -> tuple[nn.Module, nn.Module]:
+    """(net on the device, channels_last, SyncBN under DDP; the module the training forward goes through: a DDP
+    wrapper of net, or net). channels_last measured faster on CUDA and on the CPU for every zoo architecture."""
+    device, world = setup.dist.device, setup.dist.world
+    if world > 1:
+        net = convert_sync_batchnorm(net, device)
+    net = net.to(device, memory_format=torch.channels_last if setup.recipe.channels_last != "false"
+                 else torch.contiguous_format)
+    if world == 1:
+        return net, net
+    return net, nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def to_device(x: torch.Tensor, setup: RunSetup) -> torch.Tensor:
+    x = x.to(setup.dist.device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if setup.recipe.channels_last != "false" else x
 
 
 # Settings every exported model records in its config (plus the method's own, passed by each trainer).
 EXPORTED_SETTINGS = ("kind", "epochs", "batch_size", "eps", "alpha", "attack_steps", "seed", "world_size",
-                     "total_steps")
+                     "total_steps", "precision", "cpu_native_bf16")
 
 
 def export_model(state: dict, setup: RunSetup, folder: str, num_classes: int, keys=()) -> Path:

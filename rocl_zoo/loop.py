@@ -1,0 +1,297 @@
+"""The one training loop of the zoo, with its run folder, checkpoints and exact resume.
+
+    run = RunFolder(out)
+    ckpt = run.start(config, resume=args.resume)
+    epochs = train_loop(model, opt, step_fn, steps_per_epoch=spe, total=spe * epochs, seed=seed,
+                        lr_at=lambda step: ..., run=run, ckpt=ckpt)
+
+`step_fn(step, generator)` makes the batch of `step` and returns a rocl_zoo.steps.StepOut; the loop sets the LR,
+backpropagates, steps the optimiser, logs, checkpoints and counts epochs. training.pretrain, training.supervised,
+rocl_zoo.finetune and rocl_zoo.linear all train through it.
+
+Exact resume. Every random draw of step s comes from `step_generator(seed, s)` (augmentations, attack starts)
+or `epoch_permutation(n, seed, epoch)` (the data order), never from the global RNG, so a run restarted from the
+checkpoint of step s draws what the uninterrupted run drew. A checkpoint holds the model, the optimiser, the
+step, the epoch's running sums and the epoch records; it is written atomically (a kill never leaves half of
+one) every `ckpt_every` steps, at each epoch's end, where the run stops, and on Ctrl-C (after the current step).
+
+The run folder: config.json (the resolved settings; a resumed run must match them, VOLATILE keys aside),
+metrics.jsonl (a "step" record every `log_every` steps and an "epoch" record at each epoch's end) and
+checkpoint.pt.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .errors import ConfigError, RoclZooError
+from .utils import atomic_write, write_json
+
+CHECKPOINT_FORMAT = "rocl_zoo.train/2"
+CORRUPT_HINT = "Delete it to restart the run from its beginning, or pass --overwrite."
+# Settings a resumed run may change: they do not touch the optimisation.
+VOLATILE = frozenset({
+    "device", "threads", "progress", "quiet", "resume", "overwrite", "max_steps", "ckpt_every", "checkpoint_every",
+    "log_every", "data_root", "command", "hardware", "cpu_native_bf16", "device_type", "started", "run_id", "rocl_zoo_version", "torch",
+    "encoder_source", "attacks", "autoattack", "autoattack_examples", "eval_examples"})
+
+
+class TrainingInterrupted(RoclZooError):
+    """Training stopped on Ctrl-C after writing a checkpoint; resume continues it."""
+
+
+# ------------------------------------------------------------------------------------------------ randomness
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator of one training step: its augmentations and attack starts."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + 17) % (2 ** 63))
+
+
+@functools.lru_cache(maxsize=2)
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The data order of one epoch (cached: every step of the epoch asks for it)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch + 1))
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int, steps_per_epoch: int) -> torch.Tensor:
+    """The indices of step's batch: its slice of its epoch's permutation (the last one may be short)."""
+    epoch, pos = divmod(step, steps_per_epoch)
+    return epoch_permutation(n, seed, epoch)[pos * batch_size:(pos + 1) * batch_size]
+
+
+# ------------------------------------------------------------------------------------------------ run folder
+
+
+class RunFolder:
+    """<out>/config.json, metrics.jsonl and checkpoint.pt (see the module doc)."""
+
+    def __init__(self, out, main: bool = True):
+        self.path = Path(out).expanduser()
+        self.main = main
+        self.config = self.path / "config.json"
+        self.metrics = self.path / "metrics.jsonl"
+        self.checkpoint = self.path / "checkpoint.pt"
+
+    def holds_run(self) -> bool:
+        return self.checkpoint.exists() or self.config.exists()
+
+    def start(self, config: dict, resume: bool = False, overwrite: bool = False) -> dict | None:
+        """Write config.json and return the checkpoint to resume from (None: start from step 0).
+
+        A folder that holds a run is continued only with resume (same settings) and restarted only with overwrite.
+        """
+        if resume and overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other: continue the run, or start it again.")
+        if self.holds_run() and not (resume or overwrite):
+            raise ConfigError(f"{self.path} already holds a run. Pass --resume to continue it, --overwrite to start "
+                              "it again, or choose another --out.")
+        self.remove_stale_temporaries()
+        ckpt = None
+        if resume and self.config.exists():
+            try:
+                saved = json.loads(self.config.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise ConfigError(f"{self.config} is not readable JSON ({e}); --overwrite starts the run again.") from e
+            check_resume(saved, config, self.path)
+            config.setdefault("started", saved.get("started"))
+            if self.checkpoint.exists():
+                ckpt = load_checkpoint(self.checkpoint, format=CHECKPOINT_FORMAT, hint=CORRUPT_HINT)
+        config.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        if config["started"] is None:
+            config["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if self.main:
+            write_json(self.config, config)
+            if ckpt is not None:  # lines logged after the checkpoint are logged again by the resumed run
+                self.truncate_metrics(ckpt["step"])
+            elif self.metrics.exists():
+                self.metrics.unlink()
+            if ckpt is None and overwrite and self.checkpoint.exists():
+                self.checkpoint.unlink()
+        return ckpt
+
+    def remove_stale_temporaries(self) -> None:
+        """Temporary files an atomic write left behind when the process was killed mid-write."""
+        if self.main and self.path.is_dir():
+            for tmp in self.path.rglob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+    def truncate_metrics(self, step: int) -> None:
+        if not self.metrics.exists():
+            return
+        keep = [line for line in self.metrics.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        with atomic_write(self.metrics, "w") as f:
+            f.write("".join(line + "\n" for line in keep))
+
+    def log(self, record: dict) -> None:
+        if self.main:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with open(self.metrics, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def records(self, kind: str = "epoch") -> list[dict]:
+        if not self.metrics.exists():
+            return []
+        lines = (json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip())
+        return [r for r in lines if r.get("record") == kind]
+
+
+def check_resume(saved: dict, current: dict, where) -> None:
+    """ConfigError naming every setting (VOLATILE ones aside) in which a resumed run differs from its start."""
+    current = json.loads(json.dumps(current))  # as config.json holds it: tuples are lists
+    diffs = [f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in sorted(set(saved) | set(current))
+             if k not in VOLATILE and saved.get(k) != current.get(k)]
+    if diffs:
+        raise ConfigError(f"--resume with other settings than the run in {where} ({'; '.join(diffs)}). Resume with "
+                          "the same settings, or start a new run (another --out, or --overwrite).")
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+
+class _CtrlC:
+    """While the loop runs in the main thread, Ctrl-C asks it to stop after the current step (a second Ctrl-C
+    aborts at once, without a checkpoint)."""
+
+    def __init__(self):
+        self.requested, self.previous = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step (Ctrl-C again to abort without a checkpoint)...", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+def _new_running() -> dict:
+    return dict(loss=0.0, correct=0, labelled=0, seen=0, time_s=0.0, logs={})
+
+
+def _accumulate(running: dict, out, n: int, y: torch.Tensor | None, seconds: float) -> None:
+    running["loss"] += float(out.loss) * n
+    running["seen"] += n
+    running["time_s"] += seconds
+    if out.logits is not None and y is not None:
+        running["correct"] += int((out.logits.argmax(1) == y).sum())
+        running["labelled"] += n
+    for k, v in out.logs.items():  # keys ending in _max keep the maximum, the others a mean over images
+        if k.endswith("_max"):
+            running["logs"][k] = max(running["logs"].get(k, float("-inf")), float(v))
+        else:
+            running["logs"][k] = running["logs"].get(k, 0.0) + float(v) * n
+
+
+def _epoch_record(epoch: int, step: int, running: dict) -> dict:
+    seen = max(running["seen"], 1)
+    rec = dict(record="epoch", epoch=epoch + 1, step=step, train_loss=round(running["loss"] / seen, 6))
+    if running["labelled"]:
+        rec["train_acc"] = round(running["correct"] / running["labelled"], 6)
+    rec["train_examples"] = running["seen"]
+    for k, v in running["logs"].items():
+        rec[k] = round(v if k.endswith("_max") else v / seen, 6)
+    rec["time_s"] = round(running["time_s"], 3)
+    return rec
+
+
+def progress_bar(total: int, initial: int, enabled: bool, desc: str):
+    """tqdm on a terminal (or with ROCL_ZOO_PROGRESS set), silent in logs and tests."""
+    from tqdm.auto import tqdm
+
+    show = enabled and (sys.stderr.isatty() or bool(os.environ.get("ROCL_ZOO_PROGRESS")))
+    return tqdm(total=total, initial=initial, disable=not show, desc=desc, unit="step", dynamic_ncols=True,
+                leave=False)
+
+
+def train_loop(model: nn.Module, opt: torch.optim.Optimizer, step_fn: Callable, *, steps_per_epoch: int,
+               total: int, seed: int, lr_at: Callable[[int], float], stop: int | None = None,
+               run: RunFolder | None = None, ckpt: dict | None = None, config: dict | None = None,
+               log_every: int = 10, ckpt_every: int = 0, on_epoch_end: Callable | None = None,
+               progress: bool = True, desc: str = "train", barrier: Callable = lambda: None,
+               main: bool = True) -> list[dict]:
+    """Train from step 0 (or the checkpoint's step) to `stop` (default: `total`); return the epoch records.
+
+    step_fn(step, generator) -> StepOut, with `.batch_size` and `.labels` set by the caller's step_fn when it
+    wants running accuracy (see StepOut). on_epoch_end(epoch) -> dict of extra fields for the epoch record
+    (validation). Ctrl-C stops after the current step with a checkpoint and raises TrainingInterrupted.
+    """
+    stop = total if stop is None else min(stop, total)
+    step, running, epochs = 0, _new_running(), []
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        step, running, epochs = ckpt["step"], ckpt["running"], list(ckpt["epochs"])
+
+    def checkpoint():
+        if run is not None and main:
+            save_checkpoint(run.checkpoint, dict(step=step, model=model.state_dict(), optimizer=opt.state_dict(),
+                                                 rng=rng_state(), running=running, epochs=epochs,
+                                                 config=config or {}), format=CHECKPOINT_FORMAT)
+        barrier()
+
+    bar = progress_bar(stop, step, progress and main, desc)
+    meter_t, meter_n = time.perf_counter(), 0
+    with _CtrlC() as ctrl_c:
+        while step < stop:
+            epoch = step // steps_per_epoch
+            lr = lr_at(step)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            out = step_fn(step, step_generator(seed, step))
+            opt.zero_grad(set_to_none=True)
+            out.objective.backward()
+            opt.step()
+            step += 1
+            n = out.batch_size
+            _accumulate(running, out, n, out.labels, time.perf_counter() - t0)
+            meter_n += n
+            bar.update(1)
+            if log_every and (step % log_every == 0 or step == stop) and run is not None:
+                now = time.perf_counter()
+                rec = dict(record="step", step=step, epoch=round(step / steps_per_epoch, 4), loss=float(out.loss),
+                           **{k: float(v) for k, v in out.logs.items()}, lr=lr,
+                           images_per_s=round(meter_n / max(now - meter_t, 1e-9), 2), time=time.time())
+                meter_t, meter_n = now, 0
+                run.log(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
+            epoch_done = step % steps_per_epoch == 0
+            if epoch_done:
+                rec = _epoch_record(epoch, step, running)
+                if on_epoch_end is not None:
+                    rec.update(on_epoch_end(epoch))
+                rec["lr"] = lr
+                epochs.append(rec)
+                if run is not None:
+                    run.log(rec)
+                running = _new_running()
+            if epoch_done or step == stop or ctrl_c.requested or (ckpt_every and step % ckpt_every == 0):
+                checkpoint()
+            if ctrl_c.requested and step < stop:
+                bar.close()
+                where = f"; checkpoint written to {run.path}. Continue with --resume (same settings)" if run else ""
+                raise TrainingInterrupted(f"stopped at step {step} of {total}{where}.")
+    bar.close()
+    return epochs

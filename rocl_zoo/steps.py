@@ -1,0 +1,152 @@
+"""The training steps of the zoo, one function each: SimCLR, RoCL, PGD-AT, TRADES, and the SLF and ALF heads.
+
+Every trainer (training.pretrain, training.supervised, rocl_zoo.finetune, rocl_zoo.linear) calls these, so one
+method is one function wherever it trains. A step takes the model, one batch on the device and a generator for
+its random draws (attack starts), runs the attack and the forward passes under `amp` (a context factory from
+rocl_zoo.precision) and returns a StepOut; the loop (rocl_zoo.loop) backpropagates `objective` and steps the
+optimiser. Attacks run the model in eval mode (BN running statistics) with input-only gradients; the training
+forward runs in whatever mode the caller set (train mode, or eval for a frozen encoder's head).
+
+`model` is what the training forward goes through (a DDP wrapper in multi-process runs); `net` is the bare module
+the attack differentiates (default: `model`). The attack never goes through DDP: it would sync buffers and
+gradients that an attack does not have.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attacks import instance_attack, pgd, trades_attack
+from .losses import rocl_loss, simclr_loss, trades_loss
+
+NO_AMP = contextlib.nullcontext
+
+
+@dataclass
+class StepOut:
+    objective: torch.Tensor                 # what the loop backpropagates
+    loss: torch.Tensor                      # what it logs (detached)
+    logits: torch.Tensor | None = None      # for the running accuracy of classifier steps
+    x_adv: torch.Tensor | None = None       # the training attack's examples, when there is one
+    logs: dict = field(default_factory=dict)  # further scalars to log (keys ending in _max: the loop keeps the max)
+    batch_size: int = 0                     # images this step trained on (the global batch under DDP)
+    labels: torch.Tensor | None = None      # the labels `logits` are scored against
+
+
+def perturbation_logs(x_adv: torch.Tensor, x: torch.Tensor, norm: str) -> dict:
+    """The training attack's perturbation size (l-inf or l2, per example): mean and max over the batch."""
+    d = (x_adv.detach() - x).flatten(1).float()
+    size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+    return dict(adv_size_mean=float(size.mean()), adv_size_max=float(size.max()))
+
+
+# --------------------------------------------------------------------------------------------- contrastive
+
+
+def simclr_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, *, temperature: float = 0.5,
+                detach_other_side: bool = True, gather: Callable | None = None, world: int = 1,
+                amp: Callable = NO_AMP) -> StepOut:
+    """SimCLR: NT-Xent over the two views of the (gathered) batch. The non-robust baseline."""
+    with amp():
+        z = model(torch.cat([x1, x2])).float()
+    if gather is not None:
+        z = torch.cat([gather(v) for v in z.chunk(2)])
+    loss = simclr_loss(z, temperature, detach_other_side)
+    # gradients reach only the local rows of the gathered batch: times the world size, DDP's average is the
+    # gradient of the global loss
+    return StepOut(loss * world, loss.detach(), logs=dict(loss_contrastive=float(loss.detach()), loss_reg=0.0),
+                   batch_size=len(x1) * world)
+
+
+def rocl_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, noise: torch.Tensor, *, eps: float,
+              alpha: float, steps: int, temperature: float = 0.5, lam: float = 256.0,
+              detach_other_side: bool = True, reg_pass: str = "fused", net: nn.Module | None = None,
+              gather: Callable | None = None, attack_gather: Callable | None = None, world: int = 1,
+              amp: Callable = NO_AMP) -> StepOut:
+    """RoCL (DESIGN: the method): the instance-wise attack on t(x) against t'(x), then 3-view NT-Xent over
+    [t(x); t'(x); t(x)_adv] + (1/lam) NT-Xent(t(x)_adv, t'(x)).
+
+    noise: uniform [0, 1) draws for the attack's random start, shaped like x1 (drawn by the caller for the whole
+    global batch so that a DDP run starts where one process would). reg_pass="fused" takes the regulariser's
+    embeddings from the 3N batch; "separate" runs the original's own train-mode pass over [t(x)_adv; t'(x)].
+    """
+    net = model if net is None else net
+    with amp():
+        x_adv = instance_attack(net, x1, x2, eps=eps, alpha=alpha, steps=steps, temperature=temperature,
+                                delta_init=(2 * noise - 1) * eps, detach_other_side=detach_other_side,
+                                gather=attack_gather)
+        z = model(torch.cat([x1, x2, x_adv])).float()
+    if gather is not None:
+        z = torch.cat([gather(v) for v in z.chunk(3)])
+    z_reg = None
+    if reg_pass == "separate" and lam:
+        with amp():
+            z_reg = net(torch.cat([x_adv, x2])).float().chunk(2)
+    loss, con, reg = rocl_loss(z, temperature, lam, detach_other_side, z_reg)
+    # the gathered term is scaled by the world size (see simclr_step); a separate-pass regulariser is local
+    objective = con * world + reg if z_reg is not None else loss * world
+    return StepOut(objective, loss.detach(), x_adv=x_adv, logs=dict(loss_contrastive=float(con.detach()), loss_reg=float(reg.detach())),
+                   batch_size=len(x1) * world)
+
+
+# --------------------------------------------------------------------------------------------- classifiers
+
+
+def pgd_at_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
+                norm: str = "linf", generator: torch.Generator | None = None, net: nn.Module | None = None,
+                amp: Callable = NO_AMP) -> StepOut:
+    """PGD-AT (Madry et al. 2018): cross-entropy on PGD examples (random start, the last iterate)."""
+    net = model if net is None else net
+    with amp():
+        x_adv = pgd(net, x, y, eps, alpha=alpha, steps=steps, norm=norm, random_start=True, keep_best=False,
+                    generator=generator)
+        logits = model(x_adv).float()
+    loss = F.cross_entropy(logits, y)
+    return StepOut(loss, loss.detach(), logits.detach(), x_adv, perturbation_logs(x_adv, x, norm), len(x), y)
+
+
+def trades_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
+                beta: float = 6.0, norm: str = "linf", generator: torch.Generator | None = None,
+                net: nn.Module | None = None, amp: Callable = NO_AMP) -> StepOut:
+    """TRADES (Zhang et al. 2019): CE(f(x), y) + beta KL(f(x) || f(x_adv)), the attack maximising the KL.
+
+    Clean and adversarial batches go through the model in two passes, as TRADES's code does: each has its own
+    BN batch statistics."""
+    net = model if net is None else net
+    with amp():
+        x_adv = trades_attack(net, x, eps, alpha, steps, norm, generator=generator)
+        logits = model(x).float()
+        logits_adv = model(x_adv).float()
+    loss = trades_loss(logits, logits_adv, y, beta)
+    logs = dict(train_adv_acc=float((logits_adv.argmax(1) == y).float().mean()), **perturbation_logs(x_adv, x, norm))
+    return StepOut(loss, loss.detach(), logits.detach(), x_adv, logs, len(x), y)
+
+
+# --------------------------------------------------------------------------------------------- linear heads
+
+
+def slf_head_step(head: nn.Module, features: torch.Tensor, y: torch.Tensor) -> StepOut:
+    """Standard linear evaluation: the head on a frozen encoder's features (computed once, un-augmented)."""
+    logits = head(features)
+    loss = F.cross_entropy(logits, y)
+    return StepOut(loss, loss.detach(), logits.detach(), batch_size=len(y), labels=y)
+
+
+def alf_head_step(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float,
+                  steps: int, norm: str = "linf", generator: torch.Generator | None = None,
+                  amp: Callable = NO_AMP) -> StepOut:
+    """Robust linear evaluation (ALF / rLE): PGD through the frozen encoder and the current head, then the head
+    on the frozen features of those examples. `classifier` is in eval mode with only its head trainable."""
+    with amp():
+        x_adv = pgd(classifier, x, y, eps, alpha=alpha, steps=steps, norm=norm, random_start=True,
+                    keep_best=False, generator=generator)
+        with torch.no_grad():
+            features = classifier.forward_head(classifier.forward_features(x_adv), pre_logits=True)
+        logits = classifier.get_classifier()(features).float()
+    loss = F.cross_entropy(logits, y)
+    return StepOut(loss, loss.detach(), logits.detach(), x_adv, perturbation_logs(x_adv, x, norm), len(x), y)
