@@ -1,38 +1,53 @@
-"""RoCL training-step benchmark: images/s, peak memory, and the step's overhead over the passes it needs.
+"""Training speed, measured side by side in one run: our RoCL step in fp32 and in bf16, the original
+implementation's step, the passes the method needs, the FLOP rate each reaches against this machine's own peak,
+and the trainers end to end.
 
-    python benchmarks/bench_train.py                   # cnn4_rocl and resnet18_rocl on the CPU
-    python benchmarks/bench_train.py --device cuda --batch 256 --arch resnet18_rocl
+    python benchmarks/bench_train.py                       # cnn4_rocl (batch 256) and resnet18_rocl (batch 64)
+    python benchmarks/bench_train.py --arch cnn4_rocl --no-end-to-end
+    python benchmarks/bench_train.py --device cuda --batch 256
 
-For each architecture it times, interleaved and repeated (the minimum counts, which filters out other load):
-- step: one full RoCL training step as training.pretrain runs it (augment, attack, 3B forward/backward,
-  loss, LARS step);
-- parts: the passes the method needs, each timed on its own: the target view's no-grad eval forward (B), k
-  eval-mode attack steps (forward + input-only backward, B), the train-mode forward/backward of the 3B batch;
-- overhead = step / sum(parts) (goal <= 1.15);
-- original: the original code's step (every attack step runs forward/backward with parameter gradients on the
-  2B batch of attacked and target views; a separate train-mode regulariser pass on 2B), with its speed-up.
-Peak memory: CUDA max_memory_allocated, or on the CPU the process's peak resident set size.
+- step: `training.pretrain`'s own step function (augment, instance-wise attack, 3B forward/backward, loss) and
+  LARS update, run by the zoo's loop (rocl_zoo.loop.train_loop) for `--steps` steps; the median step counts;
+- parts: what the method cannot avoid, timed alone in the same precision: the target view's no-grad forward (B),
+  k attack steps (eval-mode forward + input-only backward, B), the 3B train-mode forward/backward;
+  overhead = step / parts (goal <= 1.10);
+- original: the original code's step in fp32 (every attack step differentiates the parameters too, on the 2B
+  batch of attacked and target views; a separate train-mode pass for the regulariser); speed-up = original / ours
+  (goal >= 6x in bf16);
+- GFLOP/s: the needed passes' matmul/conv FLOPs (torch.utils.flop_counter) over the step's time, against the
+  peak of a large matmul measured here in the same precision;
+- end to end: `python -m training.pretrain --recipe fmnist_rocl` and `training.supervised --recipe fmnist_at`
+  for a few steps, images/s from their own metrics.jsonl, against the shipped runs' rates (42 and 32.6 img/s,
+  fp32; goals >= 3x and >= 2.5x).
 """
 from __future__ import annotations
 
 import argparse
-import resource
+import json
+import os
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-import rocl_zoo.models  # noqa: E402,F401
-from rocl_zoo.attacks import attack_mode, instance_attack  # noqa: E402
-from rocl_zoo.data import DATASETS, RoclAugment  # noqa: E402
+from rocl_zoo import loop as L  # noqa: E402
+from rocl_zoo import precision  # noqa: E402
+from rocl_zoo.attacks import attack_mode  # noqa: E402
 from rocl_zoo.losses import nt_xent, rocl_loss  # noqa: E402
 from rocl_zoo.utils import hardware_name, resolve_device  # noqa: E402
 from training import common as C  # noqa: E402
-from training.pretrain import build  # noqa: E402
-from training.recipes import get_recipe  # noqa: E402
+from training import pretrain  # noqa: E402
+
+SHIPPED = {"fmnist_rocl": 42.0, "fmnist_at": 32.6}  # images/s of the shipped fp32 runs (their metrics.jsonl)
+GOALS = {"fmnist_rocl": 3.0, "fmnist_at": 2.5}
 
 
 def sync(device):
@@ -40,113 +55,173 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def bench(arch: str, dataset: str, batch: int, k: int, reps: int, device: torch.device) -> dict:
-    recipe = get_recipe("fmnist_rocl" if dataset == "fashion_mnist" else "cifar10_resnet18_rocl")
-    recipe.arch = arch
-    info = DATASETS[dataset]
+def timed(fn, device, reps: int) -> float:
+    """Median seconds of `reps` calls after one warm-up."""
+    fn()
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def peak_gflops(dtype, device, n: int = 2048) -> float:
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n ** 3 / timed(lambda: a @ b, device, 5) / 1e9
+
+
+def real_setup(arch: str, batch: int, k: int, amp: str, device: str, out: Path) -> C.RunSetup:
+    """training.pretrain's own set-up for fmnist_rocl (CIFAR-sized random data for the ResNet)."""
+    p = argparse.ArgumentParser()
+    C.add_common_args(p)
+    args = p.parse_args(["--recipe", "fmnist_rocl", "--out", str(out), "--amp", amp, "--device", device, "--quiet",
+                         "--subset", str(4 * batch), "--batch-size", str(batch), "--set", f"arch={arch}",
+                         "--set", f"attack_steps={k}", "--overwrite"])
+    setup = C.start_run(args, pretrain.KINDS)
+    if arch.startswith("resnet"):  # the paper's input: 3x32x32
+        setup.ds.images = (torch.rand(len(setup.ds), 3, 32, 32) * 255).to(torch.uint8)
+        setup.ds.input_size = (3, 32, 32)
+        setup.info = setup.info.__class__(setup.info.name, (3, 32, 32), setup.info.classes, (0.5,) * 3, (0.5,) * 3)
+    return setup
+
+
+def bench_ours(setup: C.RunSetup, steps: int) -> dict:
+    """The real step run by the real loop; then the needed passes alone, and the step's FLOPs."""
     torch.manual_seed(0)
-    net = build(recipe, info).to(device, memory_format=torch.channels_last).train()
-    opt = C.LARS(C.param_groups(net, 1e-6, True), lr=0.1, trust_coef=0.001)
-    images = (torch.rand(batch, *info.input_size) * 255).to(torch.uint8).to(device)
-    aug = RoclAugment(info.input_size[1:])
-    amp = lambda: C.autocast("auto", device)  # noqa: E731
-    cl = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
-    g = torch.Generator().manual_seed(0)
-    x1, x2 = cl(aug(images, g)), cl(aug(images, g))
-    eps, alpha = recipe.eps, recipe.alpha
+    net, model = C.prepare(pretrain.build(setup.recipe, setup.info), setup)
+    opt = pretrain.make_optimizer(net, setup.recipe)
+    step_fn = pretrain.make_step(setup, net, model, seed=0)
+    net.train()
+    times = []
 
-    def step():
-        a, b = cl(aug(images, g)), cl(aug(images, g))
-        with amp():
-            x_adv = instance_attack(net, a, b, eps=eps, alpha=alpha, steps=k, detach_other_side=True)
-            z = net(torch.cat([a, b, x_adv])).float()
-        loss = rocl_loss(z, 0.5, 256, True)[0]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def timed_step(step, g):
+        sync(setup.dist.device)
+        times.append(time.perf_counter())
+        return step_fn(step, g)
 
-    def target_pass():
+    L.train_loop(net, opt, timed_step, steps_per_epoch=setup.steps_per_epoch, total=steps + 2, seed=0,
+                 lr_at=lambda s: 0.1, log_every=0, progress=False)
+    sync(setup.dist.device)
+    times.append(time.perf_counter())
+    step_s = statistics.median(b - a for a, b in zip(times[1:], times[2:]))  # the first is warm-up
+
+    r, B, amp = setup.recipe, setup.recipe.batch_size, setup.amp
+    x1, x2 = (C.to_device(torch.rand(B, *setup.ds.input_size), setup) for _ in range(2))
+
+    def target():
         with attack_mode(net), torch.no_grad(), amp():
             net(x2)
 
-    def attack_steps():
+    def attack():
         with attack_mode(net), amp():
-            for _ in range(k):
+            for _ in range(r.attack_steps):
                 x = x1.clone().requires_grad_(True)
                 torch.autograd.grad(net(x).float().sum(), x)
 
-    def train_pass():
+    def train():
         with amp():
             z = net(torch.cat([x1, x2, x1])).float()
         z.sum().backward()
         opt.zero_grad(set_to_none=True)
 
-    def original_step():  # the original implementation's passes, same batch and k
-        a, b = cl(aug(images, g)), cl(aug(images, g))
-        x_adv = (a + torch.empty_like(a).uniform_(-eps, eps)).clamp(0, 1)
+    def attack_step_with_backward():  # an attack step's FLOPs: the counter cannot watch autograd.grad
+        with attack_mode(net), amp():
+            x = x1.clone().requires_grad_(True)
+            net(x).float().sum().backward()
+
+    parts = sum(timed(f, setup.dist.device, 3) for f in (target, attack, train))
+    flops = 0
+    for fn, times_ in ((target, 1), (attack_step_with_backward, r.attack_steps), (train, 1)):
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        flops += counter.get_total_flops() * times_
+    return dict(step_s=step_s, parts_s=parts, flops=flops)
+
+
+def bench_original(setup: C.RunSetup, reps: int) -> float:
+    """The original implementation's step, fp32: parameter gradients at every attack step, a separate
+    regulariser pass."""
+    torch.manual_seed(0)
+    net, _ = C.prepare(pretrain.build(setup.recipe, setup.info), setup)
+    opt = pretrain.make_optimizer(net, setup.recipe)
+    r, B = setup.recipe, setup.recipe.batch_size
+    a, b = (C.to_device(torch.rand(B, *setup.ds.input_size), setup) for _ in range(2))
+
+    def step():
+        x_adv = (a + torch.empty_like(a).uniform_(-r.eps, r.eps)).clamp(0, 1)
         net.eval()
-        with amp():
-            for _ in range(k):
-                x_adv.requires_grad_(True)
-                zz = net(torch.cat([x_adv, b])).float()
-                loss = nt_xent(*zz.chunk(2), detach_other_side=True)
-                grad = torch.autograd.grad(loss, [x_adv, *net.parameters()])[0]  # the original's loss.backward()
-                x_adv = torch.min(torch.max(x_adv.detach() + alpha * grad.sign(), a - eps), a + eps).clamp(0, 1)
+        for _ in range(r.attack_steps):
+            x_adv.requires_grad_(True)
+            zz = net(torch.cat([x_adv, b]))
+            loss = nt_xent(*zz.chunk(2), detach_other_side=True)
+            grad = torch.autograd.grad(loss, [x_adv, *net.parameters()])[0]  # the original's loss.backward()
+            x_adv = torch.min(torch.max(x_adv.detach() + r.alpha * grad.sign(), a - r.eps), a + r.eps).clamp(0, 1)
         net.train()
-        with amp():
-            z_reg = net(torch.cat([x_adv, b])).float()
-            z = net(torch.cat([a, b, x_adv])).float()
+        z_reg = net(torch.cat([x_adv, b]))
+        z = net(torch.cat([a, b, x_adv]))
         loss = rocl_loss(z, 0.5, 256, True, z_reg=z_reg.chunk(2))[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    fns = dict(step=step, target=target_pass, attack=attack_steps, train=train_pass, original=original_step)
-    times = {name: [] for name in fns}
-    for name, fn in fns.items():  # warm-up
-        fn()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for _ in range(reps):
-        for name, fn in fns.items():
-            sync(device)
-            t = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - t)
-    best = {name: min(v) for name, v in times.items()}
-    parts = best["target"] + best["attack"] + best["train"]
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return dict(arch=arch, batch=batch, k=k, step_s=best["step"], images_per_s=batch / best["step"],
-                parts_s=parts, overhead=best["step"] / parts, original_s=best["original"],
-                speedup=best["original"] / best["step"], peak_mb=peak,
-                detail={n: round(v, 4) for n, v in best.items()})
+    return timed(step, setup.dist.device, reps)
+
+
+def end_to_end(entry: str, recipe: str, amp: str, steps: int, threads: int) -> float:
+    """images/s of the trainer's own metrics.jsonl (median of its step records after the first)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log = 4
+        cmd = [sys.executable, "-m", entry, "--recipe", recipe, "--out", tmp, "--amp", amp, "--max-steps",
+               str(steps), "--threads", str(threads), "--quiet", "--set", f"log_every={log}"]
+        subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        lines = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+        rates = [x["images_per_s"] for x in lines if x.get("record") == "step"][1:]
+    return statistics.median(rates)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="auto")
     p.add_argument("--arch", action="append", help="cnn4_rocl, resnet18_rocl (default both)")
-    p.add_argument("--batch", type=int, default=None, help="default 128 (cnn4) / 32 (ResNet-18) on CPU, 256 on CUDA")
-    p.add_argument("--k", type=int, default=7)
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None, help="default 256 (cnn4_rocl) / 64 (resnet18_rocl)")
+    p.add_argument("--k", type=int, default=7, help="attack steps")
+    p.add_argument("--steps", type=int, default=5, help="timed steps of our loop")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-end-to-end", action="store_true", help="skip the trainers' end-to-end runs")
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
-    print(f"# bench_train: RoCL step (k={a.k}), {hardware_name(device)}, torch {torch.__version__}, "
-          f"channels_last, amp={'bf16' if device.type == 'cuda' else 'off'}; min of {a.reps} interleaved runs")
-    print(f"{'arch':14s} {'batch':>5s} {'step s':>8s} {'img/s':>8s} {'parts s':>8s} {'overhead':>8s} "
-          f"{'orig s':>8s} {'speedup':>7s} {'peak MB':>8s}")
-    for arch in a.arch or ["cnn4_rocl", "resnet18_rocl"]:
-        dataset = "fashion_mnist" if arch.startswith("cnn4") else "cifar10"
-        batch = a.batch or (256 if device.type == "cuda" else (128 if arch.startswith("cnn4") else 32))
-        r = bench(arch, dataset, batch, a.k, a.reps, device)
-        print(f"{arch:14s} {batch:5d} {r['step_s']:8.3f} {r['images_per_s']:8.1f} {r['parts_s']:8.3f} "
-              f"{r['overhead']:8.3f} {r['original_s']:8.3f} {r['speedup']:6.2f}x {r['peak_mb']:8.0f}")
-        print(f"#   parts (s): {r['detail']}")
+    native = device.type == "cuda" or precision.cpu_has_native_bf16()
+    print(f"# bench_train: {hardware_name(device)}, torch {torch.__version__}, native bf16: "
+          f"{'yes' if native else 'no'}")
+    peaks = {"fp32": peak_gflops(torch.float32, device)}
+    if native:
+        peaks["bf16"] = peak_gflops(torch.bfloat16, device)
+    print("# peak (2048^3 matmul): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    print(f"{'arch':14s} {'batch':>5s} {'prec':>5s} {'step s':>8s} {'img/s':>7s} {'overhead':>8s} {'GFLOP/s':>8s} "
+          f"{'% peak':>6s} {'vs orig':>7s}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in a.arch or ["cnn4_rocl", "resnet18_rocl"]:
+            batch = a.batch or (256 if arch.startswith("cnn4") else 64)
+            original = bench_original(real_setup(arch, batch, a.k, "off", str(device), Path(tmp) / "o"), 3)
+            print(f"{arch:14s} {batch:5d} {'orig':>5s} {original:8.3f} {batch / original:7.1f}")
+            for amp in ["off", "bf16"] if native else ["off"]:
+                setup = real_setup(arch, batch, a.k, amp, str(device), Path(tmp) / amp)
+                r = bench_ours(setup, a.steps)
+                gflops = r["flops"] / r["step_s"] / 1e9
+                print(f"{arch:14s} {batch:5d} {setup.precision:>5s} {r['step_s']:8.3f} {batch / r['step_s']:7.1f} "
+                      f"{r['step_s'] / r['parts_s']:8.3f} {gflops:8.1f} {100 * gflops / peaks[setup.precision]:5.0f}% "
+                      f"{original / r['step_s']:6.2f}x")
+    if not a.no_end_to_end:
+        print("# end to end: the trainer's own metrics.jsonl, against the shipped fp32 run")
+        for entry, recipe in (("training.pretrain", "fmnist_rocl"), ("training.supervised", "fmnist_at")):
+            for amp in ["off", "bf16"] if native else ["off"]:
+                rate = end_to_end(entry, recipe, amp, 17, a.threads)
+                print(f"{recipe:14s} {amp:>5s} {rate:8.1f} img/s  {rate / SHIPPED[recipe]:5.2f}x shipped "
+                      f"({SHIPPED[recipe]} img/s; goal >= {GOALS[recipe]}x)")
     return 0
 
 

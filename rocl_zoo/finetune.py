@@ -52,20 +52,16 @@ import json
 import math
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .attacks import trades_attack
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .errors import ConfigError, DataError, IntegrityError, RoclZooError
+from .errors import ConfigError, DataError, RoclZooError
 from .linear import ALF_STEP_RATIO, as_tensors, check_encoder
-from .losses import trades_loss
+from .loop import RunFolder, TrainingInterrupted
 
 MODES = {
     "linear": "frozen encoder; train a linear head on its features (standard linear evaluation, SLF)",
@@ -83,20 +79,12 @@ DEFAULT_STEPS = 10
 DEFAULT_BETA = 6.0
 DEFAULT_ATTACKS = "clean,pgd20"
 IMAGEFOLDER_TEST_FRACTION = 0.2
-CHECKPOINT_FORMAT = "rocl_zoo.finetune/1"
-CORRUPT_HINT = "Delete it to restart the run from its beginning, or pass --overwrite."
 
 CONFIG_NAME, METRICS_NAME, CHECKPOINT_NAME, RESULTS_NAME, CLASSIFIER_DIR = (
     "config.json", "metrics.jsonl", "checkpoint.pt", "results.json", "classifier")
 OUTPUT_NAMES = (CONFIG_NAME, METRICS_NAME, CHECKPOINT_NAME, RESULTS_NAME, CLASSIFIER_DIR)
-# Settings a resumed run may change: they do not touch the optimisation.
-VOLATILE = {"device", "progress", "resume", "overwrite", "checkpoint_every", "autoattack", "autoattack_examples",
-            "attacks", "eval_examples", "run_id", "started", "hardware", "rocl_zoo_version", "torch",
-            "encoder_source"}
-
-
-class FinetuneInterrupted(RoclZooError):
-    """Training stopped on request (Ctrl-C) after a checkpoint was written; resume=True continues it."""
+# Training stopped on Ctrl-C or at max_steps after a checkpoint; resume=True continues it.
+FinetuneInterrupted = TrainingInterrupted
 
 
 @dataclass
@@ -348,14 +336,6 @@ def _existing_outputs(out: Path) -> list[str]:
     return [n for n in OUTPUT_NAMES if (out / n).exists()] if out.is_dir() else []
 
 
-def _check_resume_config(saved: dict, config: dict, path: Path) -> None:
-    diffs = [f"{k}: saved {saved.get(k)!r}, now {config.get(k)!r}" for k in sorted(set(saved) | set(config))
-             if k not in VOLATILE and saved.get(k) != config.get(k)]
-    if diffs:
-        raise ConfigError(f"--resume: the settings differ from the run in {path.parent}: " + "; ".join(diffs) +
-                          ". Resume with the same settings, or start a new run (another --out, or --overwrite).")
-
-
 def _finished_results(out: Path, suite: str) -> dict | None:
     """The results of a finished run in `out` when they cover the attack suite asked for, else None."""
     try:
@@ -366,14 +346,6 @@ def _finished_results(out: Path, suite: str) -> dict | None:
     if not (out / CLASSIFIER_DIR / "config.json").is_file() or not wanted <= set(results.get("attacks", {})):
         return None
     return results
-
-
-def _write_metrics(path: Path, metrics: list) -> None:
-    from .utils import atomic_write
-
-    with atomic_write(path, "w") as f:
-        for m in metrics:
-            f.write(json.dumps(m) + "\n")
 
 
 def autoattack_text(results: dict) -> str:
@@ -416,15 +388,6 @@ def model_card(config: dict, results: dict, metrics: list) -> str:
 # ------------------------------------------------------------------------------------------------ training
 
 
-def _after_step(state: dict) -> None:
-    """Called after every completed training step (a hook for tests and notebooks; does nothing)."""
-
-
-class _StopFlag:
-    """Set by the CLI's SIGINT handler: the loop stops at the next step boundary, after a checkpoint."""
-    requested = False
-
-
 def _set_trainable(clf: nn.Module, mode: str) -> list:
     if mode in LINEAR_MODES:
         for p in clf.parameters():
@@ -447,7 +410,8 @@ def _features(clf: nn.Module, x: torch.Tensor, batch_size: int, device) -> torch
                                            pre_logits=True).float() for i in range(0, len(x), batch_size)])
 
 
-def _val_metrics(clf, x, y, s: dict, device, robust: bool, batch_size: int = 256) -> dict:
+def _val_metrics(clf, x, y, s: dict, device, robust: bool, generator: torch.Generator,
+                 batch_size: int = 256) -> dict:
     from .attacks import pgd, predict_labels
 
     clean = robust_correct = 0
@@ -455,7 +419,8 @@ def _val_metrics(clf, x, y, s: dict, device, robust: bool, batch_size: int = 256
         xb, yb = _float(x[i:i + batch_size], device), y[i:i + batch_size].to(device)
         clean += (predict_labels(clf, xb) == yb).sum().item()
         if robust:
-            x_adv = pgd(clf, xb, yb, s["eps"], alpha=s["alpha"], steps=s["steps"], norm=s["norm"], keep_best=False)
+            x_adv = pgd(clf, xb, yb, s["eps"], alpha=s["alpha"], steps=s["steps"], norm=s["norm"], keep_best=False,
+                        generator=generator)
             robust_correct += (predict_labels(clf, x_adv) == yb).sum().item()
     out = {"val_clean_acc": round(clean / len(y), 6)}
     if robust:
@@ -463,146 +428,58 @@ def _val_metrics(clf, x, y, s: dict, device, robust: bool, batch_size: int = 256
     return out
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch * 7919 + 17) % (2 ** 63)
+TRAIN_ON = {"linear": "clean features", "robust-linear": "adversarial", "at": "adversarial",
+            "trades": "clean+adversarial"}
 
 
-def _train(clf: nn.Module, data: dict, s: dict, *, device, out: Path | None, ckpt: dict | None, run_id: str,
-           checkpoint_every: int, progress: bool, val_examples: int, seed: int) -> list:
-    from .attacks import pgd
+def _train(clf: nn.Module, data: dict, s: dict, *, device, run: RunFolder | None, ckpt: dict | None,
+           config: dict, checkpoint_every: int, max_steps: int | None, progress: bool, val_examples: int,
+           seed: int, amp: str) -> list:
+    """The mode's step (rocl_zoo.steps) through the zoo's one loop (rocl_zoo.loop); the epoch records."""
+    from . import steps as S
+    from .loop import batch_indices, train_loop
+    from .precision import autocast
 
     mode = s["mode"]
-    params = _set_trainable(clf, mode)
-    opt = torch.optim.SGD(params, lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"])
-    metrics: list = []
-    start_epoch, start_step, running = 0, 0, None
-    if ckpt is not None:
-        from .hub import load_weights_into
-
-        load_weights_into(clf, ckpt["model"], source="checkpoint")
-        opt.load_state_dict(ckpt["optimizer"])
-        start_epoch, start_step, metrics = ckpt["epoch"], ckpt["step"], list(ckpt["metrics"])
-        running = ckpt.get("running")
-    clf.to(device)
+    opt = torch.optim.SGD(_set_trainable(clf, mode), lr=s["lr"], momentum=s["momentum"],
+                          weight_decay=s["weight_decay"])
+    clf.to(device).train(mode in ("at", "trades"))  # a frozen encoder keeps its BN statistics
     xtr, ytr = data["train"]
-    xva, yva = data["val"]
-    xva, yva = _subset(xva, yva, val_examples, seed)
+    xva, yva = _subset(*data["val"], val_examples, seed)
     feats = _features(clf, xtr, 256, device) if mode == "linear" else None
-    head = clf.get_classifier()
     bs, n = s["batch_size"], len(xtr)
-    n_batches = math.ceil(n / bs)
+    steps_per_epoch = math.ceil(n / bs)  # the last batch of an epoch may be short
+    attack = dict(eps=s["eps"], alpha=s["alpha"], steps=s["steps"], norm=s["norm"])
 
-    def checkpoint(epoch, step, running):
-        if out is None:
-            return
-        save_checkpoint(out / CHECKPOINT_NAME, {
-            "run_id": run_id, "epoch": epoch, "step": step,
-            "model": {k: v.detach().cpu() for k, v in clf.state_dict().items()}, "optimizer": opt.state_dict(),
-            "rng": rng_state(), "running": running, "metrics": metrics}, format=CHECKPOINT_FORMAT)
+    def step_fn(step, g):
+        idx = batch_indices(n, bs, seed, step, steps_per_epoch)
+        yb = ytr[idx].to(device)
+        if mode == "linear":
+            return S.slf_head_step(clf.get_classifier(), feats[idx.to(feats.device)], yb)
+        xb, amp_ctx = _float(xtr[idx], device), lambda: autocast(amp, device)
+        if mode == "robust-linear":
+            return S.alf_head_step(clf, xb, yb, generator=g, amp=amp_ctx, **attack)
+        if mode == "at":
+            return S.pgd_at_step(clf, xb, yb, generator=g, amp=amp_ctx, **attack)
+        return S.trades_step(clf, xb, yb, beta=s["beta"], generator=g, amp=amp_ctx, **attack)
 
-    for epoch in range(start_epoch, s["epochs"]):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(s, epoch)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)))
-        if start_step and running is not None:  # resuming inside this epoch
-            set_rng_state(ckpt["rng"])
-            first = start_step
-        else:
-            torch.manual_seed(_epoch_seed(seed, epoch) + 1)  # seeds CUDA's generators too
-            first, running = 0, dict(loss=0.0, correct=0, seen=0, adv=0, adv_linf_sum=0.0, adv_linf_max=0.0,
-                                      adv_correct=0, attack_time_s=0.0, time_s=0.0)
-        start_step = 0
-        bar = tqdm(range(first, n_batches), desc=f"{mode} epoch {epoch + 1}/{s['epochs']}", leave=False,
-                   disable=not progress or None, initial=first, total=n_batches)
-        for step in bar:
-            t0 = time.time()
-            idx = perm[step * bs:(step + 1) * bs]
-            yb = ytr[idx].to(device)
-            x_adv = None
-            if mode == "linear":
-                clf.eval()
-                logits = head(feats[idx.to(feats.device)])
-                loss = F.cross_entropy(logits, yb)
-            else:
-                xb = _float(xtr[idx], device)
-                ta = time.time()
-                if mode == "trades":
-                    x_adv = trades_attack(clf, xb, s["eps"], s["alpha"], s["steps"], s["norm"])
-                else:
-                    x_adv = pgd(clf, xb, yb, s["eps"], alpha=s["alpha"], steps=s["steps"], norm=s["norm"],
-                                random_start=True, keep_best=False, eval_mode=True)
-                running["attack_time_s"] += time.time() - ta
-                if mode == "robust-linear":
-                    clf.eval()
-                    with torch.no_grad():
-                        fb = clf.forward_head(clf.forward_features(x_adv), pre_logits=True)
-                    logits = head(fb)
-                    loss = F.cross_entropy(logits, yb)
-                elif mode == "at":
-                    clf.train()
-                    logits = clf(x_adv)
-                    loss = F.cross_entropy(logits, yb)
-                else:
-                    clf.train()
-                    logits_adv = clf(x_adv)
-                    logits = clf(xb)
-                    loss = trades_loss(logits, logits_adv, yb, s["beta"])
-                    running["adv_correct"] += (logits_adv.argmax(1) == yb).sum().item()
-                with torch.no_grad():
-                    d = (x_adv - xb).flatten(1)
-                    size = d.abs().amax(1) if s["norm"] == "linf" else d.norm(dim=1)
-                running["adv"] += len(idx)
-                running["adv_linf_sum"] += size.sum().item()
-                running["adv_linf_max"] = max(running["adv_linf_max"], size.max().item())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running["loss"] += loss.item() * len(idx)
-            running["correct"] += (logits.argmax(1) == yb).sum().item()
-            running["seen"] += len(idx)
-            running["time_s"] += time.time() - t0
-            bar.set_postfix(loss=f"{running['loss'] / running['seen']:.4f}",
-                            acc=f"{running['correct'] / running['seen']:.3f}")
-            state = {"epoch": epoch, "step": step + 1, "model": clf, "running": running, "x_adv": x_adv}
-            _after_step(state)
-            done = step + 1 == n_batches
-            if not done and (_StopFlag.requested or (checkpoint_every and (step + 1) % checkpoint_every == 0)):
-                checkpoint(epoch, step + 1, running)
-                if _StopFlag.requested:
-                    _StopFlag.requested = False
-                    raise FinetuneInterrupted(
-                        f"stopped at epoch {epoch + 1} step {step + 1}; checkpoint written to {out}. Continue "
-                        f"with --resume (same settings)." if out else f"stopped at epoch {epoch + 1}.")
-        bar.close()
-        clf.eval()
-        m = {"epoch": epoch + 1, "lr": lr_at(s, epoch), "train_loss": round(running["loss"] / running["seen"], 6),
-             "train_acc": round(running["correct"] / running["seen"], 6), "train_examples": running["seen"],
-             "train_on": "clean features" if mode == "linear" else "clean+adversarial" if mode == "trades"
-             else "adversarial"}
-        if mode in ADVERSARIAL_MODES:
-            m.update(adv_examples=running["adv"],
-                     adv_size_mean=round(running["adv_linf_sum"] / max(running["adv"], 1), 6),
-                     adv_size_max=round(running["adv_linf_max"], 6), attack_time_s=round(running["attack_time_s"], 3))
-            if mode == "trades":
-                m["train_adv_acc"] = round(running["adv_correct"] / running["seen"], 6)
-        robust_val = mode in ADVERSARIAL_MODES or epoch + 1 == s["epochs"]
-        m.update(_val_metrics(clf, xva, yva, s, device, robust_val))
-        m["time_s"] = round(running["time_s"], 3)
-        metrics.append(m)
+    def on_epoch_end(epoch):
+        robust = mode in ADVERSARIAL_MODES or epoch + 1 == s["epochs"]
+        g = torch.Generator().manual_seed(seed * 7_919 + epoch)
+        rec = dict(train_on=TRAIN_ON[mode], **_val_metrics(clf, xva, yva, s, device, robust, g))
         if progress:
-            tqdm.write(f"epoch {epoch + 1}/{s['epochs']}: " + ", ".join(
-                f"{k} {v}" for k, v in m.items() if k in ("train_loss", "train_acc", "val_clean_acc",
-                                                          "val_robust_acc", "time_s")))
-        checkpoint(epoch + 1, 0, None)
-        if out is not None:
-            _write_metrics(out / METRICS_NAME, metrics)
-        if _StopFlag.requested and epoch + 1 < s["epochs"]:
-            _StopFlag.requested = False
-            raise FinetuneInterrupted(f"stopped after epoch {epoch + 1}; checkpoint written to {out}. Continue with "
-                                      f"--resume (same settings).")
+            tqdm.write(f"epoch {epoch + 1}/{s['epochs']}: " + ", ".join(f"{k} {v}" for k, v in rec.items()))
+        return rec
+
+    total = s["epochs"] * steps_per_epoch
+    epochs = train_loop(clf, opt, step_fn, steps_per_epoch=steps_per_epoch, total=total, seed=seed,
+                        lr_at=lambda step: lr_at(s, step // steps_per_epoch), stop=max_steps, run=run, ckpt=ckpt,
+                        config=config, log_every=0, ckpt_every=checkpoint_every, on_epoch_end=on_epoch_end,
+                        progress=progress, desc=f"{mode} fine-tuning")
     for p in clf.parameters():
         p.requires_grad_(True)
-    return metrics
+    clf.eval()
+    return epochs
 
 
 # ------------------------------------------------------------------------------------------------ API
@@ -616,7 +493,7 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
              subset: int | None = None, eval_examples: int = 0, attacks: str | None = None,
              autoattack: bool = False, autoattack_examples: int = 0, seed: int = 0, device="auto", data_root=None,
              download: bool = False, resume: bool = False, overwrite: bool = False, checkpoint_every: int = 0,
-             progress: bool = True) -> FinetuneResult:
+             max_steps: int | None = None, amp: str = "auto", progress: bool = True) -> FinetuneResult:
     """Transfer an encoder to a dataset in one of the modes linear, robust-linear, at, trades (see the module doc).
 
     model: a zoo name, hf-hub:ORG/NAME, a Hub folder, or a model. dataset: a name (fashion_mnist, cifar10,
@@ -630,6 +507,8 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
     from . import __version__
     from .evaluate import eps_str, evaluate, parse_attack
     from .predict import model_input_size
+    from .precision import describe as describe_precision
+    from .precision import resolve as resolve_precision
     from .utils import hardware_name, resolve_device, write_json
 
     if resume and overwrite:
@@ -685,48 +564,33 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
               "attacks": suite, "autoattack": autoattack, "autoattack_examples": autoattack_examples,
               "eval_examples": eval_examples,
               "checkpoint_every": checkpoint_every, "device": str(device), "hardware": hardware_name(device),
+              **describe_precision(resolve_precision(amp, device), device),
               "rocl_zoo_version": __version__, "torch": torch.__version__}
 
-    ckpt = None
-    run_id = uuid.uuid4().hex
+    run, ckpt = None, None
     if out is not None:
-        cfg_path, ckpt_path = out / CONFIG_NAME, out / CHECKPOINT_NAME
-        if resume and cfg_path.is_file():
-            try:
-                saved = json.loads(cfg_path.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise IntegrityError(f"{cfg_path} is not readable JSON ({e}); --overwrite starts the run again.") from e
-            _check_resume_config(saved, config, cfg_path)
-            run_id = saved.get("run_id", run_id)
-            if ckpt_path.is_file():
-                ckpt = load_checkpoint(ckpt_path, format=CHECKPOINT_FORMAT, hint=CORRUPT_HINT)
-                if ckpt.get("run_id") != run_id:
-                    raise IntegrityError(f"{ckpt_path} belongs to another run than {cfg_path}; pass --overwrite to "
-                                         f"start again.")
-            config["started"] = saved.get("started")
-        elif resume and progress:
+        run = RunFolder(out)
+        if resume and not run.holds_run() and progress:
             tqdm.write(f"--resume: no run in {out} yet; starting one.")
-        config["run_id"] = run_id
-        config.setdefault("started", None)
-        config["started"] = config["started"] or time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_json(cfg_path, config)
-        finished = _finished_results(out, suite) if ckpt is not None and ckpt["epoch"] >= s["epochs"] else None
+        ckpt = run.start(config, resume=resume, overwrite=overwrite)
+        total = s["epochs"] * math.ceil(len(data["train"][1]) / s["batch_size"])
+        finished = _finished_results(out, suite) if ckpt is not None and ckpt["step"] >= total else None
         if finished is not None:
             from .hub import load
 
-            results = finished
             if progress:
                 tqdm.write(f"{out} is finished; nothing to do (results in {out / RESULTS_NAME}).")
-            return FinetuneResult(load(out / CLASSIFIER_DIR, device=device), results, list(ckpt["metrics"]), out,
+            return FinetuneResult(load(out / CLASSIFIER_DIR, device=device), finished, list(ckpt["epochs"]), out,
                                   config)
-    else:
-        config["run_id"] = run_id
 
     t0 = time.time()
-    metrics = _train(clf, data, s, device=device, out=out, ckpt=ckpt, run_id=run_id,
-                     checkpoint_every=checkpoint_every, progress=progress, val_examples=val_examples, seed=seed)
+    metrics = _train(clf, data, s, device=device, run=run, ckpt=ckpt, config=config,
+                     checkpoint_every=checkpoint_every, max_steps=max_steps, progress=progress,
+                     val_examples=val_examples, seed=seed, amp=config["precision"])
     train_time = time.time() - t0
-    clf.eval()
+    if max_steps and (not metrics or metrics[-1]["epoch"] < s["epochs"]):
+        raise TrainingInterrupted(f"stopped after {max_steps} steps (max_steps), checkpoint written; continue with "
+                                  "--resume (resume=True), same settings.")
 
     xte, yte = _subset(*data["test"], eval_examples, seed)
     meta = {"model": source, "dataset": dataset_name, "split": "test", "protocol": f"finetune-{mode}",
@@ -818,6 +682,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a run")
     g.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                    help="also checkpoint every this many steps (default: at each epoch's end)")
+    g.add_argument("--max-steps", type=int, metavar="N", help="stop after N training steps with a checkpoint "
+                   "(--resume continues the same run)")
+    g.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
+                   help="training precision: auto = bf16 autocast on CUDA and on CPUs with native bf16, fp32 "
+                        "elsewhere; the test evaluation is fp32 whatever this says (default auto)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -835,19 +704,9 @@ def _milestones_arg(text):
 
 
 def main(argv=None) -> int:
-    import signal
-
     args = build_parser().parse_args(argv)
-
-    def on_sigint(signum, frame):
-        if _StopFlag.requested:
-            raise KeyboardInterrupt
-        _StopFlag.requested = True
-        print("\nstopping after this step (Ctrl-C again to abort without a checkpoint)...", file=sys.stderr)
-
     if args.threads:
         torch.set_num_threads(args.threads)
-    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         run = finetune(args.model, args.dataset, mode=args.mode, out=args.out, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, weight_decay=args.weight_decay, momentum=args.momentum,
@@ -857,16 +716,14 @@ def main(argv=None) -> int:
                        subset=args.subset, eval_examples=args.eval_examples, attacks=args.attacks,
                        autoattack=args.autoattack, autoattack_examples=args.autoattack_examples, seed=args.seed,
                        device=args.device, data_root=args.data_root, download=args.download, resume=args.resume,
-                       overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, progress=not args.quiet)
-    except FinetuneInterrupted as e:
+                       overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
+                       amp=args.amp, progress=not args.quiet)
+    except TrainingInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
         return 130
     except (RoclZooError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        _StopFlag.requested = False
     r = run.results
     fmt = lambda v: "–" if v is None else f"{v:.2f} %"  # noqa: E731
     print(f"{args.mode}: clean {fmt(r.get('clean_acc'))}, PGD {fmt(r.get('pgd_acc'))}, AutoAttack "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -77,15 +76,20 @@ def train_linear_head(encoder: nn.Module, train_set, *, num_classes: int | None 
                       epochs: int = 150, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
                       batch_size: int = 256, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
                       norm: str = "linf", n_examples: int | None = None, seed: int = 0, device=None,
-                      progress: bool = True, label_names=None) -> nn.Module:
+                      progress: bool = True, label_names=None, amp: str = "off") -> nn.Module:
     """Train a linear head on a frozen encoder; return a classifier (a copy of the encoder with `fc` set).
 
     robust=False: standard linear evaluation (SLF), on precomputed features. robust=True: robust linear
     evaluation (ALF), each step on PGD examples (eps, alpha, steps, norm; random start) made through the frozen
     encoder and the current head; alpha defaults to RoCL's 0.007 at 8/255, scaled with eps (0.0223 at 0.1). The
-    encoder passed in is not modified.
+    steps are rocl_zoo.steps' SLF and ALF head steps, through the zoo's one loop (rocl_zoo.loop); amp: the ALF
+    attack's precision (auto | bf16 | off; default off, an evaluation's fp32). The encoder passed in is not
+    modified.
     """
-    from . import attacks
+    from . import steps as S
+    from .loop import batch_indices, train_loop
+    from .precision import autocast
+    from .precision import resolve as resolve_precision
 
     check_encoder(encoder)
     alpha = ALF_STEP_RATIO * eps if alpha is None else alpha
@@ -97,47 +101,37 @@ def train_linear_head(encoder: nn.Module, train_set, *, num_classes: int | None 
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
         raise DataError(f"labels must be in [0, {num_classes}), got {int(y.min())}..{int(y.max())}.")
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
+    precision = resolve_precision(amp, device)
 
-    torch.manual_seed(seed)  # the head's init, the shuffles and PGD's random starts: one seed, one result
     clf = copy.deepcopy(encoder).to(device).eval()
     clf.reset_classifier(num_classes)
-    head = clf.get_classifier() if hasattr(clf, "get_classifier") else clf.fc
-    head.to(device)
-    nn.init.normal_(head.weight, std=0.01)
-    nn.init.zeros_(head.bias)
+    head = clf.get_classifier()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.01)
+        head.bias.zero_()
     flags = [(p, p.requires_grad) for p in clf.parameters()]
     for p in clf.parameters():
         p.requires_grad_(False)
     for p in head.parameters():
         p.requires_grad_(True)
 
-    gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones(epochs), gamma=0.1)
     feats = None if robust else extract(clf, x, batch_size, device, progress, "features (frozen encoder)")
+    steps_per_epoch, marks = -(-len(x) // batch_size), milestones(epochs)
+
+    def step_fn(step, g):
+        idx = batch_indices(len(x), batch_size, seed, step, steps_per_epoch)
+        yb = y[idx].to(device, non_blocking=True)
+        if not robust:
+            return S.slf_head_step(head, feats[idx.to(feats.device)], yb)
+        return S.alf_head_step(clf, x[idx].to(device, non_blocking=True), yb, eps=eps, alpha=alpha, steps=steps,
+                               norm=norm, generator=g, amp=lambda: autocast(precision, device))
+
     try:
-        bar = tqdm(range(epochs), desc=("robust " if robust else "") + "linear eval", disable=not progress or None)
-        for _ in bar:
-            perm = torch.randperm(len(x), generator=gen)
-            total, n = 0.0, 0
-            for i in range(0, len(x), batch_size):
-                idx = perm[i:i + batch_size]
-                yb = y[idx].to(device, non_blocking=True)
-                if robust:
-                    xb = x[idx].to(device, non_blocking=True)
-                    # the last iterate, as in training attacks: keep-best would cost a forward per step
-                    x_adv = attacks.pgd(clf, xb, yb, eps=eps, alpha=alpha, steps=steps, norm=norm, keep_best=False)
-                    with torch.no_grad():
-                        fb = clf.forward_head(clf.forward_features(x_adv), pre_logits=True)
-                else:
-                    fb = feats[idx.to(feats.device)]
-                loss = F.cross_entropy(head(fb), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total, n = total + loss.item() * len(idx), n + len(idx)
-            sched.step()
-            bar.set_postfix(loss=f"{total / max(n, 1):.4f}", lr=f"{sched.get_last_lr()[0]:.3g}")
+        train_loop(clf, opt, step_fn, steps_per_epoch=steps_per_epoch, total=epochs * steps_per_epoch, seed=seed,
+                   lr_at=lambda step: lr * 0.1 ** sum(step // steps_per_epoch >= m for m in marks), log_every=0,
+                   progress=progress, desc=("robust " if robust else "") + "linear eval")
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)

@@ -43,8 +43,8 @@ CORRUPT_HINT = "Delete it to restart the run from its beginning, or pass --overw
 # Settings a resumed run may change: they do not touch the optimisation.
 VOLATILE = frozenset({
     "device", "threads", "progress", "quiet", "resume", "overwrite", "max_steps", "ckpt_every", "checkpoint_every",
-    "log_every", "data_root", "command", "hardware", "cpu_native_bf16", "device_type", "started", "run_id", "rocl_zoo_version", "torch",
-    "encoder_source", "attacks", "autoattack", "autoattack_examples", "eval_examples"})
+    "log_every", "data_root", "command", "hardware", "cpu_native_bf16", "device_type", "started", "run_id",
+    "rocl_zoo_version", "torch", "encoder_source", "attacks", "autoattack", "autoattack_examples", "eval_examples"})
 
 
 class TrainingInterrupted(RoclZooError):
@@ -244,11 +244,13 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, step_fn: Callable, 
         set_rng_state(ckpt["rng"])
         step, running, epochs = ckpt["step"], ckpt["running"], list(ckpt["epochs"])
 
+    saved_config = json.loads(json.dumps(config or {}, default=str))  # plain types only: weights_only loads it
+
     def checkpoint():
         if run is not None and main:
             save_checkpoint(run.checkpoint, dict(step=step, model=model.state_dict(), optimizer=opt.state_dict(),
                                                  rng=rng_state(), running=running, epochs=epochs,
-                                                 config=config or {}), format=CHECKPOINT_FORMAT)
+                                                 config=saved_config), format=CHECKPOINT_FORMAT)
         barrier()
 
     bar = progress_bar(stop, step, progress and main, desc)

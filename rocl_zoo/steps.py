@@ -27,6 +27,26 @@ from .losses import rocl_loss, simclr_loss, trades_loss
 NO_AMP = contextlib.nullcontext
 
 
+def attack_view(net: nn.Module) -> nn.Module:
+    """The network an attack differentiates: an eval-mode copy of `net` with every BatchNorm folded into the
+    convolution before it (torch.fx's conv-BN fusion).
+
+    An attack runs the model in eval mode, where BN is a fixed affine map; folded, it costs nothing. Same function
+    (in fp32 the logits agree to ~1e-7), measured 1.25x faster per attack step on cnn4_rocl and ResNet-18 in bf16;
+    the fusion costs one trace per training step (25 ms for cnn4_rocl). Models fx cannot trace, and BN layers
+    that synchronise across processes, are attacked as they are.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    from .attacks import attack_mode
+
+    with attack_mode(net):
+        try:
+            return fuse(net)
+        except Exception:  # noqa: BLE001 - fx raises many kinds of error on untraceable models
+            return net
+
+
 @dataclass
 class StepOut:
     objective: torch.Tensor                 # what the loop backpropagates
@@ -77,8 +97,8 @@ def rocl_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, noise: torch
     """
     net = model if net is None else net
     with amp():
-        x_adv = instance_attack(net, x1, x2, eps=eps, alpha=alpha, steps=steps, temperature=temperature,
-                                delta_init=(2 * noise - 1) * eps, detach_other_side=detach_other_side,
+        x_adv = instance_attack(attack_view(net), x1, x2, eps=eps, alpha=alpha, steps=steps,
+                                temperature=temperature, delta_init=(2 * noise - 1) * eps, detach_other_side=detach_other_side,
                                 gather=attack_gather)
         z = model(torch.cat([x1, x2, x_adv])).float()
     if gather is not None:
@@ -90,8 +110,8 @@ def rocl_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, noise: torch
     loss, con, reg = rocl_loss(z, temperature, lam, detach_other_side, z_reg)
     # the gathered term is scaled by the world size (see simclr_step); a separate-pass regulariser is local
     objective = con * world + reg if z_reg is not None else loss * world
-    return StepOut(objective, loss.detach(), x_adv=x_adv, logs=dict(loss_contrastive=float(con.detach()), loss_reg=float(reg.detach())),
-                   batch_size=len(x1) * world)
+    logs = dict(loss_contrastive=float(con.detach()), loss_reg=float(reg.detach()))
+    return StepOut(objective, loss.detach(), x_adv=x_adv, logs=logs, batch_size=len(x1) * world)
 
 
 # --------------------------------------------------------------------------------------------- classifiers
@@ -101,10 +121,9 @@ def pgd_at_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: floa
                 norm: str = "linf", generator: torch.Generator | None = None, net: nn.Module | None = None,
                 amp: Callable = NO_AMP) -> StepOut:
     """PGD-AT (Madry et al. 2018): cross-entropy on PGD examples (random start, the last iterate)."""
-    net = model if net is None else net
     with amp():
-        x_adv = pgd(net, x, y, eps, alpha=alpha, steps=steps, norm=norm, random_start=True, keep_best=False,
-                    generator=generator)
+        x_adv = pgd(attack_view(model if net is None else net), x, y, eps, alpha=alpha, steps=steps, norm=norm,
+                    random_start=True, keep_best=False, generator=generator)
         logits = model(x_adv).float()
     loss = F.cross_entropy(logits, y)
     return StepOut(loss, loss.detach(), logits.detach(), x_adv, perturbation_logs(x_adv, x, norm), len(x), y)
@@ -117,9 +136,9 @@ def trades_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: floa
 
     Clean and adversarial batches go through the model in two passes, as TRADES's code does: each has its own
     BN batch statistics."""
-    net = model if net is None else net
     with amp():
-        x_adv = trades_attack(net, x, eps, alpha, steps, norm, generator=generator)
+        x_adv = trades_attack(attack_view(model if net is None else net), x, eps, alpha, steps, norm,
+                              generator=generator)
         logits = model(x).float()
         logits_adv = model(x_adv).float()
     loss = trades_loss(logits, logits_adv, y, beta)
@@ -143,7 +162,7 @@ def alf_head_step(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
     """Robust linear evaluation (ALF / rLE): PGD through the frozen encoder and the current head, then the head
     on the frozen features of those examples. `classifier` is in eval mode with only its head trainable."""
     with amp():
-        x_adv = pgd(classifier, x, y, eps, alpha=alpha, steps=steps, norm=norm, random_start=True,
+        x_adv = pgd(attack_view(classifier), x, y, eps, alpha=alpha, steps=steps, norm=norm, random_start=True,
                     keep_best=False, generator=generator)
         with torch.no_grad():
             features = classifier.forward_head(classifier.forward_features(x_adv), pre_logits=True)

@@ -40,34 +40,36 @@ def _encoder_state(model):
 
 @pytest.fixture(scope="module")
 def runs(encoder_dir, tmp_path_factory):
-    """Each mode once, with a hook recording every training step's adversarial batch and a PGD call counter."""
-    from rocl_zoo import attacks
+    """Each mode once, recording every training step's adversarial batch and counting PGD calls."""
+    from rocl_zoo import attacks, steps
 
     out, seen = {}, {}
-    real_pgd, real_hook = attacks.pgd, ft._after_step
+    mp = pytest.MonkeyPatch()
     for mode in ft.MODES:
-        calls, steps = [], []
+        calls, x_adv = [], []
 
-        def counting_pgd(model, x, y, eps, **kw):
+        def counting_pgd(model, x, y, eps, real=attacks.pgd, calls=calls, **kw):
             calls.append((len(x), kw.get("steps"), eps))
-            return real_pgd(model, x, y, eps, **kw)
+            return real(model, x, y, eps, **kw)
 
-        def hook(state, steps=steps):
-            xa = state["x_adv"]
-            steps.append(None if xa is None else xa.detach().clone())
+        def recording(step, x_adv=x_adv):
+            def wrapped(*a, **kw):
+                o = step(*a, **kw)
+                x_adv.append(None if o.x_adv is None else o.x_adv.detach().clone())
+                return o
+            return wrapped
 
-        attacks.pgd, ft._after_step = counting_pgd, hook
+        mp.setattr(attacks, "pgd", counting_pgd)
+        mp.setattr(steps, "pgd", counting_pgd)
+        for name in ("slf_head_step", "alf_head_step", "pgd_at_step", "trades_step"):
+            mp.setattr(steps, name, recording(getattr(steps, name)))
         try:
             folder = tmp_path_factory.mktemp("run") / mode
             out[mode] = ft.finetune(str(encoder_dir), "digits", mode=mode, out=folder, **TINY)
         finally:
-            attacks.pgd, ft._after_step = real_pgd, real_hook
-        seen[mode] = dict(calls=calls, x_adv=steps)
+            mp.undo()
+        seen[mode] = dict(calls=calls, x_adv=x_adv)
     return out, seen
-
-
-def _noop(state):
-    return None
 
 
 @pytest.mark.parametrize("mode", list(ft.MODES))
@@ -112,7 +114,7 @@ def test_adversarial_modes_train_on_attacks(runs, mode):
     n_train, eps = run.config["n_train"], run.config["eps"]
     n_batches = -(-n_train // 32)
     m = run.metrics[0]
-    assert m["adv_examples"] == n_train and 0 < m["adv_size_mean"] <= m["adv_size_max"] <= eps + 1e-6
+    assert m["train_examples"] == n_train and 0 < m["adv_size_mean"] <= m["adv_size_max"] <= eps + 1e-6
     assert len(seen["x_adv"]) == n_batches and all(xa is not None for xa in seen["x_adv"])
     train_calls = [c for c in seen["calls"] if c[1] == 2]  # PGD with the training steps (the eval's is PGD-20)
     if mode == "trades":
@@ -129,24 +131,18 @@ def test_linear_mode_has_no_attack_in_training(runs):
 
 
 def test_resume_is_exact(encoder_dir, tmp_path, monkeypatch):
-    kw = dict(TINY, epochs=2, subset=100)
+    from rocl_zoo import steps
+
+    kw = dict(TINY, epochs=2, subset=100)  # 90 training images: 3 steps an epoch
     straight = ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "straight", **kw)
-
-    def stop(state):
-        if state["epoch"] == 1 and state["step"] == 1:
-            ft._StopFlag.requested = True
-
-    monkeypatch.setattr(ft, "_after_step", stop)
-    with pytest.raises(ft.FinetuneInterrupted, match="--resume"):
-        ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", **kw)
-    ft._StopFlag.requested = False
-    ck = ft.load_checkpoint(tmp_path / "cut" / "checkpoint.pt", format=ft.CHECKPOINT_FORMAT)
-    assert (ck["epoch"], ck["step"]) == (1, 1) and not (tmp_path / "cut" / "results.json").exists()
+    with pytest.raises(ft.FinetuneInterrupted, match="--resume"):  # stopped inside the second epoch
+        ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", max_steps=4, **kw)
+    ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 4 and len(ck["epochs"]) == 1 and not (tmp_path / "cut" / "results.json").exists()
     with pytest.raises(ConfigError, match="already holds"):
         ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", **kw)
     with pytest.raises(ConfigError, match="lr"):
         ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", resume=True, **dict(kw, lr=0.05))
-    monkeypatch.setattr(ft, "_after_step", _noop)
     resumed = ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", resume=True, **kw)
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -155,10 +151,10 @@ def test_resume_is_exact(encoder_dir, tmp_path, monkeypatch):
     assert straight.results["pgd_acc"] == resumed.results["pgd_acc"]
 
     # A finished run resumes to its results without training again.
-    def boom(state):
+    def boom(*a, **k):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(ft, "_after_step", boom)
+    monkeypatch.setattr(steps, "pgd_at_step", boom)
     again = ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", resume=True, **kw)
     assert again.results["clean_acc"] == resumed.results["clean_acc"]
     # ... and AutoAttack on a subset is added to a finished run, still without training (the README example)
@@ -171,17 +167,10 @@ def test_resume_is_exact(encoder_dir, tmp_path, monkeypatch):
     assert "on 6 of the 40 images" in (tmp_path / "cut" / "classifier" / "README.md").read_text()
 
 
-def test_corrupt_checkpoint_is_a_clear_error(encoder_dir, tmp_path, monkeypatch):
+def test_corrupt_checkpoint_is_a_clear_error(encoder_dir, tmp_path):
     kw = dict(TINY, epochs=2, subset=60, val_examples=6, eval_examples=10)
-
-    def stop(state):
-        ft._StopFlag.requested = True
-
-    monkeypatch.setattr(ft, "_after_step", stop)
     with pytest.raises(ft.FinetuneInterrupted):
-        ft.finetune(str(encoder_dir), "digits", mode="linear", out=tmp_path / "r", **kw)
-    ft._StopFlag.requested = False
-    monkeypatch.setattr(ft, "_after_step", _noop)
+        ft.finetune(str(encoder_dir), "digits", mode="linear", out=tmp_path / "r", max_steps=1, **kw)
     path = tmp_path / "r" / "checkpoint.pt"
     path.write_bytes(path.read_bytes()[:100])
     before = _snapshot(tmp_path / "r")
@@ -304,7 +293,7 @@ def test_cli(encoder_dir, tmp_path, capsys):
 def test_trains_on_the_attacks_output(encoder_dir, monkeypatch, mode):
     """Training with an 'attack' that returns 1 - x on data D must equal training with an identity attack on 1 - D:
     the weights then depend on the attack's output, not on the clean batch."""
-    from rocl_zoo import attacks
+    from rocl_zoo import steps
     from rocl_zoo.data import load_dataset
 
     train, test = load_dataset("digits", "train").subset(80), load_dataset("digits", "test").subset(20)
@@ -312,9 +301,9 @@ def test_trains_on_the_attacks_output(encoder_dir, monkeypatch, mode):
     xt, yt = test.images.float() / 255, test.labels
     kw = dict(TINY, subset=None, eval_examples=0, attacks="clean")
 
-    monkeypatch.setattr(attacks, "pgd", lambda model, xb, yb, eps, **k: 1 - xb)
+    monkeypatch.setattr(steps, "pgd", lambda model, xb, yb, eps, **k: 1 - xb)
     flipped_by_attack = ft.finetune(str(encoder_dir), (x, y), test=(xt, yt), mode=mode, **kw)
-    monkeypatch.setattr(attacks, "pgd", lambda model, xb, yb, eps, **k: xb.clone())
+    monkeypatch.setattr(steps, "pgd", lambda model, xb, yb, eps, **k: xb.clone())
     flipped_data = ft.finetune(str(encoder_dir), (1 - x, y), test=(xt, yt), mode=mode, **kw)
     clean_data = ft.finetune(str(encoder_dir), (x, y), test=(xt, yt), mode=mode, **kw)
     a, b, c = (r.model.state_dict() for r in (flipped_by_attack, flipped_data, clean_data))

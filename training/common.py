@@ -207,6 +207,7 @@ def main(prog: str, doc: str, train, kinds, argv=None) -> int:
     import argparse
 
     from rocl_zoo.errors import RoclZooError
+    from rocl_zoo.loop import TrainingInterrupted
 
     from .recipes import describe
 
@@ -221,6 +222,9 @@ def main(prog: str, doc: str, train, kinds, argv=None) -> int:
         p.error("--recipe is required (see --list-recipes)")
     try:
         out = train(args)
+    except TrainingInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 130
     except RoclZooError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

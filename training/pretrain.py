@@ -51,16 +51,18 @@ def build(recipe, info) -> ContrastiveNet:
     return ContrastiveNet(encoder, ProjectionHead(encoder.num_features, recipe.proj_hidden, recipe.proj_out))
 
 
-def train(args) -> Path:
-    setup = C.start_run(args, KINDS)
-    recipe, dist, ds = setup.recipe, setup.dist, setup.ds
-    torch.manual_seed(args.seed)
-    net, model = C.prepare(build(recipe, setup.info), setup)
+def make_optimizer(net: nn.Module, recipe) -> torch.optim.Optimizer:
     if recipe.optimizer == "lars":
-        opt = C.LARS(C.param_groups(net, recipe.weight_decay, recipe.lars_exclude_bn_bias), lr=recipe.lr,
-                     momentum=recipe.momentum, trust_coef=recipe.trust_coef)
-    else:
-        opt = torch.optim.SGD(C.param_groups(net, recipe.weight_decay, False), lr=recipe.lr, momentum=recipe.momentum)
+        return C.LARS(C.param_groups(net, recipe.weight_decay, recipe.lars_exclude_bn_bias), lr=recipe.lr,
+                      momentum=recipe.momentum, trust_coef=recipe.trust_coef)
+    return torch.optim.SGD(C.param_groups(net, recipe.weight_decay, False), lr=recipe.lr, momentum=recipe.momentum)
+
+
+def make_step(setup: C.RunSetup, net: nn.Module, model: nn.Module, seed: int):
+    """The step function of the run: the batch of step s, its two views, then the SimCLR or RoCL step."""
+    recipe, dist, ds = setup.recipe, setup.dist, setup.ds
+    images = ds.images.pin_memory() if dist.device.type == "cuda" else ds.images
+    aug, rows, B = RoclAugment(ds.input_size[1:]), setup.rows(), recipe.batch_size
 
     def gather(z):
         return C.gather_with_grad(z, dist.world, dist.rank)
@@ -68,14 +70,13 @@ def train(args) -> Path:
     def attack_gather(z):  # detached embeddings from every rank, and where this rank's rows start
         return gather(z), dist.rank * z.shape[0]
 
-    images = ds.images.pin_memory() if dist.device.type == "cuda" else ds.images
-    aug, rows, B = RoclAugment(ds.input_size[1:]), setup.rows(), recipe.batch_size
     multi = dict(gather=gather, world=dist.world) if dist.world > 1 else {}
     common = dict(temperature=recipe.temperature, detach_other_side=recipe.detach_other_side, amp=setup.amp, **multi)
+    global_negatives = recipe.attack_negatives == "global" and dist.world > 1
 
     def step_fn(step, g):
         """Two views of this process's rows (augmentations drawn for the whole global batch), then the step."""
-        x = images[L.batch_indices(len(ds), B, args.seed, step, setup.steps_per_epoch)[rows]]
+        x = images[L.batch_indices(len(ds), B, seed, step, setup.steps_per_epoch)[rows]]
         x = x.to(dist.device, non_blocking=True)
         p1, p2 = aug.sample(B, g), aug.sample(B, g)
         x1 = C.to_device(aug.apply(x, aug.slice(p1, rows.start, rows.stop)), setup)
@@ -83,20 +84,30 @@ def train(args) -> Path:
         if recipe.kind == "simclr":
             return S.simclr_step(model, x1, x2, **common)
         noise = torch.rand((B, *ds.input_size), generator=g)[rows].to(x1)
-        global_negatives = recipe.attack_negatives == "global" and dist.world > 1
         return S.rocl_step(model, x1, x2, noise, eps=recipe.eps, alpha=recipe.alpha, steps=recipe.attack_steps,
                            lam=recipe.lam, reg_pass=recipe.reg_pass, net=net,
                            attack_gather=attack_gather if global_negatives else None, **common)
 
-    def lr_at(step):
-        return C.warmup_cosine_lr(step, setup.total, setup.steps_per_epoch, recipe.lr, recipe.warmup_epochs,
-                                  recipe.warmup_multiplier)
+    return step_fn
 
+
+def lr_schedule(setup: C.RunSetup):
+    r = setup.recipe
+    return lambda step: C.warmup_cosine_lr(step, setup.total, setup.steps_per_epoch, r.lr, r.warmup_epochs,
+                                           r.warmup_multiplier)
+
+
+def train(args) -> Path:
+    setup = C.start_run(args, KINDS)
+    recipe, dist = setup.recipe, setup.dist
+    torch.manual_seed(args.seed)
+    net, model = C.prepare(build(recipe, setup.info), setup)
+    opt = make_optimizer(net, recipe)
     net.train()
-    L.train_loop(net, opt, step_fn, steps_per_epoch=setup.steps_per_epoch, total=setup.total, stop=setup.stop,
-                 seed=args.seed, lr_at=lr_at, run=setup.run, ckpt=setup.ckpt, config=setup.config,
-                 log_every=recipe.log_every, ckpt_every=recipe.ckpt_every, progress=not args.quiet, desc=recipe.name,
-                 barrier=dist.barrier, main=dist.main)
+    L.train_loop(net, opt, make_step(setup, net, model, args.seed), steps_per_epoch=setup.steps_per_epoch,
+                 total=setup.total, stop=setup.stop, seed=args.seed, lr_at=lr_schedule(setup), run=setup.run,
+                 ckpt=setup.ckpt, config=setup.config, log_every=recipe.log_every, ckpt_every=recipe.ckpt_every,
+                 progress=not args.quiet, desc=recipe.name, barrier=dist.barrier, main=dist.main)
     if setup.stop == setup.total and dist.main:
         C.export_model(net.encoder.state_dict(), setup, "encoder", 0, ("temperature", "lam"))
     dist.barrier()

@@ -1,0 +1,184 @@
+"""The one training core: precision chosen at run time, one step function per method shared by every trainer,
+the BN-folded attack network, exact resume after a real kill, Ctrl-C."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import rocl_zoo
+from rocl_zoo import precision, steps
+from rocl_zoo.errors import ConfigError
+from training import pretrain, supervised
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+# Digits (8x8), 64 images, batch 16: 4 steps an epoch.
+TINY = ["--threads", "1", "--quiet", "--subset", "64", "--batch-size", "16", "--set", "dataset=digits",
+        "--set", "attack_steps=2", "--set", "log_every=1"]
+TINY_ROCL = [*TINY, "--set", "proj_hidden=32", "--set", "proj_out=16", "--set", "warmup_epochs=0.5"]
+
+
+def trainer_args(argv):
+    import argparse
+
+    from training import common
+
+    p = argparse.ArgumentParser()
+    common.add_common_args(p)
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------ precision
+
+
+@pytest.mark.parametrize("native, setting, device, expected", [
+    (True, "auto", "cpu", "bf16"), (False, "auto", "cpu", "fp32"), (True, "bf16", "cpu", "bf16"),
+    (True, "off", "cpu", "fp32"), (False, "off", "cpu", "fp32")])
+def test_precision_is_chosen_from_the_hardware(monkeypatch, native, setting, device, expected):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    assert precision.resolve(setting, device) == expected
+
+
+def test_bf16_without_native_support_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="no native bf16.*amp=auto"):
+        precision.resolve("bf16", "cpu")
+    with pytest.raises(ConfigError, match="amp must be one of"):
+        precision.resolve("fp16", "cpu")
+    argv = ["--recipe", "fmnist_rocl", *TINY_ROCL, "--epochs", "1", "--out", str(tmp_path / "r"), "--amp", "bf16"]
+    assert pretrain.main(argv) == 2
+    assert "no native bf16" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_run_records_its_precision(monkeypatch, tmp_path, native):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    out = supervised.train(trainer_args(["--recipe", "fmnist_at", *TINY, "--epochs", "1", "--max-steps", "1",
+                                         "--out", str(tmp_path / "r")]))
+    config = json.loads((out / "config.json").read_text())
+    assert config["precision"] == ("bf16" if native else "fp32") and config["cpu_native_bf16"] is native
+    assert config["amp"] == "auto"
+
+
+# ------------------------------------------------------------------------------------------------ one step per method
+
+
+def test_supervised_and_finetune_train_pgd_at_with_the_same_step(monkeypatch, tmp_path):
+    """training.supervised and rocl_zoo.finetune --mode at both call steps.pgd_at_step; on the same batch, model
+    and seed it gives the same update whoever calls it."""
+    from rocl_zoo import finetune
+
+    callers = []
+    real = steps.pgd_at_step
+
+    def recording(model, x, y, **kw):
+        callers.append(dict(x=x.clone(), y=y.clone(), state={k: v.clone() for k, v in model.state_dict().items()},
+                            seed=kw["generator"].initial_seed(), kw={k: v for k, v in kw.items()
+                                                                     if k not in ("generator", "net", "amp")}))
+        return real(model, x, y, **kw)
+
+    monkeypatch.setattr(steps, "pgd_at_step", recording)
+    supervised.train(trainer_args(["--recipe", "fmnist_at", *TINY, "--epochs", "1", "--max-steps", "1", "--amp",
+                                   "off", "--set", "eps=0.1", "--out", str(tmp_path / "sup")]))
+    enc = tmp_path / "enc"
+    rocl_zoo.save_pretrained(rocl_zoo.create_model("cnn4_rocl", num_classes=0), enc, dataset="fashion_mnist")
+    with pytest.raises(finetune.FinetuneInterrupted):
+        finetune.finetune(str(enc), "digits", mode="at", image_size=8, epochs=1, batch_size=16, steps=2, subset=40,
+                          max_steps=1, amp="off", progress=False, device="cpu", out=tmp_path / "ft")
+    assert len(callers) == 2  # one step each, through the same function
+
+    def update(call):
+        model = rocl_zoo.create_model("cnn4_rocl", num_classes=10, in_chans=1)
+        model.load_state_dict(call["state"])
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        real(model, call["x"], call["y"], generator=torch.Generator().manual_seed(call["seed"]),
+             **call["kw"]).objective.backward()
+        opt.step()
+        return model.state_dict()
+
+    for call in callers:
+        a, b = update(call), update(call)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_attack_view_folds_bn_and_keeps_the_function():
+    torch.manual_seed(0)
+    for arch, shape in (("cnn4_rocl", (1, 28, 28)), ("resnet18_rocl", (3, 32, 32))):
+        model = rocl_zoo.create_model(arch, num_classes=10, in_chans=shape[0])
+        model.train()
+        model(torch.rand(16, *shape))  # BN statistics that are not the identity
+        model.eval()
+        folded = steps.attack_view(model)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        assert model.training is False and all(p.requires_grad for p in model.parameters())
+        x = torch.rand(4, *shape, requires_grad=True)
+        g1, = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x), torch.arange(4)), x)
+        g2, = torch.autograd.grad(torch.nn.functional.cross_entropy(folded(x), torch.arange(4)), x)
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(g2, g1, rtol=1e-3, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ kill, Ctrl-C
+
+
+def _wait_for(path: Path, proc, timeout=120):
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() - t0 < timeout, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def _pretrain_cmd(out, *extra):
+    return [sys.executable, "-m", "training.pretrain", "--recipe", "fmnist_rocl", *TINY_ROCL, "--epochs", "8",
+            "--set", "ckpt_every=3", "--out", str(out), *extra]
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_is_bit_identical(tmp_path):
+    """SIGKILL mid-run (no chance to clean up), then --resume: the same weights as a run never interrupted."""
+    subprocess.run(_pretrain_cmd(tmp_path / "straight"), cwd=ROOT, env=ENV, check=True, capture_output=True)
+    proc = subprocess.Popen(_pretrain_cmd(tmp_path / "killed"), cwd=ROOT, env=ENV, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    _wait_for(tmp_path / "killed" / "checkpoint.pt", proc)
+    proc.kill()
+    proc.wait()
+    step = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["step"]
+    assert 3 <= step < 32 and not (tmp_path / "killed" / "encoder").exists()
+    subprocess.run(_pretrain_cmd(tmp_path / "killed", "--resume"), cwd=ROOT, env=ENV, check=True,
+                   capture_output=True)
+    a = load_file(tmp_path / "straight" / "encoder" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "encoder" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((tmp_path / "killed").rglob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_after_a_step_with_a_checkpoint(tmp_path):
+    proc = subprocess.Popen(_pretrain_cmd(tmp_path / "r", "--set", "ckpt_every=1000"), cwd=ROOT, env=ENV,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    _wait_for(tmp_path / "r" / "metrics.jsonl", proc)  # the loop runs
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "--resume" in err
+    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    logged = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert 1 <= ck["step"] < 32 and logged[-1]["step"] == ck["step"]
+
+
+def test_stale_temporaries_are_removed_on_resume(tmp_path):
+    out = tmp_path / "r"
+    supervised.train(trainer_args(["--recipe", "fmnist_at", *TINY, "--epochs", "1", "--max-steps", "1",
+                                   "--out", str(out)]))
+    stale = out / ".checkpoint.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    supervised.train(trainer_args(["--recipe", "fmnist_at", *TINY, "--epochs", "1", "--out", str(out), "--resume"]))
+    assert not stale.exists() and (out / "model" / "model.safetensors").is_file()
