@@ -21,7 +21,10 @@ Defaults: linear modes follow RoCL's linear protocol (150 epochs, SGD lr 0.1, mo
 2e-4, batch 128, PGD-10 with step 2.5 eps / steps = 2/255 at 8/255). eps defaults to 8/255 in l-inf (0.1 on
 Fashion-MNIST and digits, as rocl_zoo.evaluate). Attacks used for training run the model in eval mode (BN
 running statistics), as TRADES's code does; Madry's PGD-AT code generates in train mode, which also moves the BN
-statistics at every attack step. The training forward passes run in train mode (AT/TRADES).
+statistics at every attack step. The training forward passes run in train mode (AT/TRADES). Each mode is a step
+of rocl_zoo.steps run by the zoo's one loop (rocl_zoo.loop), the same as training.supervised's PGD-AT and
+TRADES; `amp="auto"` trains in bf16 autocast where the hardware has native bf16 (rocl_zoo.precision), and the
+test evaluation is fp32 whatever it says.
 
 Adapting the encoder to the data. By default the DATA is converted to what the encoder takes
 (`rocl_zoo.predict.fit_image`: grey to RGB by repeating the channel, RGB to grey by ITU-R 601 luma, bilinear

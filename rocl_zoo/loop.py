@@ -94,7 +94,8 @@ class RunFolder:
         """
         if resume and overwrite:
             raise ConfigError("--resume and --overwrite exclude each other: continue the run, or start it again.")
-        if self.holds_run() and not (resume or overwrite):
+        # only the main process judges the folder: the others would see the config.json it has just written
+        if self.main and self.holds_run() and not (resume or overwrite):
             raise ConfigError(f"{self.path} already holds a run. Pass --resume to continue it, --overwrite to start "
                               "it again, or choose another --out.")
         self.remove_stale_temporaries()

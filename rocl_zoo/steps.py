@@ -88,8 +88,8 @@ def rocl_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, noise: torch
               detach_other_side: bool = True, reg_pass: str = "fused", net: nn.Module | None = None,
               gather: Callable | None = None, attack_gather: Callable | None = None, world: int = 1,
               amp: Callable = NO_AMP) -> StepOut:
-    """RoCL (DESIGN: the method): the instance-wise attack on t(x) against t'(x), then 3-view NT-Xent over
-    [t(x); t'(x); t(x)_adv] + (1/lam) NT-Xent(t(x)_adv, t'(x)).
+    """RoCL (Kim, Tack & Hwang, NeurIPS 2020): the instance-wise attack on t(x) against t'(x), then 3-view
+    NT-Xent over [t(x); t'(x); t(x)_adv] + (1/lam) NT-Xent(t(x)_adv, t'(x)).
 
     noise: uniform [0, 1) draws for the attack's random start, shaped like x1 (drawn by the caller for the whole
     global batch so that a DDP run starts where one process would). reg_pass="fused" takes the regulariser's

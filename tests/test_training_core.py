@@ -138,25 +138,38 @@ def _wait_for(path: Path, proc, timeout=120):
 
 
 def _pretrain_cmd(out, *extra):
-    return [sys.executable, "-m", "training.pretrain", "--recipe", "fmnist_rocl", *TINY_ROCL, "--epochs", "8",
+    return [sys.executable, "-m", "training.pretrain", "--recipe", "fmnist_rocl", *TINY_ROCL, "--epochs", "30",
             "--set", "ckpt_every=3", "--out", str(out), *extra]
 
 
+def _finetune_cmd(encoder, out, *extra):
+    return [sys.executable, "-m", "rocl_zoo.finetune", "--model", str(encoder), "--dataset", "digits", "--mode", "at",
+            "--image-size", "8", "--epochs", "20", "--batch-size", "16", "--steps", "2", "--subset", "120",
+            "--val-examples", "10", "--eval-examples", "20", "--checkpoint-every", "2", "--threads", "1", "--quiet",
+            "--device", "cpu", "--out", str(out), *extra]
+
+
 @pytest.mark.slow
-def test_resume_after_a_kill_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("trainer", ["pretrain", "finetune"])
+def test_resume_after_a_kill_is_bit_identical(tmp_path, trainer):
     """SIGKILL mid-run (no chance to clean up), then --resume: the same weights as a run never interrupted."""
-    subprocess.run(_pretrain_cmd(tmp_path / "straight"), cwd=ROOT, env=ENV, check=True, capture_output=True)
-    proc = subprocess.Popen(_pretrain_cmd(tmp_path / "killed"), cwd=ROOT, env=ENV, stderr=subprocess.PIPE,
+    if trainer == "pretrain":
+        cmd, weights, total = _pretrain_cmd, "encoder/model.safetensors", 120
+    else:
+        encoder = tmp_path / "enc"
+        torch.manual_seed(0)
+        rocl_zoo.save_pretrained(rocl_zoo.create_model("cnn4_rocl", num_classes=0), encoder, dataset="fashion_mnist")
+        cmd, weights, total = (lambda out, *e: _finetune_cmd(encoder, out, *e)), "classifier/model.safetensors", 140
+    subprocess.run(cmd(tmp_path / "straight"), cwd=ROOT, env=ENV, check=True, capture_output=True)
+    proc = subprocess.Popen(cmd(tmp_path / "killed"), cwd=ROOT, env=ENV, stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True)
     _wait_for(tmp_path / "killed" / "checkpoint.pt", proc)
     proc.kill()
     proc.wait()
     step = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["step"]
-    assert 3 <= step < 32 and not (tmp_path / "killed" / "encoder").exists()
-    subprocess.run(_pretrain_cmd(tmp_path / "killed", "--resume"), cwd=ROOT, env=ENV, check=True,
-                   capture_output=True)
-    a = load_file(tmp_path / "straight" / "encoder" / "model.safetensors")
-    b = load_file(tmp_path / "killed" / "encoder" / "model.safetensors")
+    assert 2 <= step < total and not (tmp_path / "killed" / weights).exists()
+    subprocess.run(cmd(tmp_path / "killed", "--resume"), cwd=ROOT, env=ENV, check=True, capture_output=True)
+    a, b = load_file(tmp_path / "straight" / weights), load_file(tmp_path / "killed" / weights)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not list((tmp_path / "killed").rglob(".*.tmp"))
 
@@ -171,7 +184,7 @@ def test_ctrl_c_stops_after_a_step_with_a_checkpoint(tmp_path):
     assert proc.returncode == 130 and "--resume" in err
     ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
     logged = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    assert 1 <= ck["step"] < 32 and logged[-1]["step"] == ck["step"]
+    assert 1 <= ck["step"] < 120 and logged[-1]["step"] == ck["step"]
 
 
 def test_stale_temporaries_are_removed_on_resume(tmp_path):

@@ -59,8 +59,8 @@ class Recipe:
     lr_milestones: tuple = ()       # epochs where the LR is divided by 10
     trades_beta: float = 6.0
     # runtime
-    channels_last: str = "auto"     # auto (CUDA and ResNets on CPU) | true | false
-    amp: str = "auto"               # auto (bf16 on CUDA) | bf16 | off
+    channels_last: str = "auto"     # auto (= true: faster for every zoo architecture, CPU and CUDA) | true | false
+    amp: str = "auto"               # auto (bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere) | bf16 | off
     subset: int = 0                 # train on a fixed random subset of this many images (0 = all)
     ckpt_every: int = 200           # steps
     log_every: int = 10             # steps
@@ -79,10 +79,10 @@ def _r(**kw) -> Recipe:
 _CIFAR = dict(dataset="cifar10", arch="resnet18_rocl", epochs=1000, batch_size=512, lr=0.1, weight_decay=1e-6,
               ckpt_every=500, log_every=20)
 
-# Fashion-MNIST, cnn4_rocl (256-d features, projector 256-2048-128). Measured for the shipped run on this
-# 2-core CPU (AMD EPYC, otherwise idle, 2 torch threads; runs/fmnist_rocl/metrics.jsonl): one RoCL step
-# (7-step attack) at batch 256 takes about 6.1 s, 42 img/s, so an epoch of 60,000 images takes ~24 min and the
-# 3 epochs ~1.2 h (1 torch thread: 11.5 s a step). A RoCL image costs ~24 forward-equivalents (1 target +
+# Fashion-MNIST, cnn4_rocl (256-d features, projector 256-2048-128). The shipped 3-epoch run (fp32, AMD EPYC,
+# 2 torch threads; results/cnn4_rocl.fmnist/training/metrics.jsonl) took about 6.1 s a step, 42 img/s, ~24 min
+# an epoch. With the training core (bf16 autocast on a CPU with native bf16, BN-folded attack network) the same
+# step takes about 2 s, 120-130 img/s, ~8 min an epoch (benchmarks/results/bench_train.txt). A RoCL image costs ~24 forward-equivalents (1 target +
 # 7 x 2 attack + 3 views x 3 train), SimCLR's 6. Training attack:
 # eps 0.1, Fashion-MNIST's conventional l-inf budget (the zoo evaluates at 0.1), step 0.025 (the paper's
 # step/eps ratio of about 1/4), 7 steps.

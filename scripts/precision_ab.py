@@ -1,0 +1,84 @@
+"""The bf16-against-fp32 table from scripts/precision_ab.sh's results, with its verdict.
+
+    python scripts/precision_ab.py            # prints the markdown table; copies each finished run's
+                                              # config.json and metrics.jsonl next to its results file
+
+bf16 passes for a recipe when its clean and PGD-20 accuracy fall inside the two fp32 seeds' range, or within
+1 point of the nearer fp32 seed.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results" / "precision-ab"
+RUNS = ROOT / "runs" / "precision-ab"
+RUN_NAMES = [f"{kind}-{amp}-seed{seed}" for kind in ("at", "rocl") for amp, seed in (("off", 0), ("off", 1),
+                                                                                      ("bf16", 0))]
+METRICS = ("clean_acc", "pgd_acc")
+
+
+def keep_training_records() -> None:
+    for name in RUN_NAMES:
+        for f in ("config.json", "metrics.jsonl"):
+            src = RUNS / name / f
+            if src.is_file():
+                (RESULTS / f"{name}-training").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, RESULTS / f"{name}-training" / f)
+
+
+def training_record(name: str) -> dict:
+    """Precision, CPU and the epoch's training time and images/s, from the run's committed records."""
+    folder = RESULTS / f"{name}-training"
+    if not (folder / "metrics.jsonl").is_file():
+        return {}
+    config = json.loads((folder / "config.json").read_text())
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    epochs = [x for x in lines if x.get("record") == "epoch"]
+    time_s = sum(e["time_s"] for e in epochs)
+    return dict(precision=config.get("precision"), hardware=config.get("hardware"), time_s=time_s,
+                images_per_s=sum(e["train_examples"] for e in epochs) / time_s if time_s else None)
+
+
+def verdict(bf16: float, fp32: list[float]) -> bool:
+    lo, hi = min(fp32), max(fp32)
+    return lo <= bf16 <= hi or min(abs(bf16 - lo), abs(bf16 - hi)) <= 1.0
+
+
+def main() -> int:
+    keep_training_records()
+    rows = ["| Run | Precision | Clean (%) | PGD-20 (%) | n | Training time (s) | img/s |",
+            "|---|---|---:|---:|---:|---:|---:|"]
+    results = {}
+    for name in RUN_NAMES:
+        path = RESULTS / f"{name}.json"
+        if not path.is_file():
+            rows.append(f"| {name} | – | pending | pending | – | – | – |")
+            continue
+        r = json.loads(path.read_text())
+        results[name] = r
+        t = training_record(name)
+        time_s = f"{t['time_s']:.0f}" if t.get("time_s") else "–"
+        rate = f"{t['images_per_s']:.0f}" if t.get("images_per_s") else "–"
+        rows.append(f"| {name} | {t.get('precision', '–')} | {r['clean_acc']:.2f} | {r['pgd_acc']:.2f} | "
+                    f"{r['n_examples']} | {time_s} | {rate} |")
+    print("\n".join(rows))
+    for kind in ("at", "rocl"):
+        names = [f"{kind}-off-seed0", f"{kind}-off-seed1", f"{kind}-bf16-seed0"]
+        if not all(n in results for n in names):
+            print(f"\n{kind}: incomplete ({', '.join(n for n in names if n not in results)} pending)")
+            continue
+        for m in METRICS:
+            fp32 = [results[n][m] for n in names[:2]]
+            bf16 = results[names[2]][m]
+            ok = verdict(bf16, fp32)
+            print(f"\n{kind} {m}: fp32 seeds {fp32[0]:.2f} / {fp32[1]:.2f} (spread {abs(fp32[0] - fp32[1]):.2f}), "
+                  f"bf16 {bf16:.2f}: {'inside the spread or within 1 point' if ok else 'OUTSIDE'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
