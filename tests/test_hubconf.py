@@ -24,10 +24,22 @@ def test_every_entry_point_is_listed_and_documented():
 
 
 def test_load_untrained_offline():
-    model = torch.hub.load(REPO, "resnet18_rocl", source="local", num_classes=5)
+    model = torch.hub.load(REPO, "resnet18_rocl", source="local", pretrained=False, num_classes=5)
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 5)
-    small = torch.hub.load(REPO, "cnn4_rocl", source="local", tag="fmnist_at")
+    small = torch.hub.load(REPO, "cnn4_rocl", source="local", pretrained=False, tag="fmnist_at")
     assert small.pretrained_cfg["tag"] == "fmnist_at" and small.in_chans == 1
+
+
+def test_entry_points_default_to_the_pretrained_model():
+    """As DINO's and SwAV's hubconf: torch.hub.load(repo, name) is the trained model."""
+    import rocl_zoo
+
+    default = torch.hub.load(REPO, "cnn4_rocl", source="local", tag="fmnist_at").eval()
+    shipped = rocl_zoo.load("cnn4_rocl.fmnist_at")
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(default(x), shipped(x))
+    with pytest.raises(WeightsUnavailableError, match="recipe"):  # no weights yet: the error names the recipe
+        torch.hub.load(REPO, "resnet18_rocl", source="local")
 
 
 def test_pretrained_without_published_weights_names_the_recipe():
