@@ -33,6 +33,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .errors import ConfigError, RoclZooError
@@ -264,9 +265,11 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, step_fn: Callable, 
                 group["lr"] = lr
             t0 = time.perf_counter()
             out = step_fn(step, step_generator(seed, step))
-            opt.zero_grad(set_to_none=True)
-            out.objective.backward()
-            opt.step()
+            with record_function("loop/backward"):
+                opt.zero_grad(set_to_none=True)
+                out.objective.backward()
+            with record_function("loop/optimizer"):
+                opt.step()
             step += 1
             n = out.batch_size
             _accumulate(running, out, n, out.labels, time.perf_counter() - t0)
@@ -291,7 +294,8 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, step_fn: Callable, 
                     run.log(rec)
                 running = _new_running()
             if epoch_done or step == stop or ctrl_c.requested or (ckpt_every and step % ckpt_every == 0):
-                checkpoint()
+                with record_function("loop/checkpoint"):
+                    checkpoint()
             if ctrl_c.requested and step < stop:
                 bar.close()
                 where = f"; checkpoint written to {run.path}. Continue with --resume (same settings)" if run else ""

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from .attacks import instance_attack, pgd, trades_attack
 from .losses import rocl_loss, simclr_loss, trades_loss
@@ -72,11 +73,12 @@ def simclr_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, *, tempera
                 detach_other_side: bool = True, gather: Callable | None = None, world: int = 1,
                 amp: Callable = NO_AMP) -> StepOut:
     """SimCLR: NT-Xent over the two views of the (gathered) batch. The non-robust baseline."""
-    with amp():
+    with record_function("step/forward"), amp():
         z = model(torch.cat([x1, x2])).float()
-    if gather is not None:
-        z = torch.cat([gather(v) for v in z.chunk(2)])
-    loss = simclr_loss(z, temperature, detach_other_side)
+    with record_function("step/loss"):
+        if gather is not None:
+            z = torch.cat([gather(v) for v in z.chunk(2)])
+        loss = simclr_loss(z, temperature, detach_other_side)
     # gradients reach only the local rows of the gathered batch: times the world size, DDP's average is the
     # gradient of the global loss
     return StepOut(loss * world, loss.detach(), logs=dict(loss_contrastive=float(loss.detach()), loss_reg=0.0),
@@ -96,18 +98,17 @@ def rocl_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, noise: torch
     embeddings from the 3N batch; "separate" runs the original's own train-mode pass over [t(x)_adv; t'(x)].
     """
     net = model if net is None else net
-    with amp():
+    with record_function("step/attack"), amp():
         x_adv = instance_attack(attack_view(net), x1, x2, eps=eps, alpha=alpha, steps=steps,
-                                temperature=temperature, delta_init=(2 * noise - 1) * eps, detach_other_side=detach_other_side,
-                                gather=attack_gather)
+                                temperature=temperature, delta_init=(2 * noise - 1) * eps,
+                                detach_other_side=detach_other_side, gather=attack_gather)
+    with record_function("step/forward"), amp():
         z = model(torch.cat([x1, x2, x_adv])).float()
-    if gather is not None:
-        z = torch.cat([gather(v) for v in z.chunk(3)])
-    z_reg = None
-    if reg_pass == "separate" and lam:
-        with amp():
-            z_reg = net(torch.cat([x_adv, x2])).float().chunk(2)
-    loss, con, reg = rocl_loss(z, temperature, lam, detach_other_side, z_reg)
+        z_reg = net(torch.cat([x_adv, x2])).float().chunk(2) if reg_pass == "separate" and lam else None
+    with record_function("step/loss"):
+        if gather is not None:
+            z = torch.cat([gather(v) for v in z.chunk(3)])
+        loss, con, reg = rocl_loss(z, temperature, lam, detach_other_side, z_reg)
     # the gathered term is scaled by the world size (see simclr_step); a separate-pass regulariser is local
     objective = con * world + reg if z_reg is not None else loss * world
     logs = dict(loss_contrastive=float(con.detach()), loss_reg=float(reg.detach()))
@@ -121,11 +122,13 @@ def pgd_at_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: floa
                 norm: str = "linf", generator: torch.Generator | None = None, net: nn.Module | None = None,
                 amp: Callable = NO_AMP) -> StepOut:
     """PGD-AT (Madry et al. 2018): cross-entropy on PGD examples (random start, the last iterate)."""
-    with amp():
+    with record_function("step/attack"), amp():
         x_adv = pgd(attack_view(model if net is None else net), x, y, eps, alpha=alpha, steps=steps, norm=norm,
                     random_start=True, keep_best=False, generator=generator)
+    with record_function("step/forward"), amp():
         logits = model(x_adv).float()
-    loss = F.cross_entropy(logits, y)
+    with record_function("step/loss"):
+        loss = F.cross_entropy(logits, y)
     return StepOut(loss, loss.detach(), logits.detach(), x_adv, perturbation_logs(x_adv, x, norm), len(x), y)
 
 
@@ -136,12 +139,14 @@ def trades_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: floa
 
     Clean and adversarial batches go through the model in two passes, as TRADES's code does: each has its own
     BN batch statistics."""
-    with amp():
+    with record_function("step/attack"), amp():
         x_adv = trades_attack(attack_view(model if net is None else net), x, eps, alpha, steps, norm,
                               generator=generator)
+    with record_function("step/forward"), amp():
         logits = model(x).float()
         logits_adv = model(x_adv).float()
-    loss = trades_loss(logits, logits_adv, y, beta)
+    with record_function("step/loss"):
+        loss = trades_loss(logits, logits_adv, y, beta)
     logs = dict(train_adv_acc=float((logits_adv.argmax(1) == y).float().mean()), **perturbation_logs(x_adv, x, norm))
     return StepOut(loss, loss.detach(), logits.detach(), x_adv, logs, len(x), y)
 
@@ -161,11 +166,13 @@ def alf_head_step(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
                   amp: Callable = NO_AMP) -> StepOut:
     """Robust linear evaluation (ALF / rLE): PGD through the frozen encoder and the current head, then the head
     on the frozen features of those examples. `classifier` is in eval mode with only its head trainable."""
-    with amp():
+    with record_function("step/attack"), amp():
         x_adv = pgd(attack_view(classifier), x, y, eps, alpha=alpha, steps=steps, norm=norm, random_start=True,
                     keep_best=False, generator=generator)
+    with record_function("step/forward"), amp():
         with torch.no_grad():
             features = classifier.forward_head(classifier.forward_features(x_adv), pre_logits=True)
         logits = classifier.get_classifier()(features).float()
-    loss = F.cross_entropy(logits, y)
+    with record_function("step/loss"):
+        loss = F.cross_entropy(logits, y)
     return StepOut(loss, loss.detach(), logits.detach(), x_adv, perturbation_logs(x_adv, x, norm), len(x), y)

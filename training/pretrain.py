@@ -22,6 +22,7 @@ from pathlib import Path
 import timm
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 import rocl_zoo.models  # noqa: F401  (registers the architectures)
 from rocl_zoo import loop as L
@@ -76,11 +77,12 @@ def make_step(setup: C.RunSetup, net: nn.Module, model: nn.Module, seed: int):
 
     def step_fn(step, g):
         """Two views of this process's rows (augmentations drawn for the whole global batch), then the step."""
-        x = images[L.batch_indices(len(ds), B, seed, step, setup.steps_per_epoch)[rows]]
-        x = x.to(dist.device, non_blocking=True)
-        p1, p2 = aug.sample(B, g), aug.sample(B, g)
-        x1 = C.to_device(aug.apply(x, aug.slice(p1, rows.start, rows.stop)), setup)
-        x2 = C.to_device(aug.apply(x, aug.slice(p2, rows.start, rows.stop)), setup)
+        with record_function("data/augment"):
+            x = images[L.batch_indices(len(ds), B, seed, step, setup.steps_per_epoch)[rows]]
+            x = x.to(dist.device, non_blocking=True)
+            p1, p2 = aug.sample(B, g), aug.sample(B, g)
+            x1 = C.to_device(aug.apply(x, aug.slice(p1, rows.start, rows.stop)), setup)
+            x2 = C.to_device(aug.apply(x, aug.slice(p2, rows.start, rows.stop)), setup)
         if recipe.kind == "simclr":
             return S.simclr_step(model, x1, x2, **common)
         noise = torch.rand((B, *ds.input_size), generator=g)[rows].to(x1)

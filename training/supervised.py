@@ -20,6 +20,8 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.profiler import record_function
 
 import rocl_zoo.models  # noqa: F401
 from rocl_zoo import loop as L
@@ -44,23 +46,28 @@ def crop_flip(x: torch.Tensor, g: torch.Generator, pad: int) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
-def train(args) -> Path:
-    setup = C.start_run(args, KINDS)
+def build(recipe, info, num_classes: int) -> nn.Module:
+    return timm.create_model(recipe.arch, num_classes=num_classes, in_chans=info.input_size[0], mean=info.mean,
+                             std=info.std)
+
+
+def make_optimizer(net: nn.Module, recipe) -> torch.optim.Optimizer:
+    return torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+
+
+def make_step(setup: C.RunSetup, net: nn.Module, model: nn.Module, seed: int):
+    """The step function of the run: crop and flip drawn for the whole global batch, this process's rows, then
+    the PGD-AT or TRADES step."""
     recipe, dist, ds = setup.recipe, setup.dist, setup.ds
-    torch.manual_seed(args.seed)
-    net = timm.create_model(recipe.arch, num_classes=len(ds.classes), in_chans=setup.info.input_size[0],
-                            mean=setup.info.mean, std=setup.info.std)
-    net, model = C.prepare(net, setup)
-    opt = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     rows, B = setup.rows(), recipe.batch_size
     pad = 2 if ds.input_size[-1] <= 28 else 4
     attack = dict(eps=recipe.eps, alpha=recipe.alpha, steps=recipe.attack_steps, net=net, amp=setup.amp)
 
     def step_fn(step, g):
-        """Crop and flip drawn for the whole global batch, this process's rows, then the step."""
-        idx = L.batch_indices(len(ds), B, args.seed, step, setup.steps_per_epoch)
-        x = C.to_device(crop_flip(ds.images[idx].float().div_(255), g, pad)[rows], setup)
-        y = ds.labels[idx][rows].to(dist.device)
+        with record_function("data/augment"):
+            idx = L.batch_indices(len(ds), B, seed, step, setup.steps_per_epoch)
+            x = C.to_device(crop_flip(ds.images[idx].float().div_(255), g, pad)[rows], setup)
+            y = ds.labels[idx][rows].to(dist.device)
         if recipe.kind == "at":
             out = S.pgd_at_step(model, x, y, generator=g, **attack)
         else:
@@ -68,15 +75,27 @@ def train(args) -> Path:
         out.batch_size = B
         return out
 
+    return step_fn
+
+
+def lr_schedule(setup: C.RunSetup):
+    r = setup.recipe
+    return lambda step: C.multistep_lr(step, setup.steps_per_epoch, r.lr, r.lr_milestones)
+
+
+def train(args) -> Path:
+    setup = C.start_run(args, KINDS)
+    recipe, dist = setup.recipe, setup.dist
+    torch.manual_seed(args.seed)
+    net, model = C.prepare(build(recipe, setup.info, len(setup.ds.classes)), setup)
+    opt = make_optimizer(net, recipe)
     net.train()
-    L.train_loop(net, opt, step_fn, steps_per_epoch=setup.steps_per_epoch, total=setup.total, stop=setup.stop,
-                 seed=args.seed, lr_at=lambda step: C.multistep_lr(step, setup.steps_per_epoch, recipe.lr,
-                                                                   recipe.lr_milestones),
-                 run=setup.run, ckpt=setup.ckpt, config=setup.config, log_every=recipe.log_every,
-                 ckpt_every=recipe.ckpt_every, progress=not args.quiet, desc=recipe.name, barrier=dist.barrier,
-                 main=dist.main)
+    L.train_loop(net, opt, make_step(setup, net, model, args.seed), steps_per_epoch=setup.steps_per_epoch,
+                 total=setup.total, stop=setup.stop, seed=args.seed, lr_at=lr_schedule(setup), run=setup.run,
+                 ckpt=setup.ckpt, config=setup.config, log_every=recipe.log_every, ckpt_every=recipe.ckpt_every,
+                 progress=not args.quiet, desc=recipe.name, barrier=dist.barrier, main=dist.main)
     if setup.stop == setup.total and dist.main:
-        C.export_model(net.state_dict(), setup, "model", len(ds.classes), ("trades_beta",))
+        C.export_model(net.state_dict(), setup, "model", len(setup.ds.classes), ("trades_beta",))
     dist.barrier()
     dist.close()
     return setup.run.path
