@@ -376,6 +376,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
     RobustBench's keys. resume: a file that keeps every finished attack batch (see `EvalProgress`); the same call
     after an interruption picks up there, and the file is removed once the evaluation is done.
     """
+    from .precision import describe as describe_precision
     from .utils import hardware_name
 
     check_eps(eps, norm)
@@ -461,6 +462,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
         "seed": seed,
         **cfg_meta,
         "hardware": hardware_name(device),
+        **describe_precision("fp32", device),  # evaluation attacks always run in fp32
         "torch": torch.__version__,
     }
     if source_model is not None:

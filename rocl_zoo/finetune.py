@@ -478,7 +478,7 @@ def _train(clf: nn.Module, data: dict, s: dict, *, device, run: RunFolder | None
     epochs = train_loop(clf, opt, step_fn, steps_per_epoch=steps_per_epoch, total=total, seed=seed,
                         lr_at=lambda step: lr_at(s, step // steps_per_epoch), stop=max_steps, run=run, ckpt=ckpt,
                         config=config, log_every=0, ckpt_every=checkpoint_every, on_epoch_end=on_epoch_end,
-                        progress=progress, desc=f"{mode} fine-tuning")
+                        progress=progress, desc=f"{mode} fine-tuning", precision=amp)
     for p in clf.parameters():
         p.requires_grad_(True)
     clf.eval()

@@ -231,12 +231,12 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, step_fn: Callable, 
                run: RunFolder | None = None, ckpt: dict | None = None, config: dict | None = None,
                log_every: int = 10, ckpt_every: int = 0, on_epoch_end: Callable | None = None,
                progress: bool = True, desc: str = "train", barrier: Callable = lambda: None,
-               main: bool = True) -> list[dict]:
+               main: bool = True, precision: str | None = None) -> list[dict]:
     """Train from step 0 (or the checkpoint's step) to `stop` (default: `total`); return the epoch records.
 
-    step_fn(step, generator) -> StepOut, with `.batch_size` and `.labels` set by the caller's step_fn when it
-    wants running accuracy (see StepOut). on_epoch_end(epoch) -> dict of extra fields for the epoch record
-    (validation). Ctrl-C stops after the current step with a checkpoint and raises TrainingInterrupted.
+    step_fn(step, generator) -> StepOut (rocl_zoo.steps). on_epoch_end(epoch) -> dict of extra fields for the
+    epoch record (validation). precision: recorded in every epoch record. Ctrl-C stops after the current step
+    with a checkpoint and raises TrainingInterrupted.
     """
     stop = total if stop is None else min(stop, total)
     step, running, epochs = 0, _new_running(), []
@@ -289,6 +289,8 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, step_fn: Callable, 
                 if on_epoch_end is not None:
                     rec.update(on_epoch_end(epoch))
                 rec["lr"] = lr
+                if precision:
+                    rec["precision"] = precision
                 epochs.append(rec)
                 if run is not None:
                     run.log(rec)

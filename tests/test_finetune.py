@@ -84,6 +84,7 @@ def test_mode_end_to_end(runs, encoder_dir, mode):
     results = json.loads((out / "results.json").read_text())
     assert results["schema"].startswith("rocl_zoo.eval/") and results["protocol"] == f"finetune-{mode}"
     assert results["dataset"] == "digits" and results["n_examples"] == 40 and results["eps"] == pytest.approx(0.1)
+    assert results["precision"] == "fp32" and isinstance(results["cpu_native_bf16"], bool)  # evaluation: fp32
     assert 0 <= results["pgd_acc"] <= results["clean_acc"] <= 100
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1] and metrics == run.metrics

@@ -60,11 +60,13 @@ def test_bf16_without_native_support_is_a_clear_error(monkeypatch, tmp_path, cap
 @pytest.mark.parametrize("native", [True, False])
 def test_the_run_records_its_precision(monkeypatch, tmp_path, native):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
-    out = supervised.train(trainer_args(["--recipe", "fmnist_at", *TINY, "--epochs", "1", "--max-steps", "1",
-                                         "--out", str(tmp_path / "r")]))
+    out = supervised.train(trainer_args(["--recipe", "fmnist_at", *TINY, "--epochs", "1", "--out",
+                                         str(tmp_path / "r")]))
     config = json.loads((out / "config.json").read_text())
     assert config["precision"] == ("bf16" if native else "fp32") and config["cpu_native_bf16"] is native
     assert config["amp"] == "auto"
+    epochs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in x]
+    assert [e["precision"] for e in epochs if e["record"] == "epoch"] == [config["precision"]]
 
 
 # ------------------------------------------------------------------------------------------------ one step per method

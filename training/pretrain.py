@@ -109,7 +109,8 @@ def train(args) -> Path:
     L.train_loop(net, opt, make_step(setup, net, model, args.seed), steps_per_epoch=setup.steps_per_epoch,
                  total=setup.total, stop=setup.stop, seed=args.seed, lr_at=lr_schedule(setup), run=setup.run,
                  ckpt=setup.ckpt, config=setup.config, log_every=recipe.log_every, ckpt_every=recipe.ckpt_every,
-                 progress=not args.quiet, desc=recipe.name, barrier=dist.barrier, main=dist.main)
+                 progress=not args.quiet, desc=recipe.name, barrier=dist.barrier, main=dist.main,
+                 precision=setup.precision)
     if setup.stop == setup.total and dist.main:
         C.export_model(net.encoder.state_dict(), setup, "encoder", 0, ("temperature", "lam"))
     dist.barrier()
