@@ -3,6 +3,8 @@
     python -m rocl_zoo.evaluate cnn4_rocl.fmnist --attacks clean,pgd20,autoattack --out results/x.json
     python -m rocl_zoo.evaluate ENCODER --protocol linear --epochs 20 --dataset fashion_mnist --sanity
     python -m rocl_zoo.evaluate --table results/
+    torchrun --nproc_per_node=4 -m rocl_zoo.evaluate cnn4_rocl.fmnist --attacks clean,autoattack --n-examples 0 \
+        --out results/x.json     # each process attacks every 4th batch; the merged file equals one process's
 
 From Python: `evaluate(model, x, y, attacks=..., eps=..., norm=...)` returns the results dict;
 `run_sanity_checks(...)` the gradient-masking checks; `render_table(results)` the markdown table.
@@ -28,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import attacks as A
+from .distributed import Dist, merge, my_share, world_and_rank
 from .errors import ConfigError, DataError, RoclZooError
 
 THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
@@ -149,12 +152,12 @@ def correct_under(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict,
     batches it holds are not attacked again and every new one is added to it.
     """
     device = device or next(model.parameters()).device
-    out = []
+    done = {}
     desc = cfg["name"] + (" (transfer)" if source_model is not None else "")
-    for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress or None, leave=False):
-        done = log.get(f"{cfg['name']}@{i}") if log else None
-        if done is not None:
-            out.append(done)
+    starts = list(range(0, len(x), batch_size))
+    for i in tqdm(my_share(starts), desc=desc, disable=not progress or None, leave=False):  # under torchrun: a share
+        done[i] = log.get(f"{cfg['name']}@{i}") if log else None
+        if done[i] is not None:
             continue
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
         if cfg["attack"] == "clean":
@@ -165,10 +168,11 @@ def correct_under(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict,
             x_adv = run_attack(source_model if source_model is not None else model, xb, yb, cfg, seed + i,
                                verbose=progress)
             pred = A.predict_labels(model, x_adv)
-        out.append((pred == yb).cpu())
+        done[i] = (pred == yb).cpu()
         if log:
-            log.put(f"{cfg['name']}@{i}", out[-1])
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+            log.put(f"{cfg['name']}@{i}", done[i])
+    done = merge(done)  # every process's batches, on every process
+    return torch.cat([done[i] for i in starts]) if starts else torch.zeros(0, dtype=torch.bool)
 
 
 class EvalProgress:
@@ -176,22 +180,27 @@ class EvalProgress:
 
     Valid only for the same weights, images, attacks, seeds and device kind (`fingerprint`): a file from any other
     evaluation is ignored and overwritten. Batches are seeded by their position, so a resumed run's numbers equal
-    an uninterrupted one's.
+    an uninterrupted one's. Under torchrun each process keeps its own file (PATH.rank<R>) and reads every sibling,
+    so a run resumes whatever the number of processes was before.
     """
 
     def __init__(self, path, fingerprint: str, *, progress: bool = False):
-        self.path, self.fingerprint, self.batches = Path(path), fingerprint, {}
-        if not self.path.exists():
-            return
-        try:
-            state = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            state = {}
-        if isinstance(state, dict) and state.get("fingerprint") == fingerprint:
-            self.batches = dict(state.get("batches") or {})
-        if progress:
-            tqdm.write(f"resuming from {self.path}: {len(self.batches)} batches already done" if self.batches else
-                       f"{self.path} is from another evaluation (weights, data or attacks differ): starting over")
+        world, rank = world_and_rank()
+        base = Path(path)
+        self.path = base if world == 1 else base.with_name(f"{base.name}.rank{rank}")
+        self.fingerprint, self.batches = fingerprint, {}
+        siblings = [p for p in [base, *base.parent.glob(f"{base.name}.rank*")] if p.is_file()]
+        for p in siblings:
+            try:
+                state = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(state, dict) and state.get("fingerprint") == fingerprint:
+                self.batches.update(state.get("batches") or {})
+        if progress and siblings:
+            tqdm.write(f"resuming from {base}: {len(self.batches)} batches already done" if self.batches else
+                       f"{base} is from another evaluation (weights, data or attacks differ): starting over")
+        self.siblings = siblings
 
     def get(self, key: str) -> torch.Tensor | None:
         bits = self.batches.get(key)
@@ -204,7 +213,9 @@ class EvalProgress:
         write_json(self.path, {"fingerprint": self.fingerprint, "batches": self.batches})
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        """Called once the evaluation is whole: this process's file and those it resumed from."""
+        for p in {self.path, *self.siblings}:
+            p.unlink(missing_ok=True)
 
 
 def evaluation_fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: dict,
@@ -483,7 +494,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
         aa_sub_pgd = on_aa(white_pgd)
         out["autoattack_subset"] = {"n_examples": len(aa_idx), "clean_acc": pct(on_aa(
             [n for n, r in results.items() if r["config"]["attack"] == "clean"])), "pgd_acc": pct(aa_sub_pgd)}
-    if sanity:
+    if sanity and world_and_rank()[1] == 0:  # under torchrun the first process runs them, and writes the file
         k = min(sanity_examples, len(y))
         sub = perm[:k]
         xs, ys = x[sub], y[sub]
@@ -608,7 +619,10 @@ def build_parser() -> argparse.ArgumentParser:
                "      --eps 0.1 --n-examples 1000 --sanity --out results/cnn4_rocl.fmnist.json\n"
                "  python -m rocl_zoo.evaluate ./my_encoder --protocol robust-linear --epochs 25 --dataset cifar10\n"
                "  python -m rocl_zoo.evaluate MODEL --transfer-from cnn4_rocl.fmnist_simclr   # black-box\n"
-               "  python -m rocl_zoo.evaluate --table results/ > results/README.md")
+               "  python -m rocl_zoo.evaluate --table results/ > results/README.md\n"
+               "  torchrun --nproc_per_node=4 -m rocl_zoo.evaluate MODEL --attacks clean,autoattack --out r.json\n"
+               "      # several processes (or machines, torchrun's rendezvous): each attacks its share of the\n"
+               "      # batches; the merged results equal a one-process run; an interrupted run resumes")
     p.add_argument("source", nargs="?", help="zoo name (arch.tag), hf-hub:ORG/REPO[@REV] or a Hub-layout folder")
     g = p.add_argument_group("data and threat model")
     g.add_argument("--dataset", help="dataset name (fashion_mnist, cifar10, cifar100, stl10, svhn, digits, "
@@ -701,8 +715,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.protocol_label and args.protocol != "none":
         raise ConfigError(f"--protocol-label names the protocol of a classifier evaluated as it is; with --protocol "
                           f"{args.protocol} the protocol is {args.protocol}: drop one of them.")
-    device = resolve_device(args.device)
-    progress = not args.quiet
+    procs = Dist(args.device)  # under torchrun: the process group; each process attacks its share of the batches
+    device = procs.device if procs.world > 1 else resolve_device(args.device)
+    progress = not args.quiet and procs.main
     model = _load_model(args.source, device)
     dataset = args.dataset or _model_dataset(model)
     if not dataset:
@@ -770,7 +785,7 @@ def run(args: argparse.Namespace) -> dict:
     result["wall_time_s"] = round(time.time() - t0, 3)
     if args.protocol != "none":
         folder = args.save_classifier or (str(Path(args.out).with_suffix("")) + ".classifier" if args.out else None)
-        if folder:
+        if folder and procs.main:
             from .hub import save_pretrained
 
             metrics = {k: result[k] for k in ("clean_acc", "pgd_acc", "autoattack_acc", "robust_acc", "eps_str",
@@ -779,12 +794,15 @@ def run(args: argparse.Namespace) -> dict:
                             recipe=f"{args.protocol} evaluation of {args.source}",
                             extra={"encoder": args.source, "protocol": protocol_cfg})
             result["classifier"] = str(folder)
-    if args.out:
+    if procs.world > 1:
+        result["processes"] = procs.world
+    if procs.main and args.out:
         write_json(args.out, result)
         if progress:
             print(f"wrote {args.out}", file=sys.stderr)
-    else:
+    elif procs.main:
         print(json.dumps(result, indent=2))
+    procs.close()
     return result
 
 

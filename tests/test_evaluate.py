@@ -171,6 +171,17 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(tmp_path, monkeypatc
     stop_at.clear()
     other = E.evaluate(plain, x, y, resume=partial, **{**kw, "eps": 0.06})
     assert len(calls) == 4 * 5 and "resumed_batches" not in other and not partial.exists()
+    # the shards of a sharded (torchrun) run that stopped are read whatever the number of processes now
+    calls.clear()
+    stop_at.append(7)
+    with pytest.raises(Interrupted):
+        E.evaluate(plain, x, y, resume=partial, **kw)
+    partial.rename(tmp_path / "r.json.partial.rank1")  # as rank 1 of a two-process run would have left it
+    calls.clear()
+    stop_at.clear()
+    from_shard = E.evaluate(plain, x, y, resume=partial, **kw)
+    assert len(calls) == 4 * 5 - 6 and from_shard["resumed_batches"] == 11 and not list(tmp_path.glob("r.json*"))
+    assert from_shard["robust_acc"] == whole["robust_acc"]
 
 
 # ----------------------------------------------------------------------------------------- linear probes
@@ -363,3 +374,41 @@ def test_cli_refuses_images_of_another_size(tmp_path, capsys):
                                       dataset="fashion_mnist")
     assert E.main([str(folder), "--dataset", "digits", "--n-examples", "8", "--quiet"]) == 2
     assert "8x8 images but" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one(saved_encoder, tmp_path):
+    """torchrun --nproc_per_node=2 (gloo, CPU): each process attacks half the batches; the merged results file
+    equals a one-process run on the same images and seed, and an interrupted sharded run resumes from its shards."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rocl_zoo.hub import load, save_pretrained
+
+    root = Path(__file__).resolve().parents[1]
+    # a digits classifier (8x8): the subprocesses cannot see this test's monkeypatched blobs
+    clf = load(saved_encoder)
+    clf.reset_classifier(10)
+    clf.pretrained_cfg = {**clf.pretrained_cfg, "num_classes": 10}
+    folder = save_pretrained(clf.eval(), tmp_path / "clf", dataset="digits", recipe="test")
+    argv = [str(folder), "--attacks", "clean,pgd5,fgsm", "--eps", "0.1", "--n-examples", "100", "--batch-size", "16",
+            "--threads", "1", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                f"--master_port={port}", "-m", "rocl_zoo.evaluate"]
+    r = subprocess.run([*torchrun, *argv, "--out", str(tmp_path / "two.json")], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert E.main([*argv, "--out", str(tmp_path / "one.json")]) == 0
+    two, one = (json.loads((tmp_path / f).read_text()) for f in ("two.json", "one.json"))
+    assert two["processes"] == 2 and two["n_examples"] == one["n_examples"] == 100
+    for key in ("clean_acc", "pgd_acc", "robust_acc"):
+        assert two[key] == one[key], key
+    assert {n: a["acc"] for n, a in two["attacks"].items()} == {n: a["acc"] for n, a in one["attacks"].items()}
+    assert not list(tmp_path.glob("*.partial*"))

@@ -5,7 +5,6 @@ the run's set-up and the export of its model. The loop, the run folder and exact
 from __future__ import annotations
 
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,37 +14,14 @@ import torch.distributed as dist
 from torch import nn
 
 from rocl_zoo import precision
+from rocl_zoo.distributed import Dist
 from rocl_zoo.errors import ConfigError
 from rocl_zoo.loop import RunFolder
 from rocl_zoo.precision import SETTINGS
-from rocl_zoo.utils import hardware_name, resolve_device
+from rocl_zoo.utils import hardware_name
 
 
 # --------------------------------------------------------------------------------------------- processes
-
-
-class Dist:
-    """The process group (torchrun sets RANK/WORLD_SIZE/LOCAL_RANK) or a single process."""
-
-    def __init__(self, device: str = "auto"):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = resolve_device(device)
-        if self.device.type == "cuda" and self.world > 1:
-            self.device = torch.device("cuda", self.local_rank)
-            torch.cuda.set_device(self.device)
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        self.main = self.rank == 0
-
-    def barrier(self):
-        if self.world > 1:
-            dist.barrier()
-
-    def close(self):
-        if self.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def gather_with_grad(z: torch.Tensor, world: int, rank: int) -> torch.Tensor:
