@@ -21,6 +21,8 @@ def blocks() -> dict[str, str]:
     from claims import claims_markdown, summary_markdown
 
     results = load_results(ROOT / "results") if (ROOT / "results").is_dir() else []
+    # the zoo's models only: experiments such as results/precision-ab have their own table and script
+    results = [r for r in results if Path(r["_path"]).relative_to(ROOT / "results").parts[0] != "precision-ab"]
     table = render_table(results).rstrip("\n") if results else "No results files yet."
     return {"zoo-table": zoo_table_markdown(), "results-table": table,
             "summary": summary_markdown(results).rstrip("\n"),
