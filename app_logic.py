@@ -31,6 +31,7 @@ import rocl_zoo
 from rocl_zoo import attacks
 from rocl_zoo.errors import ConfigError, DataError, WeightsUnavailableError
 from rocl_zoo.hub import parse_source
+from rocl_zoo.threat import madry_step
 from rocl_zoo.predict import extract_features, predict, prepare_images
 
 ASSETS = Path(rocl_zoo.__file__).parent / "assets"
@@ -284,7 +285,7 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, method: str, 
     """One attack from `rocl_zoo.attacks` on `model` (images -> logits). The instance-wise attack ignores y:
     it maximises NT-Xent between the attacked image's pooled features and the clean image's, with `negatives`
     (other images, clean) as the contrast; with a single image and no negatives its loss would be constant."""
-    alpha = 2.5 * eps / steps  # Madry's rule, also for the instance attack (its default 0.007 suits 8/255)
+    alpha = madry_step(eps, steps)  # also for the instance attack (its default 0.007 suits 8/255)
     if method == "fgsm":
         return attacks.fgsm(model, x, y, eps)
     if method in ("pgd_linf", "pgd_l2"):

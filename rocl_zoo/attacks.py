@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .threat import NORMS, madry_step
+
 # ---------------------------------------------------------------------------------------------------------------
 # Supervised attacks: FGSM, PGD (l-inf, l2), transfer, AutoAttack.
 # ---------------------------------------------------------------------------------------------------------------
@@ -19,7 +21,6 @@ from torch import nn
 # runs (their flags are restored after): autograd then records no weight edges and runs no weight-gradient
 # kernels, about 1.6x cheaper per step on a CPU (DESIGN section 4, fact 2), and `.grad` is never touched.
 
-NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
 
 
@@ -187,7 +188,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
     if loss not in LOSSES and loss != "cw":
         raise ConfigError(f"loss must be one of {LOSSES}, got {loss!r}.")
     keep_best = keep_best or early_stop
-    alpha = 2.5 * eps / max(steps, 1) if alpha is None else float(alpha)
+    alpha = madry_step(eps, steps) if alpha is None else float(alpha)
     x = x.detach()
     n = x.shape[0]
     best = x.clone()

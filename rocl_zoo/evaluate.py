@@ -22,7 +22,6 @@ import math
 import re
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -32,10 +31,8 @@ from tqdm.auto import tqdm
 from . import attacks as A
 from .distributed import Dist, merge, my_share, world_and_rank
 from .errors import ConfigError, DataError, RoclZooError
+from .threat import DEFAULT_EPS, THREAT_MODELS, check_eps, default_eps, eps_str, eval_pgd_step, parse_eps
 
-THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
-DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
-DATASET_DEFAULT_EPS = {("fashion_mnist", "linf"): 0.1, ("digits", "linf"): 0.1}  # DESIGN section 2
 DEFAULT_ATTACKS = "clean,pgd20"
 SCHEMA = "rocl_zoo.eval/1"
 
@@ -44,45 +41,13 @@ SCHEMA = "rocl_zoo.eval/1"
 _PGD_RE = re.compile(r"^pgd(?P<steps>\d+)(?:-(?P<norm>linf|l2))?(?:-(?P<loss>ce|cw))?(?:x(?P<restarts>\d+))?$")
 
 
-def parse_eps(text) -> float:
-    """'8/255', '0.1' or a number -> float; refuses what is not a finite number >= 0."""
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        try:
-            value = float(Fraction(str(text).strip()))
-        except (ValueError, ZeroDivisionError):
-            raise ConfigError(f"eps {text!r} is not a number; write e.g. 8/255, 0.03 or 0.5.") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"eps must be a finite number >= 0, got {text!r}.")
-    return value
-
-
-def eps_str(eps: float | None) -> str:
-    """8/255 for multiples of 1/255, else the decimal ("?" when unknown)."""
-    if eps is None:
-        return "?"
-    k = float(eps) * 255
-    return f"{round(k)}/255" if eps > 0 and abs(k - round(k)) < 1e-6 else f"{float(eps):g}"
-
-
-def check_eps(eps: float, norm: str) -> None:
-    if norm not in THREAT_MODELS:
-        raise ConfigError(f"norm must be linf or l2, got {norm!r}.")
-    if eps <= 0:
-        raise ConfigError(f"eps must be > 0 for a robustness evaluation, got {eps}.")
-    if norm == "linf" and eps > 1:
-        raise ConfigError(f"an l-inf eps of {eps} is larger than the whole [0, 1] pixel range; pixel units are "
-                          f"[0, 1], so 8/255 (not 8) is the usual CIFAR budget.")
-
-
 def parse_attack(spec: str, eps: float, norm: str) -> dict:
     """One attack of --attacks -> its config.
 
     clean | fgsm | pgd<N>[-linf|-l2][-cw][x<R>] | cw | autoattack | apgd-ce, each with an optional @EPS.
     Without a norm suffix an attack uses the threat model (--norm, --eps); with another norm it is an "unseen"
     attack whose eps defaults to that norm's usual budget (l-inf 8/255, l2 0.5) unless @EPS gives one.
-    PGD steps are eps/10 in l-inf (DESIGN: PGD-20 at step eps/10) when N >= 20, else 2.5 eps / N; eps/5 in l2.
+    PGD steps follow rocl_zoo.threat.eval_pgd_step: eps/10 in l-inf for N >= 20, else 2.5 eps / N; eps/5 in l2.
     """
     name, _, at = spec.strip().partition("@")
     name = name.lower()
@@ -117,8 +82,7 @@ def parse_attack(spec: str, eps: float, norm: str) -> dict:
         cfg["eps"] = DEFAULT_EPS[cfg["norm"]]
     check_eps(cfg["eps"], cfg["norm"])
     if cfg["attack"] == "pgd":
-        e, n = cfg["eps"], cfg["steps"]
-        cfg["alpha"] = (e / 10 if n >= 20 else 2.5 * e / n) if cfg["norm"] == "linf" else e / 5
+        cfg["alpha"] = eval_pgd_step(cfg["eps"], cfg["steps"], cfg["norm"])
     cfg["threat_model"] = THREAT_MODELS[cfg["norm"]]
     return cfg
 
@@ -701,7 +665,8 @@ def _model_dataset(model) -> str | None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from .linear import ALF_STEP_RATIO, as_tensors, train_linear_head
+    from .linear import as_tensors, train_linear_head
+    from .threat import alf_step
     from .utils import resolve_device, write_json
 
     if not args.source:
@@ -722,8 +687,7 @@ def run(args: argparse.Namespace) -> dict:
     dataset = args.dataset or _model_dataset(model)
     if not dataset:
         raise ConfigError(f"{args.source} does not record its dataset; pass --dataset NAME.")
-    eps = parse_eps(args.eps) if args.eps is not None else \
-        DATASET_DEFAULT_EPS.get((dataset, args.norm), DEFAULT_EPS[args.norm])
+    eps = parse_eps(args.eps) if args.eps is not None else default_eps(dataset, args.norm)
     check_eps(eps, args.norm)
     specs = [s for s in args.attacks.split(",") if s.strip()]
     for s in specs:  # fail on a bad attack list before any slow work
@@ -751,7 +715,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.protocol != "none":
         robust = args.protocol == "robust-linear"
         train_eps = parse_eps(args.train_eps) if args.train_eps is not None else eps
-        train_alpha = parse_eps(args.train_alpha) if args.train_alpha is not None else ALF_STEP_RATIO * train_eps
+        train_alpha = parse_eps(args.train_alpha) if args.train_alpha is not None else alf_step(train_eps)
         train = _load_dataset(dataset, "train", args.data_root, args.download)
         model = train_linear_head(model, train, num_classes=len(classes) or None, robust=robust,
                                   epochs=args.epochs, lr=args.lr, eps=train_eps, alpha=train_alpha,

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, IntegrityError, RoclZooError
-from .evaluate import eps_str
+from .threat import default_eps, eps_str
 from .hub import CARD_NAME, CONFIG_NAME, HF_PREFIX, WEIGHTS_NAME, architecture_of, parse_source, save_pretrained, verify_file
 from .onnx import INPUT_NAME, META_ARCHITECTURE, META_INPUT_SIZE, META_LABELS, ONNX_NAME, OUTPUT_NAME
 from .predict import model_input_size, prepare_images
@@ -48,7 +48,6 @@ DEFAULT_OPSET = 18
 LOGIT_ATOL = 1e-4          # max |logit difference| ONNX Runtime vs PyTorch
 ROBUST_ACC_TOL = 0.5       # points of robust accuracy on the adversarial batch
 RESULTS_GLOB = "results*.json"
-DEFAULT_EPS = {"fashion_mnist": 0.1, "digits": 0.1}  # else 8/255 (DESIGN section 2)
 DATASET_NAMES = {"fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "stl10": "STL-10",
                  "svhn": "SVHN", "digits": "scikit-learn digits"}
 PAPER = "Kim, Tack, Hwang: Adversarial Self-Supervised Contrastive Learning, NeurIPS 2020 (arXiv:2006.07589)"
@@ -490,7 +489,7 @@ def export(source, out, *, onnx: bool = True, opset: int = DEFAULT_OPSET, result
                       f"(from `python -m rocl_zoo.evaluate`).", stacklevel=2)
     dataset = dataset or next((r.get("dataset") for _, r in parsed if r.get("dataset")), None)
     first = parsed[0][1] if parsed else {}
-    eps = float(eps if eps is not None else first.get("eps", DEFAULT_EPS.get(dataset, 8 / 255)))
+    eps = float(eps if eps is not None else first.get("eps", default_eps(dataset)))
     norm = norm or (_norm_of(first) if parsed else "linf")
     if norm not in ("linf", "l2"):
         norm = "linf"

@@ -63,7 +63,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, DataError, RoclZooError
-from .linear import ALF_STEP_RATIO, as_tensors, check_encoder
+from .linear import as_tensors, check_encoder
 from .loop import RunFolder, TrainingInterrupted
 
 MODES = {
@@ -286,7 +286,7 @@ def resolve_settings(mode: str, dataset_name: str | None, *, epochs=None, lr=Non
                      weight_decay=None, momentum=0.9, milestones=None, eps=None, alpha=None, steps=None,
                      norm="linf", beta=None) -> dict:
     """The per-mode defaults filled in; every value checked."""
-    from .evaluate import DATASET_DEFAULT_EPS, DEFAULT_EPS, check_eps, parse_eps
+    from .threat import alf_step, check_eps, default_eps, madry_step, parse_eps
 
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}.")
@@ -306,7 +306,7 @@ def resolve_settings(mode: str, dataset_name: str | None, *, epochs=None, lr=Non
             raise ConfigError(f"LR milestones are epoch numbers >= 1, got {milestones}.")
     if norm not in ("linf", "l2"):
         raise ConfigError(f"norm must be linf or l2, got {norm!r}.")
-    eps = (DATASET_DEFAULT_EPS.get((dataset_name, norm), DEFAULT_EPS[norm]) if eps is None else parse_eps(eps))
+    eps = default_eps(dataset_name, norm) if eps is None else parse_eps(eps)
     check_eps(eps, norm)
     steps = DEFAULT_STEPS if steps is None else int(steps)
     if steps < 1:
@@ -314,9 +314,9 @@ def resolve_settings(mode: str, dataset_name: str | None, *, epochs=None, lr=Non
     if alpha is not None:
         alpha = parse_eps(alpha)
     elif mode == "robust-linear":  # the same ALF attack as rocl_zoo.evaluate --protocol robust-linear
-        alpha = ALF_STEP_RATIO * eps
+        alpha = alf_step(eps)
     else:
-        alpha = 2.5 * eps / steps
+        alpha = madry_step(eps, steps)
     beta = DEFAULT_BETA if beta is None else float(beta)
     if beta < 0:
         raise ConfigError(f"TRADES beta must be >= 0, got {beta}.")
@@ -508,7 +508,8 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
     FinetuneResult(model, results, metrics, out, config).
     """
     from . import __version__
-    from .evaluate import eps_str, evaluate, parse_attack
+    from .evaluate import evaluate, parse_attack
+    from .threat import eps_str
     from .predict import model_input_size
     from .precision import describe as describe_precision
     from .precision import resolve as resolve_precision

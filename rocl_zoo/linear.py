@@ -21,10 +21,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, DataError
+from .threat import alf_step
 
 MILESTONE_FRACTIONS = (30 / 150, 50 / 150, 100 / 150)
-# RoCL's ALF attack: PGD-10 with step 0.007 at eps 8/255; other budgets keep that step-to-eps ratio
-ALF_STEP_RATIO = 0.007 / (8 / 255)
 
 
 def as_tensors(data, n: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +91,7 @@ def train_linear_head(encoder: nn.Module, train_set, *, num_classes: int | None 
     from .precision import resolve as resolve_precision
 
     check_encoder(encoder)
-    alpha = ALF_STEP_RATIO * eps if alpha is None else alpha
+    alpha = alf_step(eps) if alpha is None else alpha
     if epochs < 1 or lr <= 0 or batch_size < 1:
         raise ConfigError(f"epochs and batch_size must be >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}.")
     x, y = as_tensors(train_set, n_examples, seed)

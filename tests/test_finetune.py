@@ -322,8 +322,8 @@ def test_classifier_loads_through_torch_hub(runs):
     folder = run.out / "classifier"
     cfg = json.loads((folder / "config.json").read_text())
     repo = str(Path(__file__).resolve().parents[1])
-    model = torch.hub.load(repo, cfg["architecture"], source="local", num_classes=cfg["num_classes"],
-                           **cfg["model_args"])
+    model = torch.hub.load(repo, cfg["architecture"], source="local", pretrained=False,
+                           num_classes=cfg["num_classes"], **cfg["model_args"])
     model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
     x = torch.rand(3, 1, 8, 8)
     with torch.no_grad():

@@ -22,6 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from rocl_zoo.errors import ConfigError
+from rocl_zoo.threat import parse_eps
 
 KINDS = ("rocl", "simclr", "at", "trades")
 
@@ -150,7 +151,7 @@ def _parse_value(text: str, current):
     if isinstance(current, int):
         return int(text)
     if isinstance(current, float):
-        return float(eval(text, {"__builtins__": {}}, {})) if "/" in text else float(text)  # "8/255"
+        return parse_eps(text) if "/" in text else float(text)  # "8/255"
     if isinstance(current, tuple):
         return tuple(float(v) if "." in v else int(v) for v in text.split(",") if v)
     return text
@@ -168,7 +169,7 @@ def apply_overrides(recipe: Recipe, pairs) -> Recipe:
             raise ConfigError(f"--set: unknown recipe field {key!r}. Fields: {', '.join(sorted(names - {'name'}))}.")
         try:
             value = _parse_value(text.strip(), getattr(recipe, key))
-        except (ValueError, SyntaxError, NameError, TypeError):
+        except (ValueError, SyntaxError, NameError, TypeError, ConfigError):
             raise ConfigError(f"--set {key}={text}: cannot parse the value as {type(getattr(recipe, key)).__name__}.")
         setattr(recipe, key, value)
     validate(recipe)
