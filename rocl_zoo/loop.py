@@ -100,19 +100,16 @@ class RunFolder:
             raise ConfigError(f"{self.path} already holds a run. Pass --resume to continue it, --overwrite to start "
                               "it again, or choose another --out.")
         self.remove_stale_temporaries()
-        ckpt = None
+        ckpt, saved = None, {}
         if resume and self.config.exists():
             try:
                 saved = json.loads(self.config.read_text())
             except (OSError, json.JSONDecodeError) as e:
                 raise ConfigError(f"{self.config} is not readable JSON ({e}); --overwrite starts the run again.") from e
             check_resume(saved, config, self.path)
-            config.setdefault("started", saved.get("started"))
             if self.checkpoint.exists():
                 ckpt = load_checkpoint(self.checkpoint, format=CHECKPOINT_FORMAT, hint=CORRUPT_HINT)
-        config.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        if config["started"] is None:
-            config["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        config["started"] = saved.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if self.main:
             write_json(self.config, config)
             if ckpt is not None:  # lines logged after the checkpoint are logged again by the resumed run
@@ -142,12 +139,6 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             with open(self.metrics, "a") as f:
                 f.write(json.dumps(record) + "\n")
-
-    def records(self, kind: str = "epoch") -> list[dict]:
-        if not self.metrics.exists():
-            return []
-        lines = (json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip())
-        return [r for r in lines if r.get("record") == kind]
 
 
 def check_resume(saved: dict, current: dict, where) -> None:
