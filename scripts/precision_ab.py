@@ -23,7 +23,10 @@ METRICS = ("clean_acc", "pgd_acc")
 
 
 def keep_training_records() -> None:
+    """The finished runs' config.json and metrics.jsonl, beside their results (runs/ is not committed)."""
     for name in RUN_NAMES:
+        if not any((RUNS / name / folder / "model.safetensors").is_file() for folder in ("model", "encoder")):
+            continue  # still training
         for f in ("config.json", "metrics.jsonl"):
             src = RUNS / name / f
             if src.is_file():
