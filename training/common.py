@@ -16,7 +16,7 @@ from torch import nn
 from rocl_zoo import precision
 from rocl_zoo.distributed import Dist
 from rocl_zoo.errors import ConfigError
-from rocl_zoo.loop import RunFolder
+from rocl_zoo.loop import RunFolder, train_loop
 from rocl_zoo.precision import SETTINGS
 from rocl_zoo.utils import hardware_name
 
@@ -282,6 +282,23 @@ def prepare(net: nn.Module, setup: RunSetup) -> tuple[nn.Module, nn.Module]:
 def to_device(x: torch.Tensor, setup: RunSetup) -> torch.Tensor:
     x = x.to(setup.dist.device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if setup.recipe.channels_last != "false" else x
+
+
+def fit(args, setup: RunSetup, net: nn.Module, model: nn.Module, opt, step_fn, lr_at, export) -> Path:
+    """Train `net` through the zoo's loop with the recipe's settings; when the schedule is done, `export()` on the
+    main process; then close the process group. What training.pretrain and training.supervised share after
+    building their model and step."""
+    recipe, dist = setup.recipe, setup.dist
+    net.train()
+    train_loop(net, opt, step_fn, steps_per_epoch=setup.steps_per_epoch, total=setup.total, stop=setup.stop,
+               seed=args.seed, lr_at=lr_at, run=setup.run, ckpt=setup.ckpt, config=setup.config,
+               log_every=recipe.log_every, ckpt_every=recipe.ckpt_every, progress=not args.quiet, desc=recipe.name,
+               barrier=dist.barrier, main=dist.main, precision=setup.precision)
+    if setup.stop == setup.total and dist.main:
+        export()
+    dist.barrier()
+    dist.close()
+    return setup.run.path
 
 
 # Settings every exported model records in its config (plus the method's own, passed by each trainer).

@@ -101,21 +101,11 @@ def lr_schedule(setup: C.RunSetup):
 
 def train(args) -> Path:
     setup = C.start_run(args, KINDS)
-    recipe, dist = setup.recipe, setup.dist
     torch.manual_seed(args.seed)
-    net, model = C.prepare(build(recipe, setup.info), setup)
-    opt = make_optimizer(net, recipe)
-    net.train()
-    L.train_loop(net, opt, make_step(setup, net, model, args.seed), steps_per_epoch=setup.steps_per_epoch,
-                 total=setup.total, stop=setup.stop, seed=args.seed, lr_at=lr_schedule(setup), run=setup.run,
-                 ckpt=setup.ckpt, config=setup.config, log_every=recipe.log_every, ckpt_every=recipe.ckpt_every,
-                 progress=not args.quiet, desc=recipe.name, barrier=dist.barrier, main=dist.main,
-                 precision=setup.precision)
-    if setup.stop == setup.total and dist.main:
-        C.export_model(net.encoder.state_dict(), setup, "encoder", 0, ("temperature", "lam"))
-    dist.barrier()
-    dist.close()
-    return setup.run.path
+    net, model = C.prepare(build(setup.recipe, setup.info), setup)
+    export = lambda: C.export_model(net.encoder.state_dict(), setup, "encoder", 0, ("temperature", "lam"))  # noqa: E731
+    return C.fit(args, setup, net, model, make_optimizer(net, setup.recipe), make_step(setup, net, model, args.seed),
+                 lr_schedule(setup), export)
 
 
 def main(argv=None) -> int:

@@ -82,9 +82,10 @@ _CIFAR = dict(dataset="cifar10", arch="resnet18_rocl", epochs=1000, batch_size=5
 
 # Fashion-MNIST, cnn4_rocl (256-d features, projector 256-2048-128). The shipped 3-epoch run (fp32, AMD EPYC,
 # 2 torch threads; results/cnn4_rocl.fmnist/training/metrics.jsonl) took about 6.1 s a step, 42 img/s, ~24 min
-# an epoch. With the training core (bf16 autocast on a CPU with native bf16, BN-folded attack network) the same
-# step takes about 2 s, 120-130 img/s, ~8 min an epoch (benchmarks/results/bench_train.txt). A RoCL image costs ~24 forward-equivalents (1 target +
-# 7 x 2 attack + 3 views x 3 train), SimCLR's 6. Training attack:
+# an epoch. With the training core (bf16 autocast on a CPU with native bf16, BN-folded attack network; Intel Xeon
+# with AMX, 2 threads) a whole epoch averaged 155 img/s, 6.5 min (results/precision-ab/rocl-bf16-seed0-training/),
+# and a 17-step benchmark 98-131 img/s (benchmarks/results/bench_train.txt): the machine's speed swung.
+# A RoCL image costs ~24 forward-equivalents (1 target + 7 x 2 attack + 3 views x 3 train), SimCLR's 6. Training attack:
 # eps 0.1, Fashion-MNIST's conventional l-inf budget (the zoo evaluates at 0.1), step 0.025 (the paper's
 # step/eps ratio of about 1/4), 7 steps.
 # Warm-up 0.1 epoch (a short run: the paper's 10 of 1000 epochs would be 0.03 here), then cosine.
