@@ -63,7 +63,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, DataError, RoclZooError
-from .linear import as_tensors, check_encoder
+from .linear import as_tensors, check_encoder, init_head
 from .loop import RunFolder, TrainingInterrupted
 
 MODES = {
@@ -264,11 +264,7 @@ def build_classifier(encoder: nn.Module, num_classes: int, *, in_chans: int | No
     if image_size is not None:
         h, w = image_size
     clf.reset_classifier(num_classes)
-    g = torch.Generator().manual_seed(seed)
-    head = clf.get_classifier()
-    with torch.no_grad():
-        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.01)
-        head.bias.zero_()
+    init_head(clf.get_classifier(), seed)
     cfg = dict(getattr(clf, "pretrained_cfg", None) or {})
     cfg.update(input_size=(int(clf.in_chans), int(h), int(w)), num_classes=num_classes,
                label_names=tuple(label_names) if label_names else tuple(str(i) for i in range(num_classes)))
@@ -329,7 +325,9 @@ def resolve_settings(mode: str, dataset_name: str | None, *, epochs=None, lr=Non
 
 def lr_at(settings: dict, epoch: int) -> float:
     """The step schedule: lr * gamma ** (milestones passed); `epoch` counts from 0."""
-    return settings["lr"] * settings["lr_gamma"] ** sum(epoch >= m for m in settings["milestones"])
+    from .loop import multistep_lr
+
+    return multistep_lr(epoch, 1, settings["lr"], settings["milestones"], settings["lr_gamma"])
 
 
 # ------------------------------------------------------------------------------------------------ outputs

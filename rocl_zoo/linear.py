@@ -71,6 +71,14 @@ def milestones(epochs: int) -> list[int]:
     return sorted({max(1, round(f * epochs)) for f in MILESTONE_FRACTIONS if round(f * epochs) < epochs})
 
 
+@torch.no_grad()
+def init_head(head: nn.Linear, seed: int) -> nn.Linear:
+    """A fresh head: weights N(0, 0.01^2) drawn from `seed`, zero bias."""
+    head.weight.copy_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(seed)) * 0.01)
+    head.bias.zero_()
+    return head
+
+
 def train_linear_head(encoder: nn.Module, train_set, *, num_classes: int | None = None, robust: bool = False,
                       epochs: int = 150, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
                       batch_size: int = 256, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
@@ -86,7 +94,7 @@ def train_linear_head(encoder: nn.Module, train_set, *, num_classes: int | None 
     modified.
     """
     from . import steps as S
-    from .loop import batch_indices, train_loop
+    from .loop import batch_indices, multistep_lr, train_loop
     from .precision import autocast
     from .precision import resolve as resolve_precision
 
@@ -104,11 +112,7 @@ def train_linear_head(encoder: nn.Module, train_set, *, num_classes: int | None 
 
     clf = copy.deepcopy(encoder).to(device).eval()
     clf.reset_classifier(num_classes)
-    head = clf.get_classifier()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.01)
-        head.bias.zero_()
+    head = init_head(clf.get_classifier(), seed)
     flags = [(p, p.requires_grad) for p in clf.parameters()]
     for p in clf.parameters():
         p.requires_grad_(False)
@@ -129,7 +133,7 @@ def train_linear_head(encoder: nn.Module, train_set, *, num_classes: int | None 
 
     try:
         train_loop(clf, opt, step_fn, steps_per_epoch=steps_per_epoch, total=epochs * steps_per_epoch, seed=seed,
-                   lr_at=lambda step: lr * 0.1 ** sum(step // steps_per_epoch >= m for m in marks), log_every=0,
+                   lr_at=lambda step: multistep_lr(step, steps_per_epoch, lr, marks), log_every=0,
                    progress=progress, desc=("robust " if robust else "") + "linear eval")
     finally:
         for p, flag in flags:

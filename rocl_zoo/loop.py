@@ -72,6 +72,12 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int, steps_per_epoch
     return epoch_permutation(n, seed, epoch)[pos * batch_size:(pos + 1) * batch_size]
 
 
+def multistep_lr(step: int, steps_per_epoch: int, lr: float, milestones, gamma: float = 0.1) -> float:
+    """The step schedule every classifier trainer uses: lr times gamma for each milestone (in epochs, possibly
+    fractional) that step has reached."""
+    return lr * gamma ** sum(step / steps_per_epoch >= m for m in milestones)
+
+
 # ------------------------------------------------------------------------------------------------ run folder
 
 

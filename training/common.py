@@ -137,11 +137,6 @@ def warmup_cosine_lr(step: int, total_steps: int, steps_per_epoch: int, lr: floa
     return 0.5 * peak * (1 + math.cos(math.pi * min(step - warm, rest) / rest))
 
 
-def multistep_lr(step: int, steps_per_epoch: int, lr: float, milestones) -> float:
-    epoch = step / steps_per_epoch
-    return lr * 0.1 ** sum(epoch >= m for m in milestones)
-
-
 # ---------------------------------------------------------------------------------------------- command line
 
 

@@ -80,7 +80,7 @@ def make_step(setup: C.RunSetup, net: nn.Module, model: nn.Module, seed: int):
 
 def lr_schedule(setup: C.RunSetup):
     r = setup.recipe
-    return lambda step: C.multistep_lr(step, setup.steps_per_epoch, r.lr, r.lr_milestones)
+    return lambda step: L.multistep_lr(step, setup.steps_per_epoch, r.lr, r.lr_milestones)
 
 
 def train(args) -> Path:
