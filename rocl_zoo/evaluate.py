@@ -10,8 +10,10 @@ From Python: `evaluate(model, x, y, attacks=..., eps=..., norm=...)` returns the
 `run_sanity_checks(...)` the gradient-masking checks; `render_table(results)` the markdown table.
 
 A results file describes one model under one threat model (norm, eps). It carries RobustBench's keys
-(clean_acc, autoattack_acc in percent, eps, dataset, threat_model "Linf"/"L2", architecture) and ours: every
-attack's config, accuracy and wall time, n_examples, seed, hardware, wall time and the sanity flags.
+(clean_acc, autoattack_acc, eps, dataset, threat_model "Linf"/"L2", architecture) and ours: every attack's config,
+accuracy and wall time, n_examples, seed, hardware, wall time and the sanity flags. Every accuracy is in percent
+(schema `rocl_zoo.results.SCHEMA`; the sanity checks' own values stay fractions, as their tolerances are); where a
+file belongs under results/ and how it is read back: `rocl_zoo.results`.
 """
 from __future__ import annotations
 
@@ -31,20 +33,22 @@ from tqdm.auto import tqdm
 from . import attacks as A
 from .distributed import Dist, merge, my_share, world_and_rank
 from .errors import ConfigError, DataError, RoclZooError
+from .results import SCHEMA, Result, read_all
 from .threat import DEFAULT_EPS, THREAT_MODELS, check_eps, default_eps, eps_str, eval_pgd_step, parse_eps
 
 DEFAULT_ATTACKS = "clean,pgd20"
-SCHEMA = "rocl_zoo.eval/1"
 
 # --------------------------------------------------------------------------------------------- attack specs
 
+_APGD = {"apgd-ce": ["apgd-ce"], "apgd": ["apgd-ce", "apgd-dlr"]}  # AutoAttack's stages run alone
 _PGD_RE = re.compile(r"^pgd(?P<steps>\d+)(?:-(?P<norm>linf|l2))?(?:-(?P<loss>ce|cw))?(?:x(?P<restarts>\d+))?$")
 
 
 def parse_attack(spec: str, eps: float, norm: str) -> dict:
     """One attack of --attacks -> its config.
 
-    clean | fgsm | pgd<N>[-linf|-l2][-cw][x<R>] | cw | autoattack | apgd-ce, each with an optional @EPS.
+    clean | fgsm | pgd<N>[-linf|-l2][-cw][x<R>] | cw | autoattack | apgd-ce | apgd, each with an optional @EPS
+    (apgd: AutoAttack's two untargeted gradient attacks, APGD-CE then APGD-DLR, 100 iterations each).
     Without a norm suffix an attack uses the threat model (--norm, --eps); with another norm it is an "unseen"
     attack whose eps defaults to that norm's usual budget (l-inf 8/255, l2 0.5) unless @EPS gives one.
     PGD steps follow rocl_zoo.threat.eval_pgd_step: eps/10 in l-inf for N >= 20, else 2.5 eps / N; eps/5 in l2.
@@ -67,13 +71,13 @@ def parse_attack(spec: str, eps: float, norm: str) -> dict:
             raise ConfigError(f"{spec}: PGD needs at least one step.")
         cfg.update(attack="pgd", norm=m["norm"] or norm, steps=steps, restarts=int(m["restarts"] or 1),
                    loss="margin" if m["loss"] == "cw" else "ce", random_start=True, keep_best=True, early_stop=True)
-    elif name in ("autoattack", "aa", "apgd-ce"):
-        cfg.update(attack="autoattack", norm=norm, version="standard" if name != "apgd-ce" else "custom")
-        if name == "apgd-ce":
-            cfg["attacks"] = ["apgd-ce"]
+    elif name in ("autoattack", "aa"):
+        cfg.update(attack="autoattack", norm=norm, version="standard")
+    elif name in _APGD:
+        cfg.update(attack="autoattack", norm=norm, version="custom", attacks=_APGD[name])
     else:
         raise ConfigError(f"unknown attack {spec!r}. Known: clean, fgsm, pgd<N>[-linf|-l2][-cw][x<R>] (e.g. pgd20, "
-                          f"pgd20-l2, pgd100x5), cw, autoattack, apgd-ce; add @EPS to set a budget (pgd20-l2@1.0).")
+                          f"pgd20-l2, pgd100x5), cw, autoattack, apgd-ce, apgd; add @EPS to set a budget (pgd20-l2@1.0).")
     if at:
         cfg["eps"] = parse_eps(at)
     elif cfg["norm"] == norm:
@@ -207,9 +211,18 @@ def _check(name: str, ok, message: str, **values) -> dict:
     return {"name": name, "ok": ok, "message": message, "values": values}
 
 
+def _frac(correct: torch.Tensor) -> float:
+    """The fraction of True: the sanity checks' unit (their tolerances are fractions)."""
+    return correct.float().mean().item()
+
+
+def _pct(frac: float | None) -> float | None:
+    """A fraction as RobustBench's keys state it: percent, two decimals."""
+    return None if frac is None else round(100 * frac, 2)
+
+
 def _acc(model, x, y, cfg, batch_size, seed, source_model=None) -> float:
-    return correct_under(model, x, y, cfg, batch_size=batch_size, seed=seed, source_model=source_model
-                         ).float().mean().item()
+    return _frac(correct_under(model, x, y, cfg, batch_size=batch_size, seed=seed, source_model=source_model))
 
 
 def check_eps_monotone(model, x, y, *, eps: float, norm: str, steps: int = 20, factors=(0.25, 0.5, 1.0, 2.0),
@@ -347,9 +360,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
     attacks: a comma-separated string or a list of specs (see `parse_attack`). source_model: also run every
     white-box attack as a black-box transfer from it ("transfer-<name>"). autoattack_examples: run AutoAttack
     on a fixed random subset of this many examples only (0 = all); "autoattack_subset" then holds clean and
-    PGD accuracy on the same subset. Accuracies are fractions in the "attacks" block and percentages in
-    RobustBench's keys. resume: a file that keeps every finished attack batch (see `EvalProgress`); the same call
-    after an interruption picks up there, and the file is removed once the evaluation is done.
+    PGD accuracy on the same subset. Accuracies are in percent: full precision in the "attacks" block, rounded
+    to two decimals in RobustBench's keys. resume: a file that keeps every finished attack batch (see
+    `EvalProgress`); the same call after an interruption picks up there, and the file is removed once the
+    evaluation is done.
     """
     from .precision import describe as describe_precision
     from .utils import hardware_name
@@ -397,15 +411,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
         correct = correct_under(model, xa, ya, cfg, batch_size=batch_size, seed=seed, source_model=src,
                                 progress=progress, device=device, log=log)
         per_example[cfg["name"]] = correct
-        results[cfg["name"]] = {"config": cfg, "acc": correct.float().mean().item(),
+        results[cfg["name"]] = {"config": cfg, "acc": 100 * _frac(correct),
                                 "wall_time_s": round(time.time() - t0, 3),
                                 **({"n_examples": len(ya)} if on_subset else {})}
         if progress:
-            tqdm.write(f"{cfg['name']:>20}: {results[cfg['name']]['acc']:.2%}  ({time.time() - t0:.1f} s)")
+            tqdm.write(f"{cfg['name']:>20}: {results[cfg['name']]['acc']:.2f} %  ({time.time() - t0:.1f} s)")
 
-    def acc_of(pred):
+    def acc_of(pred):  # a fraction
         names = [n for n, r in results.items() if pred(r["config"])]
-        return min((results[n]["acc"] for n in names), default=None)
+        return min((_frac(per_example[n]) for n in names), default=None)
 
     in_threat = lambda c: c.get("norm") == norm and abs(c.get("eps", -1) - eps) < 1e-12  # noqa: E731
     clean = acc_of(lambda c: c["attack"] == "clean")
@@ -415,9 +429,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
              and "n_examples" not in r]  # an attack run on a subset has no say on the other examples
     worst = None
     if white:
-        worst = torch.stack([per_example[n] for n in white]).all(0).float().mean().item()
+        worst = _frac(torch.stack([per_example[n] for n in white]).all(0))
 
-    pct = lambda a: None if a is None else round(100 * a, 2)  # noqa: E731
     cfg_meta = dict(meta or {})
     arch = cfg_meta.pop("architecture", None) or (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
     out = {
@@ -428,10 +441,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
         "threat_model": THREAT_MODELS[norm],
         "eps": eps,
         "eps_str": eps_str(eps),
-        "clean_acc": pct(clean),
-        "autoattack_acc": pct(aa),
-        "pgd_acc": pct(pgd_acc),
-        "robust_acc": pct(worst),  # per example, the worst case over every attack run in this threat model
+        "clean_acc": _pct(clean),
+        "autoattack_acc": _pct(aa),
+        "pgd_acc": _pct(pgd_acc),
+        "robust_acc": _pct(worst),  # per example, the worst case over every attack run in this threat model
         "attacks": results,
         "n_examples": len(y),
         "seed": seed,
@@ -450,28 +463,29 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
                 and r["config"].get("version") == "standard"]
     if aa_names:
         out["autoattack_n_examples"] = len(per_example[aa_names[0]])
-    aa_sub_pgd = None  # the strongest PGD's accuracy on AutoAttack's subset
+    aa_sub_pgd = None  # the strongest PGD's accuracy on AutoAttack's subset, a fraction (for the sanity check)
     if aa_names and aa_idx is not None:
         def on_aa(names):
-            return min((per_example[n][aa_idx].float().mean().item() for n in names), default=None)
+            return min((_frac(per_example[n][aa_idx]) for n in names), default=None)
 
         aa_sub_pgd = on_aa(white_pgd)
-        out["autoattack_subset"] = {"n_examples": len(aa_idx), "clean_acc": pct(on_aa(
-            [n for n, r in results.items() if r["config"]["attack"] == "clean"])), "pgd_acc": pct(aa_sub_pgd)}
+        aa_sub_clean = on_aa([n for n, r in results.items() if r["config"]["attack"] == "clean"])
+        out["autoattack_subset"] = {"n_examples": len(aa_idx), "clean_acc": _pct(aa_sub_clean),
+                                    "pgd_acc": _pct(aa_sub_pgd)}
     if sanity and world_and_rank()[1] == 0:  # under torchrun the first process runs them, and writes the file
         k = min(sanity_examples, len(y))
         sub = perm[:k]
         xs, ys = x[sub], y[sub]
         pgd_names = [n for n in white_pgd if results[n]["config"].get("steps") == 20
                      and results[n]["config"].get("restarts") == 1 and results[n]["config"].get("loss") == "ce"]
-        sub_pgd = per_example[pgd_names[0]][sub].float().mean().item() if pgd_names else None
+        sub_pgd = _frac(per_example[pgd_names[0]][sub]) if pgd_names else None
         # AutoAttack is compared with the strongest PGD-type attack run (CE or CW loss, any steps)
-        sub_best_pgd = min((per_example[n][sub].float().mean().item() for n in white_pgd), default=None)
+        sub_best_pgd = min((_frac(per_example[n][sub]) for n in white_pgd), default=None)
         sub_aa = None
         if aa_names and aa_idx is None:
-            sub_aa = per_example[aa_names[0]][sub].float().mean().item()
+            sub_aa = _frac(per_example[aa_names[0]][sub])
         elif aa_names and k <= len(aa_idx):  # both subsets are prefixes of `perm`
-            sub_aa = per_example[aa_names[0]][:k].float().mean().item()
+            sub_aa = _frac(per_example[aa_names[0]][:k])
         t0 = time.time()
         out["sanity"] = run_sanity_checks(model, xs.to(device), ys.to(device), eps=eps, norm=norm,
                                           num_classes=num_classes, pgd_acc=sub_pgd, autoattack_acc=sub_aa,
@@ -480,7 +494,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
                                           batch_size=batch_size, seed=seed, progress=progress)
         if aa_names and aa_idx is not None and k > len(aa_idx):  # AutoAttack vs PGD on AutoAttack's subset
             checks = [c for c in out["sanity"]["checks"] if c["name"] != "autoattack_vs_pgd"]
-            checks.append(check_autoattack(aa_sub_pgd, results[aa_names[0]]["acc"], len(aa_idx)))
+            checks.append(check_autoattack(aa_sub_pgd, _frac(per_example[aa_names[0]]), len(aa_idx)))
             flags = [c["name"] for c in checks if c["ok"] is False]
             out["sanity"].update(checks=checks, flags=flags, passed=not flags)
         out["sanity"]["wall_time_s"] = round(time.time() - t0, 3)
@@ -494,14 +508,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
     return out
 
 
-def results_filename(result: dict) -> str:
-    """<model>__<dataset>__<protocol>__<Linf|L2>-<eps>.json, safe for any file system."""
-    eps = result.get("eps_str", "").replace("/", "_")
-    parts = [result.get("model") or result.get("architecture") or "model", result.get("dataset") or "data",
-             result.get("protocol") or "none", f"{result['threat_model']}-{eps}"]
-    return re.sub(r"[^A-Za-z0-9._+=-]+", "-", "__".join(parts)) + ".json"
-
-
 # -------------------------------------------------------------------------------------------------- table
 
 _ORDER = {"clean": 0, "fgsm": 1, "pgd": 2, "autoattack": 4}
@@ -513,32 +519,15 @@ def _column_key(cfg: dict):
             cfg["name"])
 
 
-def load_results(folder) -> list[dict]:
-    """Every results file (our schema) under `folder`, recursively; other JSON files are skipped."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConfigError(f"--table needs a folder of results files; {folder} is not a folder.")
-    out = []
-    for path in sorted(folder.rglob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"{path}: not a readable JSON file ({e}).") from e
-        if isinstance(data, dict) and data.get("schema", "").startswith("rocl_zoo.eval/"):
-            data["_path"] = str(path)
-            out.append(data)
-    return out
-
-
-def render_table(results: list[dict]) -> str:
-    """A markdown table of results files: one row per model and threat model, one column per attack."""
+def render_table(results: list[Result]) -> str:
+    """A markdown table of results files (`rocl_zoo.results.read_all`): one row per file, one column per attack."""
     if not results:
         return "_No results files._\n"
 
     def column(name: str, cfg: dict) -> str:  # a transfer attack from another source is another column
         return f"{name} from {cfg['transfer_from']}" if cfg.get("transfer_from") else name
 
-    by_column = [{column(name, a["config"]): a for name, a in r.get("attacks", {}).items()} for r in results]
+    by_column = [{column(name, a["config"]): a for name, a in r.attacks.items()} for r in results]
     columns = {n: a["config"] for row in by_column for n, a in row.items()}
     names = sorted(columns, key=lambda n: _column_key(columns[n]))
     label = {n: ("Clean" if columns[n]["attack"] == "clean" else "AutoAttack" if n in ("autoattack", "aa") else
@@ -547,25 +536,25 @@ def render_table(results: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(names) + 1) + [":---:"]) + "|"]
     # models on their own data first, transfer (fine-tuning) results after
     order = sorted(range(len(results)), key=lambda i: (
-        str(results[i].get("protocol")).startswith("finetune"), str(results[i].get("dataset")),
-        str(results[i].get("model")), str(results[i].get("protocol")), results[i].get("threat_model", ""),
-        results[i].get("eps", 0), -results[i].get("n_examples", 0)))
+        results[i].protocol.startswith("finetune"), str(results[i].dataset), str(results[i].model),
+        results[i].protocol, results[i].threat_model or "", results[i].eps or 0, -results[i].n))
     for i in order:
         r = results[i]
-        cells = [f"`{r.get('model') or r.get('architecture')}`", str(r.get("dataset") or "–"),
-                 str(r.get("protocol") or "none"), f"{r.get('threat_model')} {r.get('eps_str', r.get('eps'))}"]
+        cells = [f"`{r.model}`", str(r.dataset or "–"), r.protocol,
+                 f"{r.threat_model} {r.data.get('eps_str', r.eps)}"]
         for n in names:
             a = by_column[i].get(n)
-            cells.append("–" if a is None else f"{100 * a['acc']:.2f}" +
+            cells.append("–" if a is None else f"{a['acc']:.2f}" +
                          (f" (n={a['n_examples']})" if "n_examples" in a else ""))
-        cells.append(str(r.get("n_examples", "–")))
-        s = r.get("sanity")
+        cells.append(str(r.data.get("n_examples", "–")))
+        s = r.data.get("sanity")
         cells.append("–" if not s else "ok" if s.get("passed") else "⚠ " + ", ".join(s.get("flags", [])))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\nAccuracy in % (higher is more robust) on `n` test examples. Columns name the " \
                               "attack (`pgd20-l2` = PGD-20 in l2; `transfer-* from M` = black-box, made on M). Protocol " \
-                              "`none`: the classifier as it is (for an encoder, the head its linear evaluation " \
-                              "trained); `finetune-*`: `rocl_zoo.finetune` on that dataset.\n"
+                              "`none`: a classifier as it is; `linear` / `robust-linear`: a linear head on the " \
+                              "frozen encoder (SLF / ALF), trained by that run or before it; `finetune-*`: " \
+                              "`rocl_zoo.finetune` on that dataset.\n"
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -579,8 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "model is a frozen encoder and a linear head is trained first (SLF / ALF).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  python -m rocl_zoo.evaluate cnn4_rocl.fmnist --attacks clean,fgsm,pgd20,cw,autoattack \\\n"
-               "      --eps 0.1 --n-examples 1000 --sanity --out results/cnn4_rocl.fmnist.json\n"
+               "  python -m rocl_zoo.evaluate cnn4_rocl.fmnist_at --attacks clean,fgsm,pgd20,cw --eps 0.1 \\\n"
+               "      --n-examples 1000 --sanity --out results/cnn4_rocl.fmnist_at/none/Linf-0.1/attacks-n1000.json\n"
+               "      # results/<model>/<protocol>/<threat model>/<suite>-n<examples>.json: rocl_zoo.results\n"
                "  python -m rocl_zoo.evaluate ./my_encoder --protocol robust-linear --epochs 25 --dataset cifar10\n"
                "  python -m rocl_zoo.evaluate MODEL --transfer-from cnn4_rocl.fmnist_simclr   # black-box\n"
                "  python -m rocl_zoo.evaluate --table results/ > results/README.md\n"
@@ -599,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "linf 8/255, 0.1 on fashion_mnist and digits; l2 0.5)")
     g.add_argument("--attacks", default=DEFAULT_ATTACKS,
                    help="comma-separated: clean, fgsm, pgd<N>[-linf|-l2][-cw][x<R>] (pgd20, pgd20-l2, pgd100x5), "
-                        "cw (PGD-30, CW margin loss), autoattack (standard; needs rocl-zoo[eval]), apgd-ce; "
+                        "cw (PGD-30, CW margin loss), autoattack (standard; needs rocl-zoo[eval]), apgd-ce, apgd (APGD-CE + "
+                        "APGD-DLR); "
                         f"@EPS sets one attack's budget (pgd20-l2@1.0). Default {DEFAULT_ATTACKS}")
     g.add_argument("--n-examples", type=int, default=1000,
                    help="attack a fixed random subset of this many test examples (default 1000; 0 = all)")
@@ -775,7 +766,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.table:
-            sys.stdout.write(render_table(load_results(args.table)))
+            sys.stdout.write(render_table(read_all(args.table)))
             return 0
         if args.threads:
             torch.set_num_threads(args.threads)

@@ -12,11 +12,11 @@ The folder is built in a hidden sibling and moved into place only once it has ve
 - the folder reloads with `rocl_zoo.load` to bit-identical logits, and every recorded sha256 matches.
 On any failure nothing is written and `ExportError` (an `IntegrityError`) reports the numbers.
 
-Results files (one JSON per model and threat model, written by `python -m rocl_zoo.evaluate`) are copied into the
-folder and into the model card's `model-index`. Fields read: clean_acc, autoattack_acc, eps, norm or
-threat_model ("Linf"/"L2"), dataset, split, architecture, n_examples, attacks {name: {"acc", "config": {...}}},
-and, when present, robust_acc, protocol, seed, hardware, wall_time_s, sanity, recipe. Accuracies go into the card in
-percent: RobustBench's keys as written, the "attacks" block's fractions (rocl_zoo.eval schema) times 100.
+Results files (written by `python -m rocl_zoo.evaluate`, read by `rocl_zoo.results`, which brings an older
+schema to the current one) go into the folder, in the current schema, and into the model card's `model-index`.
+Fields read: clean_acc, autoattack_acc, eps, threat_model ("Linf"/"L2"), dataset, split, architecture,
+n_examples, attacks {name: {"acc", "config": {...}}}, and, when present, robust_acc, protocol, seed, hardware,
+wall_time_s, sanity, recipe. Every accuracy is in percent, in the files and in the card.
 """
 from __future__ import annotations
 
@@ -223,20 +223,10 @@ def verify_onnx(model: nn.Module, onnx_path, *, x_real: torch.Tensor, y_real: to
 
 
 def read_results(paths: Iterable) -> list[tuple[str, dict]]:
-    """[(file name, parsed JSON)] for results files; refuses unreadable ones."""
-    out = []
-    for p in paths:
-        p = Path(p)
-        try:
-            data = json.loads(p.read_text())
-        except FileNotFoundError as e:
-            raise ConfigError(f"No results file {p}; write one with `python -m rocl_zoo.evaluate`.") from e
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{p} is not valid JSON ({e}).") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p} holds no results object.")
-        name = p.name if p.name.startswith("results") else f"results_{p.name}"
-        out.append((name, data))
+    """[(name in the folder, results dict in the current schema)] for results files; refuses unreadable ones."""
+    from .results import folder_name, read
+
+    out = [(folder_name(p), read(p).data) for p in paths]
     names = [n for n, _ in out]
     if len(set(names)) != len(names):
         raise ConfigError(f"results files with the same name {names}; rename them (results_<threat>.json).")
@@ -246,16 +236,6 @@ def read_results(paths: Iterable) -> list[tuple[str, dict]]:
 def _norm_of(res: dict) -> str:
     norm = str(res.get("norm") or res.get("threat_model") or "linf").lower()
     return {"linf": "linf", "l_inf": "linf", "l2": "l2", "corruptions": "corruptions"}.get(norm, norm)
-
-
-def _percent(res: dict, acc):
-    """An accuracy of the "attacks" block in percent. rocl_zoo.evaluate (schema rocl_zoo.eval/*) writes fractions
-    there and percentages in RobustBench's keys; other files are read as percent unless clearly fractions."""
-    if acc is None:
-        return None
-    fraction = str(res.get("schema", "")).startswith("rocl_zoo.eval/") or (
-        acc <= 1 and (res.get("clean_acc") or 0) > 1)
-    return round(100 * acc, 2) if fraction else acc
 
 
 _NOT_SETTINGS = {"name", "attack", "norm", "eps", "threat_model"}
@@ -269,26 +249,21 @@ def result_metrics(res: dict) -> list[dict]:
     out = []
     clean = res.get("clean_acc")
     for name, spec in (res.get("attacks") or {}).items():
-        if isinstance(spec, dict):
-            acc = spec.get("acc")
-            cfg = spec.get("config") if isinstance(spec.get("config"), dict) else \
-                {k: v for k, v in spec.items() if k not in ("acc", "wall_time_s")}
-        else:
-            acc, cfg = spec, {}
+        acc, cfg = spec.get("acc"), spec.get("config") or {}
         kind = str(cfg.get("attack", name))
         if acc is None:
             continue
         if kind == "clean":
-            clean = clean if clean is not None else _percent(res, acc)
+            clean = clean if clean is not None else round(acc, 2)
             continue
         a_norm = _norm_of(cfg) if cfg.get("norm") else norm
         a_eps = cfg.get("eps", eps)
         settings = {k: v for k, v in cfg.items() if k not in _NOT_SETTINGS and v is not None}
-        subset = f", on {spec['n_examples']} of the examples" if isinstance(spec, dict) and "n_examples" in spec else ""
+        subset = f", on {spec['n_examples']} of the examples" if "n_examples" in spec else ""
         if subset:  # e.g. AutoAttack on a fixed random subset (rocl_zoo.evaluate --autoattack-examples)
             settings["n_examples"] = spec["n_examples"]
         out.append({"config": f"{name}_{a_norm}_{eps_str(a_eps)}", "name": f"{name} accuracy ({a_norm}, eps="
-                    f"{eps_str(a_eps)}{subset})", "value": _percent(res, acc), "attack": name, "kind": kind,
+                    f"{eps_str(a_eps)}{subset})", "value": round(acc, 2), "attack": name, "kind": kind,
                     "settings": settings})
     if res.get("autoattack_acc") is not None and not any(m["kind"].lower() in ("autoattack", "aa") for m in out):
         out.append({"config": f"autoattack_{threat}", "name": f"AutoAttack accuracy ({norm}, eps={eps_str(eps)})",
@@ -384,8 +359,9 @@ def build_card(config: dict, results: Sequence[tuple[str, dict]], *, model_name:
                                  for k, v in m["settings"].items()) or "-"
             L.append(f"| {m['attack']} | {settings} | {_fmt(m['value'])} |")
         L.append("")
-    if recipe and " " in recipe:  # a stage of a script, e.g. "zoo_fmnist.sh rocl_at"
-        L += ["## Recipe", "", f"Made by `bash scripts/{recipe}` in the rocl-zoo repository."]
+    if recipe and recipe.startswith("reproduce "):  # an entry of the experiment matrix that is not one recipe
+        L += ["## Recipe", "", f"Made by `python -m training.{recipe}` in the rocl-zoo repository (its steps and "
+              "budgets: `training/matrix.py`)."]
     elif recipe:
         L += ["## Recipe", "", f"Recipe `{recipe}`: reproduce with `python -m training.pretrain --recipe {recipe}` "
               f"(RoCL, SimCLR) or `python -m training.supervised --recipe {recipe}` (the supervised baselines), then "
@@ -518,9 +494,8 @@ def export(source, out, *, onnx: bool = True, opset: int = DEFAULT_OPSET, result
         save_pretrained(model, stage, dataset=dataset, recipe=recipe, metrics=metrics,
                         extra={"export": {"parity": parity, "results": [n for n, _ in parsed], "repo_id": repo_id}},
                         card="")  # the card needs the final config: written below
-        for (name, _), src in zip(parsed, result_files):
-            with atomic_write(stage / name) as f:
-                f.write(Path(src).read_bytes())
+        for name, res in parsed:  # in the current schema, whatever the source file's
+            write_json(stage / name, res)
         config = json.loads((stage / CONFIG_NAME).read_text())
         records = config["rocl_zoo"]["files"]
         for name in files[3:]:

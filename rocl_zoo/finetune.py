@@ -39,10 +39,13 @@ gives 20 % of its images (seeded) to a test split.
 Output folder OUT:
     config.json      the resolved settings (a resumed run must match them)
     metrics.jsonl    one line per epoch: loss, accuracy, LR, the training attack's statistics, validation
+                     (a training log: accuracies as fractions)
     checkpoint.pt    weights, optimiser, RNG and position, written atomically at each epoch's end (and every
                      checkpoint_every steps, and on Ctrl-C); read with torch.load(weights_only=True)
     classifier/      the fine-tuned classifier in the Hub layout (rocl_zoo.load, timm "local-dir:", model card)
-    results.json     rocl_zoo.evaluate's results file on the test split (clean, PGD-20, AutoAttack on request)
+    results.json     rocl_zoo.evaluate's results file on the test split (clean, PGD-20, AutoAttack on request;
+                     accuracies in percent, rocl_zoo.results); results/ files it under
+                     rocl_zoo.results.relpath(encoder, "finetune-<mode>", threat, "finetune", n, dataset)
 A finished OUT is never overwritten without resume=True (continue) or overwrite=True (start again: old files
 are replaced only as new ones are written). Errors about the model or the data are raised before anything is
 written.
@@ -51,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import sys
 import time
@@ -338,15 +340,18 @@ def _existing_outputs(out: Path) -> list[str]:
 
 
 def _finished_results(out: Path, suite: str) -> dict | None:
-    """The results of a finished run in `out` when they cover the attack suite asked for, else None."""
+    """The results of a finished run in `out` (in the current schema) when they cover the attack suite asked for,
+    else None."""
+    from .results import read
+
     try:
-        results = json.loads((out / RESULTS_NAME).read_text())
-    except (OSError, json.JSONDecodeError):
+        results = read(out / RESULTS_NAME)
+    except RoclZooError:
         return None
     wanted = {a.strip() for a in suite.split(",") if a.strip()}
-    if not (out / CLASSIFIER_DIR / "config.json").is_file() or not wanted <= set(results.get("attacks", {})):
+    if not (out / CLASSIFIER_DIR / "config.json").is_file() or not wanted <= set(results.attacks):
         return None
-    return results
+    return results.data
 
 
 def autoattack_text(results: dict) -> str:
@@ -363,9 +368,11 @@ def autoattack_text(results: dict) -> str:
 def model_card(config: dict, results: dict, metrics: list) -> str:
     """The classifier's README.md: how it was made, what it scores, how to load it."""
     mode, ds = config["mode"], config["dataset"]
-    pct = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
-    rows = [f"| {name} | {100 * a['acc']:.2f} |" for name, a in results.get("attacks", {}).items()]
     last = metrics[-1] if metrics else {}
+    pct = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+    rows = [f"| {name} | {pct(a['acc'])} |" for name, a in results.get("attacks", {}).items()]
+    # metrics.jsonl, a training log, keeps its validation accuracies as fractions; the card states percent
+    val = lambda k: "–" if last.get(k) is None else f"{100 * last[k]:.2f} %"  # noqa: E731
     settings = ", ".join(f"{k}={config[k]}" for k in ("epochs", "lr", "batch_size", "weight_decay", "milestones",
                                                        "eps_str", "alpha", "steps", "beta") if k in config)
     return (
@@ -379,8 +386,8 @@ def model_card(config: dict, results: dict, metrics: list) -> str:
         f"## Results on the test split ({results.get('n_examples')} images, {results.get('threat_model')} "
         f"eps {results.get('eps_str')})\n\n| Attack | Accuracy (%) |\n|---|---:|\n" + "\n".join(rows) +
         f"\n\nClean {pct(results.get('clean_acc'))} %, PGD {pct(results.get('pgd_acc'))} %, AutoAttack "
-        f"{autoattack_text(results)}. Last epoch's validation: clean "
-        f"{last.get('val_clean_acc', '–')}, robust {last.get('val_robust_acc', '–')}. Hardware: "
+        f"{autoattack_text(results)}. Last epoch's validation: clean {val('val_clean_acc')}, robust "
+        f"{val('val_robust_acc')}. Hardware: "
         f"{results.get('hardware')}.\n\n## Load\n\n```python\nimport rocl_zoo\nmodel = rocl_zoo.load('PATH')"
         f"          # verified sha256, strict\n\nimport timm, rocl_zoo.models\nmodel = "
         f"timm.create_model('local-dir:PATH', pretrained=True)\n```\n")

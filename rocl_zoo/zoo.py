@@ -9,13 +9,16 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data import DATASETS
 
 HF_ORG = "rocl-zoo"
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+# $ROCL_ZOO_WEIGHTS moves the embedded weights and their registry elsewhere (a private zoo, a trial release)
+PACKAGE_WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_DIR = Path(os.environ.get("ROCL_ZOO_WEIGHTS") or PACKAGE_WEIGHTS_DIR)
 REGISTRY_NAME = "registry.json"  # written by `python -m training.release`: each shipped entry's sha256 and metrics
 
 
@@ -23,10 +26,12 @@ REGISTRY_NAME = "registry.json"  # written by `python -m training.release`: each
 class ZooEntry:
     name: str                      # "arch.tag"
     dataset: str                   # a key of rocl_zoo.data.DATASETS
-    recipe: str                    # `python -m training.pretrain --recipe <recipe>` (or training.supervised)
+    recipe: str                    # `python -m training.pretrain --recipe <recipe>` (or training.supervised), or
+                                   # "reproduce <name>": made by several steps of training/matrix.py
     description: str
     sha256: str | None = None      # of model.safetensors; None = not published yet
-    # measured on `split`: clean_acc, pgd20_acc, autoattack_acc (fractions), eps, norm, n_examples, results (path)
+    # measured on `split`: clean_acc, pgd20_acc, autoattack_acc (percent), eps, norm, n_examples, results (path);
+    # check: clean and PGD-20 accuracy (percent) on a fixed test subset, recomputed by the tests
     metrics: dict = field(default_factory=dict)
     filename: str = "model.safetensors"
     default: bool = False          # the tag `create_model(arch, pretrained=True)` picks
@@ -80,7 +85,7 @@ def _entry(name, dataset, recipe, description, **kw) -> ZooEntry:
     return ZooEntry(name=name, dataset=dataset, recipe=recipe, description=description, **kw)
 
 
-ZOO: dict[str, ZooEntry] = {e.name: e for e in [
+_DEFINED: dict[str, ZooEntry] = {e.name: e for e in [
     _entry("cnn4_rocl.fmnist", "fashion_mnist", "fmnist_rocl",
            "RoCL encoder (no labels) + linear head, Fashion-MNIST", default=True),
     _entry("cnn4_rocl.fmnist_simclr", "fashion_mnist", "fmnist_simclr",
@@ -88,9 +93,9 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in [
     _entry("cnn4_rocl.fmnist_at", "fashion_mnist", "fmnist_at",
            "Supervised PGD adversarial training, Fashion-MNIST"),
     _entry("cnn4_rocl.fmnist_trades", "fashion_mnist", "fmnist_trades", "Supervised TRADES, Fashion-MNIST"),
-    _entry("cnn4_rocl.fmnist_rocl_at", "fashion_mnist", "zoo_fmnist.sh rocl_at",
+    _entry("cnn4_rocl.fmnist_rocl_at", "fashion_mnist", "reproduce cnn4_rocl.fmnist_rocl_at",
            "RoCL+AT: the RoCL encoder fine-tuned with PGD-AT (python -m rocl_zoo.finetune --mode at), Fashion-MNIST"),
-    _entry("cnn4_rocl.fmnist_simclr_at", "fashion_mnist", "zoo_fmnist.sh simclr_at",
+    _entry("cnn4_rocl.fmnist_simclr_at", "fashion_mnist", "reproduce cnn4_rocl.fmnist_simclr_at",
            "SimCLR+AT: the SimCLR encoder fine-tuned with PGD-AT, RoCL+AT's budget, Fashion-MNIST"),
     _entry("cnn4w_rocl.fmnist", "fashion_mnist", "fmnist_rocl_wide",
            "RoCL encoder + linear head, Fashion-MNIST, double-width CNN", default=True),
@@ -114,7 +119,13 @@ def _published(entries: dict[str, ZooEntry]) -> dict[str, ZooEntry]:
     return {n: dataclasses.replace(e, **registry[n]) if n in registry else e for n, e in entries.items()}
 
 
-ZOO = _published(ZOO)
+ZOO = _published(_DEFINED)
+
+
+def refresh() -> None:
+    """Read the registry again (a release in this process changed it), in place: every holder of ZOO sees it."""
+    ZOO.clear()
+    ZOO.update(_published(_DEFINED))
 
 
 def get_entry(name: str) -> ZooEntry:
@@ -161,7 +172,7 @@ def timm_default_cfgs(*architectures: str) -> dict:
 
 
 def _pct(value) -> str:
-    return "" if value is None else f"{100 * value:.2f}"
+    return "" if value is None else f"{value:.2f}"
 
 
 def zoo_table_markdown() -> str:
@@ -170,7 +181,7 @@ def zoo_table_markdown() -> str:
             "|---|---|---|---|---|---|---|---|"]
     for e in ZOO.values():
         m = e.metrics
-        threat = f"{m['norm']} eps={m['eps']:g}, {m['n_examples']} {m['split']} images" if m else ""
+        threat = f"{m['norm']} eps={m['eps']:g}, {m['n_examples']} {m['split']} images" if "norm" in m else ""
         status = "embedded" if (e.embedded_dir / e.filename).is_file() else ("Hub" if e.published else
                                                                              "not trained yet")
         aa = _pct(m.get("autoattack_acc"))

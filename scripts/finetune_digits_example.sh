@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's transfer example: a Fashion-MNIST RoCL encoder transferred to scikit-learn's digits in all four
-# modes of `python -m rocl_zoo.finetune`, then the table of clean and robust accuracy it produced. Any other
-# encoder goes the same way (results/finetune-digits/<its name>/): the claims compare cnn4_rocl.fmnist_at's.
+# modes of `python -m rocl_zoo.finetune`, then the table of clean and robust accuracy it produced. Each results
+# file is copied to results/<encoder>/finetune-<mode>.digits/Linf-0.1/finetune-n<test images>.json
+# (rocl_zoo.results' layout). Any other encoder goes the same way: the claims compare cnn4_rocl.fmnist_at's.
 #
 #   bash scripts/finetune_digits_example.sh [ENCODER]      # default: cnn4_rocl.fmnist, else runs/fmnist_rocl/encoder
 #
@@ -33,8 +34,7 @@ if [ -z "$ENCODER" ]; then
 fi
 TAG=$(basename "$ENCODER")
 OUT=${OUT:-runs/finetune-digits/$TAG}
-RESULTS=${RESULTS:-results/finetune-digits/$TAG}
-mkdir -p "$RESULTS"
+RESULTS=${RESULTS:-results}
 MODES=${MODES:-linear robust-linear at trades}
 AA_EXAMPLES=${AA_EXAMPLES:-100}
 for MODE in $MODES; do
@@ -43,15 +43,17 @@ for MODE in $MODES; do
   [ "$AA_EXAMPLES" != 0 ] && EXTRA+=(--autoattack --autoattack-examples "$AA_EXAMPLES")
   $PY -m rocl_zoo.finetune --model "$ENCODER" --dataset digits --mode "$MODE" --out "$OUT/$MODE" \
       --eps 0.1 --threads "$THREADS" --resume --quiet "${EXTRA[@]}" ${ARGS:-}
-  cp "$OUT/$MODE/results.json" "$RESULTS/$MODE.json"
+  $PY -c "import sys, rocl_zoo.results as R; R.file_result(*sys.argv[1:])" "$OUT/$MODE/results.json" "$RESULTS" finetune
 done
-$PY - "$RESULTS" "$ENCODER" $MODES <<'PYEOF'
-import json, sys
+$PY -m rocl_zoo.results "$RESULTS" >/dev/null
+$PY - "$OUT" "$ENCODER" $MODES <<'PYEOF'
+import sys
 from pathlib import Path
+from rocl_zoo.results import read
 folder, encoder = Path(sys.argv[1]), sys.argv[2]
 rows, hw = [], None
 for mode in sys.argv[3:]:
-    r = json.loads((folder / f"{mode}.json").read_text())
+    r = read(folder / mode / "results.json").data
     c = r["protocol_config"]
     hw = r["hardware"]
     attack = "–" if mode == "linear" else f"PGD-{c['train_attack']['steps']}" if mode != "trades" else \

@@ -15,6 +15,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rocl_zoo.results import read, write_index  # noqa: E402
+
 RESULTS = ROOT / "results" / "precision-ab"
 RUNS = ROOT / "runs" / "precision-ab"
 RUN_NAMES = [f"{kind}-{amp}-seed{seed}" for kind in ("at", "rocl") for amp, seed in (("off", 0), ("off", 1),
@@ -60,7 +64,7 @@ def main() -> int:
         if not path.is_file():
             rows.append(f"| {name} | – | pending | pending | – | – |")
             continue
-        r = json.loads(path.read_text())
+        r = read(path).data
         results[name] = r
         t = training_record(name)
         time_s = f"{t['time_s']:.0f}" if t.get("time_s") else "–"
@@ -86,6 +90,7 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text, end="")
     (RESULTS / "README.md").write_text(text)
+    write_index(RESULTS.parent)  # the runs add results files: results/index.json lists them
     return 0
 
 

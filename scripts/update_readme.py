@@ -15,16 +15,19 @@ sys.path.insert(0, str(ROOT))
 
 
 def blocks() -> dict[str, str]:
-    from rocl_zoo.evaluate import load_results, render_table
+    from rocl_zoo.evaluate import render_table
+    from rocl_zoo.results import read_all
     from rocl_zoo.zoo import zoo_table_markdown
 
     from claims import claims_markdown, summary_markdown
+    from training.matrix import markdown as matrix_markdown
 
-    results = load_results(ROOT / "results") if (ROOT / "results").is_dir() else []
+    root = ROOT / "results"
+    results = read_all(root) if root.is_dir() else []
     # the zoo's models only: experiments such as results/precision-ab have their own table and script
-    results = [r for r in results if Path(r["_path"]).relative_to(ROOT / "results").parts[0] != "precision-ab"]
+    results = [r for r in results if r.path.relative_to(root).parts[0] != "precision-ab"]
     table = render_table(results).rstrip("\n") if results else "No results files yet."
-    return {"zoo-table": zoo_table_markdown(), "results-table": table,
+    return {"zoo-table": zoo_table_markdown(), "matrix": matrix_markdown().rstrip("\n"), "results-table": table,
             "summary": summary_markdown(results).rstrip("\n"),
             "claims": claims_markdown(results).rstrip("\n")}
 

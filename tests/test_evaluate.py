@@ -7,6 +7,7 @@ from torch import nn
 
 from rocl_zoo import evaluate as E
 from rocl_zoo.errors import ConfigError
+from rocl_zoo.results import SCHEMA, Result
 
 
 # ------------------------------------------------------------------------------------------ attack specs
@@ -117,7 +118,7 @@ def test_autoattack_on_a_subset_reports_pgd_on_the_same_images():
     check = next(c for c in r["sanity"]["checks"] if c["name"] == "autoattack_vs_pgd")
     assert check["ok"] is not None  # compared on AutoAttack's own 12 images, not the sanity checks' 30
     assert 100 * check["values"]["pgd_acc"] == pytest.approx(sub["pgd_acc"], abs=0.01)
-    assert "(n=12)" in E.render_table([r])
+    assert "(n=12)" in E.render_table([Result(r)])
     with pytest.raises(ConfigError, match="autoattack_examples"):
         E.evaluate(plain, x, y, attacks="clean", autoattack_examples=-1, progress=False)
 
@@ -127,6 +128,9 @@ def test_evaluate_with_transfer_and_sanity_results_dict():
                    source_model=plain, source_name="plain", sanity=True, progress=False,
                    meta={"model": "masked", "dataset": "synthetic"})
     assert r["clean_acc"] == 100.0 and r["threat_model"] == "Linf" and r["autoattack_acc"] is None
+    # one unit: percent everywhere, full precision in the attacks block, two decimals in RobustBench's keys
+    assert r["schema"] == SCHEMA and r["attacks"]["clean"]["acc"] == 100.0
+    assert r["pgd_acc"] == round(r["attacks"]["pgd10"]["acc"], 2) and 0 <= r["attacks"]["fgsm"]["acc"] <= 100
     assert set(r["attacks"]) == {"clean", "fgsm", "pgd10", "pgd10-l2", "transfer-fgsm", "transfer-pgd10",
                                  "transfer-pgd10-l2"}
     assert r["attacks"]["transfer-pgd10"]["acc"] < r["attacks"]["pgd10"]["acc"]
@@ -356,10 +360,10 @@ def test_table_keeps_transfer_sources_apart():
     def res(model, src, acc):
         cfg = {"name": "transfer-pgd20", "attack": "pgd", "norm": "linf", "steps": 20, "eps": 0.1,
                "transfer_from": src}
-        return {"model": model, "dataset": "d", "protocol": "none", "threat_model": "Linf", "eps": 0.1,
-                "n_examples": 10, "attacks": {"transfer-pgd20": {"config": cfg, "acc": acc}}}
+        return Result({"schema": SCHEMA, "model": model, "dataset": "d", "protocol": "none", "threat_model": "Linf",
+                       "eps": 0.1, "n_examples": 10, "attacks": {"transfer-pgd20": {"config": cfg, "acc": acc}}})
 
-    table = E.render_table([res("a", "src1", 0.5), res("b", "src2", 0.25)])
+    table = E.render_table([res("a", "src1", 50.0), res("b", "src2", 25.0)])
     head = table.splitlines()[0]
     assert "transfer-pgd20 from src1" in head and "transfer-pgd20 from src2" in head
     assert "| `a` | d | none | Linf 0.1 | 50.00 | – | 10 |" in table

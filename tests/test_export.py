@@ -9,10 +9,18 @@ import rocl_zoo
 from rocl_zoo import export as ex
 from rocl_zoo.errors import ConfigError, IntegrityError
 from rocl_zoo.hub import save_pretrained
+from rocl_zoo.results import SCHEMA
 
-RESULTS = {"architecture": "cnn4_rocl", "dataset": "fashion_mnist", "split": "test", "threat_model": "Linf",
-           "eps": 0.1, "clean_acc": 84.25, "autoattack_acc": 58.5, "n_examples": 500, "seed": 0,
-           "attacks": {"pgd20": {"acc": 61.75, "steps": 20, "alpha": 0.01, "restarts": 1}, "fgsm": {"acc": 70.5}},
+
+def _attack(name, kind, acc, **cfg):
+    return {"config": {"name": name, "attack": kind, "norm": "linf", "eps": 0.1, "threat_model": "Linf", **cfg},
+            "acc": acc}
+
+
+RESULTS = {"schema": SCHEMA, "architecture": "cnn4_rocl", "dataset": "fashion_mnist", "split": "test",
+           "threat_model": "Linf", "eps": 0.1, "clean_acc": 84.25, "autoattack_acc": 58.5, "n_examples": 500,
+           "seed": 0, "attacks": {"pgd20": _attack("pgd20", "pgd", 61.75, steps=20, alpha=0.01, restarts=1),
+                                  "fgsm": _attack("fgsm", "fgsm", 70.5)},
            "protocol": "linear", "hardware": "test CPU", "wall_time_s": 3.5}
 
 
@@ -76,13 +84,13 @@ def test_folder_layout_and_checksums(exported):
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.onnx", "model.safetensors",
                                                     "results_linf.json"]
     assert not list(out.parent.glob(".out.*")), "the staging folder must be gone"
-    assert (out / "results_linf.json").read_bytes() == (root / "results_linf.json").read_bytes()
+    assert json.loads((out / "results_linf.json").read_text()) == json.loads((root / "results_linf.json").read_text())
     config = ex.verify_folder(out, reference=model)
     assert config["architecture"] == "cnn4_rocl" and config["pretrained_cfg"]["input_size"] == [1, 28, 28]
     files = config["rocl_zoo"]["files"]
     assert set(files) == {"model.safetensors", "model.onnx", "results_linf.json"}
     res = json.loads((root / "results_linf.json").read_text())
-    assert config["rocl_zoo"]["metrics"]["pgd3_linf_0.1"] == round(100 * res["attacks"]["pgd3"]["acc"], 2)
+    assert config["rocl_zoo"]["metrics"]["pgd3_linf_0.1"] == round(res["attacks"]["pgd3"]["acc"], 2)
     assert config["rocl_zoo"]["recipe"] == "fmnist_rocl"
     with torch.no_grad():
         assert torch.equal(rocl_zoo.load(out)(_x(model)), model(_x(model)))
@@ -96,9 +104,9 @@ def test_model_card_metadata_holds_the_results(exported):
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "timm" and card.data.datasets == ["fashion_mnist"]
     got = {r.metric_config: r.metric_value for r in card.data.eval_results}
-    # evaluate.py writes percent in RobustBench's keys and fractions in its "attacks" block: the card is in percent.
-    assert got == {"clean": res["clean_acc"], "fgsm_linf_0.1": round(100 * res["attacks"]["fgsm"]["acc"], 2),
-                   "pgd3_linf_0.1": round(100 * res["attacks"]["pgd3"]["acc"], 2),
+    # every accuracy in percent, in the results file and in the card
+    assert got == {"clean": res["clean_acc"], "fgsm_linf_0.1": round(res["attacks"]["fgsm"]["acc"], 2),
+                   "pgd3_linf_0.1": round(res["attacks"]["pgd3"]["acc"], 2),
                    "worst_case_linf_0.1": res["robust_acc"]}
     assert res["clean_acc"] == 100.0 and 0 <= got["pgd3_linf_0.1"] <= 100
     r = card.data.eval_results[0]
@@ -186,7 +194,9 @@ def test_cli_exports_a_run_folder_with_its_results(tmp_path, capsys):
     run = save_pretrained(model, tmp_path / "run", dataset="fashion_mnist", recipe="fmnist_rocl")
     (run / "results_linf_0.1.json").write_text(json.dumps(RESULTS))
     (run / "results_linf_8.json").write_text(json.dumps({**RESULTS, "eps": 8 / 255, "clean_acc": 84.25,
-                                                         "attacks": {"pgd20": {"acc": 75.0}}, "autoattack_acc": None}))
+                                                         "attacks": {"pgd20": _attack("pgd20", "pgd", 75.0,
+                                                                                      eps=8 / 255)},
+                                                         "autoattack_acc": None}))
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.bin").write_text("old")
@@ -200,7 +210,6 @@ def test_cli_exports_a_run_folder_with_its_results(tmp_path, capsys):
     from huggingface_hub import ModelCard
 
     got = {r.metric_config: r.metric_value for r in ModelCard.load(out / "README.md").data.eval_results}
-    # A results file with percentages throughout is read as written.
     assert got["pgd20_linf_8/255"] == 75.0 and got["pgd20_linf_0.1"] == 61.75 and got["clean"] == 84.25
     assert got["autoattack_linf_0.1"] == 58.5
     assert ex.main(["no_such_model.tag", "--out", str(tmp_path / "x")]) == 2
@@ -218,7 +227,7 @@ def test_dynamo_exporter_also_verifies(tmp_path):
 
 def test_an_attack_run_on_a_subset_says_so_in_the_card():
     res = dict(RESULTS, attacks={**RESULTS["attacks"], "autoattack": {
-        "acc": 0.55, "n_examples": 100, "config": {"name": "autoattack", "attack": "autoattack", "norm": "linf",
+        "acc": 55.0, "n_examples": 100, "config": {"name": "autoattack", "attack": "autoattack", "norm": "linf",
                                                    "eps": 0.1, "version": "standard"}}})
     aa = next(m for m in ex.result_metrics(res) if m["kind"] == "autoattack")
     assert "on 100 of the examples" in aa["name"] and aa["settings"]["n_examples"] == 100
@@ -243,3 +252,18 @@ def test_a_baseline_published_as_its_own_entry_gets_that_entrys_card_and_tag(tmp
     assert json.loads((out / "config.json").read_text())["pretrained_cfg"]["tag"] == "fmnist_at"
     assert "training.supervised --recipe fmnist_at" in card  # the recipe came with the entry
     assert model.pretrained_cfg["tag"] == "fmnist"  # the caller's model is left as it was
+
+
+def test_a_schema_1_results_file_is_exported_in_percent(exported, tmp_path):
+    """Files written before schema 2 held the attacks' accuracies as fractions: the copy and the card say percent."""
+    from huggingface_hub import ModelCard
+
+    old = dict(RESULTS, schema="rocl_zoo.eval/1", attacks={"pgd20": _attack("pgd20", "pgd", 0.6175)})
+    (tmp_path / "results_old.json").write_text(json.dumps(old))
+    out = ex.export(exported[1], tmp_path / "out", onnx=False, results=[tmp_path / "results_old.json"])
+    copy = json.loads((out / "results_old.json").read_text())
+    assert copy["schema"] == SCHEMA and copy["attacks"]["pgd20"]["acc"] == pytest.approx(61.75)
+    assert copy["clean_acc"] == 84.25  # RobustBench's keys were percent already
+    got = {r.metric_config: r.metric_value for r in ModelCard.load(out / "README.md").data.eval_results}
+    assert got["pgd20_linf_0.1"] == 61.75 and got["clean"] == 84.25
+    ex.verify_folder(out)  # the copy's recorded checksum is the rewritten file's

@@ -16,6 +16,7 @@ from PIL import Image
 import rocl_zoo
 from rocl_zoo import finetune as ft
 from rocl_zoo.errors import ConfigError, DataError, IntegrityError
+from rocl_zoo.results import SCHEMA
 
 TINY = dict(image_size=8, epochs=1, batch_size=32, steps=2, subset=120, val_examples=20, eval_examples=40,
             progress=False, device="cpu")
@@ -82,7 +83,7 @@ def test_mode_end_to_end(runs, encoder_dir, mode):
                  "classifier/config.json", "classifier/README.md"):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
-    assert results["schema"].startswith("rocl_zoo.eval/") and results["protocol"] == f"finetune-{mode}"
+    assert results["schema"] == SCHEMA and results["protocol"] == f"finetune-{mode}"
     assert results["dataset"] == "digits" and results["n_examples"] == 40 and results["eps"] == pytest.approx(0.1)
     assert results["precision"] == "fp32" and isinstance(results["cpu_native_bf16"], bool)  # evaluation: fp32
     assert 0 <= results["pgd_acc"] <= results["clean_acc"] <= 100
@@ -101,6 +102,10 @@ def test_mode_end_to_end(runs, encoder_dir, mode):
     assert clf.num_classes == 10 and list(clf.pretrained_cfg["label_names"]) == [str(i) for i in range(10)]
     card = (out / "classifier" / "README.md").read_text()
     assert mode in card and "digits" in card and "Clean" in card
+    # one unit in the results file and the card: percent (the validation's fractions of metrics.jsonl too)
+    pgd = results["attacks"]["pgd20"]["acc"]
+    assert round(pgd, 2) == results["pgd_acc"] and f"| pgd20 | {pgd:.2f} |" in card
+    assert f"validation: clean {100 * metrics[-1]['val_clean_acc']:.2f} %" in card
     assert clf.pretrained_cfg["rocl_zoo"]["finetune"]["mode"] == mode
     # Linear modes: the encoder (weights and BN statistics) is bit-identical; full fine-tuning changes it.
     enc = _encoder_state(rocl_zoo.load(encoder_dir))
@@ -158,6 +163,12 @@ def test_resume_is_exact(encoder_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(steps, "pgd_at_step", boom)
     again = ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", resume=True, **kw)
     assert again.results["clean_acc"] == resumed.results["clean_acc"]
+    old = json.loads((tmp_path / "cut" / "results.json").read_text())  # a finished run of schema 1 comes back
+    old.update(schema="rocl_zoo.eval/1", attacks={k: dict(a, acc=a["acc"] / 100) for k, a in old["attacks"].items()})
+    (tmp_path / "cut" / "results.json").write_text(json.dumps(old))
+    again = ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", resume=True, **kw)
+    assert again.results["schema"] == SCHEMA and again.results["attacks"]["pgd20"]["acc"] == pytest.approx(
+        resumed.results["attacks"]["pgd20"]["acc"])  # in percent
     # ... and AutoAttack on a subset is added to a finished run, still without training (the README example)
     with_aa = ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", resume=True, autoattack=True,
                           autoattack_examples=6, **kw)

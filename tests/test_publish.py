@@ -8,10 +8,13 @@ import torch
 import rocl_zoo
 from rocl_zoo import export as ex
 from rocl_zoo.errors import ConfigError, IntegrityError
+from rocl_zoo.results import SCHEMA
 from training import publish as pub
 
-RESULTS = {"architecture": "cnn4_rocl", "dataset": "fashion_mnist", "threat_model": "Linf", "eps": 0.1,
-           "clean_acc": 80.0, "autoattack_acc": 50.0, "n_examples": 100, "attacks": {"pgd20": {"acc": 55.0}}}
+PGD20 = {"name": "pgd20", "attack": "pgd", "norm": "linf", "eps": 0.1, "threat_model": "Linf", "steps": 20}
+RESULTS = {"schema": SCHEMA, "architecture": "cnn4_rocl", "dataset": "fashion_mnist", "threat_model": "Linf",
+           "eps": 0.1, "clean_acc": 80.0, "autoattack_acc": 50.0, "n_examples": 100,
+           "attacks": {"pgd20": {"config": PGD20, "acc": 55.0}}}
 EXPECTED = ["README.md", "config.json", "model.onnx", "model.safetensors", "results_linf.json"]
 
 

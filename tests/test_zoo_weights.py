@@ -23,8 +23,8 @@ def test_shipped_model_matches_its_registry_entry(name):
     model = rocl_zoo.load(name)  # sha256 checked against the registry
     check = entry.metrics["check"]
     measured = quick_check(model, entry.dataset, check["eps"], check["norm"])
-    assert measured["clean_acc"] == pytest.approx(check["clean_acc"], abs=0.01)
-    assert measured["pgd20_acc"] == pytest.approx(check["pgd20_acc"], abs=0.01)
+    assert measured["clean_acc"] == pytest.approx(check["clean_acc"], abs=1.0)  # percent: within one point
+    assert measured["pgd20_acc"] == pytest.approx(check["pgd20_acc"], abs=1.0)
     assert entry.metrics["clean_acc"] > 0 and entry.metrics["n_examples"] > 0
     x = torch.rand(2, *entry.input_size)
     assert model(x).shape == (2, len(entry.label_names))
@@ -55,13 +55,15 @@ def test_release_writes_folder_registry_and_check(tmp_path, monkeypatch):
                                                           tmp_path / "Linf-0.1-autoattack-n10.json",
                                                           tmp_path / "Linf-0.1-autoattack-n20.json"],
                              weights_dir=weights)
-    assert (record["metrics"]["autoattack_acc"], record["metrics"]["autoattack_n_examples"]) == (0.55, 20)
+    assert (record["metrics"]["autoattack_acc"], record["metrics"]["autoattack_n_examples"]) == (55.0, 20)
     assert record["metrics"]["autoattack_results"] == "cnn4_rocl.fmnist/results_Linf-0.1-autoattack-n20.json"
     assert (weights / "cnn4_rocl.fmnist" / "model.safetensors").is_file()
     registry = (weights / zoo.REGISTRY_NAME).read_text()
     assert record["sha256"] in registry
     assert record["metrics"]["check"]["n_examples"] == 40
-    assert record["metrics"]["clean_acc"] == pytest.approx(result["clean_acc"] / 100)
+    assert record["metrics"]["clean_acc"] == result["clean_acc"]  # percent, as torchvision's metrics
+    assert record["metrics"]["pgd20_acc"] == result["attacks"]["pgd20"]["acc"] and record["metrics"]["check"][
+        "clean_acc"] == pytest.approx(result["attacks"]["clean"]["acc"], abs=100 / 40)
     # the registry and folder are what `rocl_zoo.load(name)` verifies against
     monkeypatch.setattr(zoo, "WEIGHTS_DIR", weights)
     monkeypatch.setattr(zoo, "ZOO", zoo._published(zoo.ZOO))
@@ -69,10 +71,28 @@ def test_release_writes_folder_registry_and_check(tmp_path, monkeypatch):
 
 
 def test_headline_metrics_keep_the_autoattack_subset_size():
+    from rocl_zoo.results import Result
     from training.release import headline_metrics
 
-    result = {"clean_acc": 80.0, "autoattack_acc": 60.0, "threat_model": "Linf", "eps": 0.1, "n_examples": 1000,
-              "dataset": "fashion_mnist", "attacks": {"pgd20": {"acc": 0.65}}}
-    assert "autoattack_n_examples" not in headline_metrics(result)  # AutoAttack on all 1,000
-    m = headline_metrics(dict(result, autoattack_subset={"n_examples": 100, "pgd_acc": 64.0}))
-    assert (m["autoattack_acc"], m["autoattack_n_examples"], m["n_examples"]) == (0.6, 100, 1000)
+    pgd20 = {"name": "pgd20", "attack": "pgd", "threat_model": "Linf", "eps": 0.1}
+    result = {"schema": "rocl_zoo.eval/1", "clean_acc": 80.0, "autoattack_acc": 60.0, "threat_model": "Linf",
+              "eps": 0.1, "n_examples": 1000, "dataset": "fashion_mnist",
+              "attacks": {"pgd20": {"config": pgd20, "acc": 0.65}}}
+    m = headline_metrics(Result(result))  # schema 1: the attacks' fractions come out in percent
+    assert "autoattack_n_examples" not in m and m["pgd20_acc"] == pytest.approx(65.0)  # AutoAttack on all 1,000
+    m = headline_metrics(Result(dict(result, autoattack_subset={"n_examples": 100, "pgd_acc": 64.0})))
+    assert (m["autoattack_acc"], m["autoattack_n_examples"], m["n_examples"]) == (60.0, 100, 1000)
+
+
+def test_release_without_results_records_the_checksum_and_the_quick_check(tmp_path, monkeypatch):
+    from training import release
+
+    monkeypatch.setattr(release, "CHECK_EXAMPLES", 20)
+    model = rocl_zoo.create_model("cnn4_rocl.fmnist").eval()
+    folder = rocl_zoo.save_pretrained(model, tmp_path / "clf", dataset="fashion_mnist")
+    with pytest.warns(UserWarning, match="without results"):
+        record = release.release("cnn4_rocl.fmnist", folder, weights_dir=tmp_path / "weights")
+    check = record["metrics"].pop("check")
+    assert record["metrics"] == {} and (check["eps"], check["norm"], check["n_examples"]) == (0.1, "linf", 20)
+    assert 0 <= check["pgd20_acc"] <= check["clean_acc"] <= 100
+    assert (tmp_path / "weights" / zoo.REGISTRY_NAME).is_file()

@@ -1,14 +1,17 @@
 """Ship a trained classifier as a zoo entry: embedded weights, checksum and measured metrics in the registry.
 
-    python -m training.release cnn4_rocl.fmnist results/fmnist_rocl_alf.classifier \
-        --results results/cnn4_rocl.fmnist/Linf-0.1.json [more results files]
+    python -m training.release cnn4_rocl.fmnist runs/fmnist_rocl/classifier \
+        --results results/cnn4_rocl.fmnist/linear/Linf-0.1/pgd-n10000.json [more results files]
 
 1. `rocl_zoo.export` writes the verified Hub folder (weights, config, results, model card) into
-   `rocl_zoo/weights/<name>/`, the package's embedded weights (`rocl_zoo.load(name)` needs no network).
-2. The registry `rocl_zoo/weights/registry.json` gets the weights' sha256 and the metrics of the first results
-   file (the entry's headline threat model), plus a quick check: clean and PGD-20 accuracy on a fixed
-   500-image test subset, which `tests/test_zoo_weights.py` recomputes from the shipped files.
-3. The README's zoo table is regenerated.
+   `<weights dir>/<name>/` (default `rocl_zoo/weights/`, the package's embedded weights: `rocl_zoo.load(name)`
+   needs no network).
+2. The registry `<weights dir>/registry.json` gets the weights' sha256, the metrics of the first results file
+   (the entry's headline threat model; accuracies in percent, torchvision's style) and a quick check: clean and
+   PGD-20 accuracy on a fixed 500-image test subset, which `tests/test_zoo_weights.py` recomputes from the
+   shipped files. Without results files the registry gets the sha256 and the quick check only, at the dataset's
+   usual l-inf budget.
+3. The README's zoo table is regenerated (when the entry ships in the package).
 """
 from __future__ import annotations
 
@@ -22,26 +25,38 @@ import torch
 
 from rocl_zoo import zoo
 from rocl_zoo.errors import ConfigError, RoclZooError
+from rocl_zoo.results import Result, folder_name, read
+from rocl_zoo.threat import default_eps
 from rocl_zoo.utils import sha256_file, write_json
 
 CHECK_EXAMPLES, CHECK_SEED = 500, 0
 
 
-def headline_metrics(result: dict) -> dict:
-    """The registry's metrics from one results file (rocl_zoo.evaluate's schema): accuracies as fractions."""
-    attacks = result.get("attacks") or {}
-    aa = result.get("autoattack_acc")
+def headline_metrics(result: Result) -> dict:
+    """The registry's metrics from one results file: accuracies in percent."""
+    d, pgd20 = result.data, result.accuracy("pgd20")
     metrics = {
-        "clean_acc": result["clean_acc"] / 100,
-        "pgd20_acc": attacks["pgd20"]["acc"] if "pgd20" in attacks else None,
-        "autoattack_acc": None if aa is None else aa / 100,
-        "norm": result["threat_model"], "eps": result["eps"], "split": result.get("split", "test"),
-        "n_examples": result["n_examples"], "dataset": result["dataset"],
-        "protocol": result.get("protocol"), "hardware": result.get("hardware"),
+        "clean_acc": d["clean_acc"], "pgd20_acc": None if pgd20 is None else pgd20.pct,
+        "autoattack_acc": d.get("autoattack_acc"),
+        "norm": result.threat_model, "eps": result.eps, "split": d.get("split", "test"),
+        "n_examples": result.n, "dataset": result.dataset, "protocol": result.protocol,
+        "hardware": d.get("hardware"),
     }
-    if result.get("autoattack_subset"):  # AutoAttack ran on fewer of the examples (--autoattack-examples)
-        metrics["autoattack_n_examples"] = result["autoattack_subset"]["n_examples"]
+    if d.get("autoattack_subset"):  # AutoAttack ran on fewer of the examples (--autoattack-examples)
+        metrics["autoattack_n_examples"] = d["autoattack_subset"]["n_examples"]
     return metrics
+
+
+def best_autoattack(metrics: dict, first: Result, others: list[tuple[str, Result]]) -> None:
+    """AutoAttack is often run on fewer examples, in a file of its own: when the headline file has none, the
+    one in its threat model on the most examples (the first of equals), with that file's shipped name."""
+    for shipped, other in others:
+        aa = other.data.get("autoattack_acc")
+        if aa is None or (other.eps, other.threat_model) != (first.eps, first.threat_model):
+            continue
+        n = (other.data.get("autoattack_subset") or {}).get("n_examples", other.n)  # --autoattack-examples
+        if n > metrics.get("autoattack_n_examples", 0):
+            metrics.update(autoattack_acc=aa, autoattack_n_examples=n, autoattack_results=shipped)
 
 
 def quick_check(model, dataset: str, eps: float, norm: str) -> dict:
@@ -56,38 +71,27 @@ def quick_check(model, dataset: str, eps: float, norm: str) -> dict:
             "clean_acc": res["attacks"]["clean"]["acc"], "pgd20_acc": res["attacks"]["pgd20"]["acc"]}
 
 
-def release(name: str, classifier, results: list[Path], weights_dir: Path = zoo.WEIGHTS_DIR) -> dict:
+def release(name: str, classifier, results: list[Path] = (), weights_dir: Path | None = None) -> dict:
     from rocl_zoo.export import export
     from rocl_zoo.hub import load
 
     entry = zoo.get_entry(name)
     if entry.name != name:
         raise ConfigError(f"give the full zoo name (arch.tag), e.g. {entry.name}.")
-    if not results:
-        raise ConfigError("a zoo entry ships with its measured results: pass --results FILE.json.")
-    first = json.loads(Path(results[0]).read_text())
-    out = export(classifier, weights_dir / name, onnx=False, results=results, dataset=entry.dataset,
+    weights_dir = Path(weights_dir or zoo.WEIGHTS_DIR)
+    read_back = [(f"{name}/{folder_name(p)}", read(p)) for p in results]  # as export names the copies
+    out = export(classifier, Path(weights_dir) / name, onnx=False, results=list(results), dataset=entry.dataset,
                  recipe=entry.recipe, repo_id=entry.hf_hub_id, overwrite=True, quiet=False)
-    model = load(out)
-    metrics = headline_metrics(first)
-
-    def shipped(path) -> str:  # export copies each results file into the folder as results_<its name>
-        return next(f"{name}/{p.name}" for p in sorted(out.glob("results*.json")) if p.name.endswith(Path(path).name))
-
-    metrics["results"] = shipped(results[0])
-    if metrics["autoattack_acc"] is None:  # AutoAttack is often run on fewer examples, in a file of its own
-        for path in results[1:]:  # the one on the most examples (the first of equals)
-            other = json.loads(Path(path).read_text())
-            if other.get("autoattack_acc") is not None and other.get("eps") == first["eps"] \
-                    and other.get("threat_model") == first["threat_model"]:
-                subset = other.get("autoattack_subset") or {}  # --autoattack-examples: fewer than the file's n
-                n = subset.get("n_examples", other["n_examples"])
-                if n > metrics.get("autoattack_n_examples", 0):
-                    metrics.update(autoattack_acc=other["autoattack_acc"] / 100, autoattack_n_examples=n,
-                                   autoattack_results=shipped(path))
-    metrics["check"] = quick_check(model, entry.dataset, first["eps"], first["threat_model"].lower())
+    metrics, eps, norm = {}, default_eps(entry.dataset, "linf"), "linf"  # no results: the dataset's usual budget
+    if read_back:
+        (shipped, first), others = read_back[0], read_back[1:]
+        metrics = {**headline_metrics(first), "results": shipped}
+        if metrics["autoattack_acc"] is None:
+            best_autoattack(metrics, first, others)
+        eps, norm = first.eps, first.threat_model.lower()
+    metrics["check"] = quick_check(load(out), entry.dataset, eps, norm)
     record = {"sha256": sha256_file(out / entry.filename), "metrics": metrics}
-    registry_path = weights_dir / zoo.REGISTRY_NAME
+    registry_path = Path(weights_dir) / zoo.REGISTRY_NAME
     registry = json.loads(registry_path.read_text()) if registry_path.is_file() else {}
     registry[name] = record
     write_json(registry_path, dict(sorted(registry.items())))
@@ -99,18 +103,23 @@ def main(argv=None) -> int:
     p.add_argument("name", help="zoo entry, arch.tag (see rocl_zoo/zoo.py)")
     p.add_argument("classifier", help="the trained classifier: a Hub-layout folder")
     p.add_argument("--results", nargs="+", type=Path, default=[],
-                   help="results files of rocl_zoo.evaluate; the first gives the registry's headline metrics")
+                   help="results files of rocl_zoo.evaluate; the first gives the registry's headline metrics "
+                        "(default: none; the registry then holds the checksum and the quick check)")
+    p.add_argument("--weights-dir", type=Path, default=None, metavar="DIR",
+                   help="where the entry's folder and registry.json go (default: $ROCL_ZOO_WEIGHTS, else the "
+                        "package's rocl_zoo/weights/)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        record = release(args.name, args.classifier, args.results)
+        record = release(args.name, args.classifier, args.results, weights_dir=args.weights_dir)
     except RoclZooError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(record, indent=2))
-    subprocess.run([sys.executable, str(Path(__file__).parents[1] / "scripts" / "update_readme.py")], check=True)
+    if Path(args.weights_dir or zoo.WEIGHTS_DIR).resolve() == zoo.PACKAGE_WEIGHTS_DIR.resolve():  # the README's zoo
+        subprocess.run([sys.executable, str(Path(__file__).parents[1] / "scripts" / "update_readme.py")], check=True)
     return 0
 
 

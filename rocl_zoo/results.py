@@ -1,0 +1,245 @@
+"""Results files: where each one lives, its unit, and the one reader that every table, claim and card uses.
+
+A results file is what `python -m rocl_zoo.evaluate` (or `rocl_zoo.finetune`) writes: RobustBench's keys plus
+every attack's config. Schema `rocl_zoo.eval/2` states every accuracy in percent; files of schema 1 (accuracies
+of the "attacks" block as fractions) are upgraded as they are read, so no caller ever guesses a unit. (The
+"sanity" block is the gradient-masking checks' own record: its values stay fractions, as their tolerances are.)
+
+The zoo's files sit at one path per measurement (`relpath`):
+
+    results/<model>/<protocol>[.<dataset>]/<threat model>/<suite>-n<examples>.json
+    e.g. results/cnn4_rocl.fmnist_at/none/Linf-0.1/autoattack-n1000.json
+
+(`.<dataset>` only for data other than the model's own, e.g. fine-tuning on digits). `results/index.json` lists
+them all with their accuracies (`python -m rocl_zoo.results results/` rewrites it; a test checks it is current).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError, DataError
+from .threat import THREAT_MODELS, eps_str
+
+SCHEMA = "rocl_zoo.eval/2"
+INDEX_NAME = "index.json"
+_SCHEMA_PREFIX = "rocl_zoo.eval/"
+
+
+def threat_name(norm: str, eps: float) -> str:
+    """A threat model as a path segment: Linf-0.1, Linf-8_255, L2-1.5."""
+    return f"{THREAT_MODELS[norm.lower()]}-{eps_str(eps).replace('/', '_')}"
+
+
+def relpath(model: str, protocol: str, threat: str, suite: str, n: int, dataset: str | None = None) -> Path:
+    """Where a measurement lives under results/; `dataset` only when it is not the model's own."""
+    segment = f"{protocol}.{dataset}" if dataset else protocol
+    parts = [model, segment, threat, f"{suite}-n{n}.json"]
+    return Path(*(re.sub(r"[^A-Za-z0-9._+=-]+", "-", p) for p in parts))
+
+
+_THREAT_SEGMENT = re.compile(r"^(Linf|L2)-[0-9._]+$")
+
+
+def folder_name(path) -> str:
+    """The name a results file gets inside a model folder (export, release), where all lie side by side:
+    results_<protocol>_<threat model>_<suite>-n<examples>.json for a file of this layout (its path below the
+    model's folder), else its own name with a results_ prefix (none if it has one)."""
+    p = Path(path)
+    if p.name.startswith("results"):
+        return p.name
+    if len(p.parts) >= 3 and _THREAT_SEGMENT.match(p.parent.name):
+        return "results_" + "_".join(p.parts[-3:])
+    return f"results_{p.name}"
+
+
+def wilson(acc_pct: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of an accuracy measured on n examples, in percent."""
+    if n <= 0:
+        return (0.0, 100.0)
+    p = acc_pct / 100
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (100 * max(0.0, centre - half), 100 * min(1.0, centre + half))
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    pct: float  # percent
+    n: int      # examples it was measured on
+
+    def interval(self) -> tuple[float, float]:
+        return wilson(self.pct, self.n)
+
+    def __str__(self) -> str:
+        return f"{self.pct:.1f}"
+
+    def with_interval(self) -> str:
+        lo, hi = self.interval()
+        return f"{self.pct:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def upgrade(data: dict) -> dict:
+    """A results dict of any schema version in the current one (accuracies in percent), as a new dict."""
+    schema = str(data.get("schema", ""))
+    if not schema.startswith(_SCHEMA_PREFIX):
+        raise DataError(f"not a rocl_zoo results file (schema {schema!r}); write one with python -m rocl_zoo.evaluate.")
+    if schema == SCHEMA:
+        return data
+    if schema != f"{_SCHEMA_PREFIX}1":
+        raise DataError(f"results schema {schema!r} is newer than this rocl_zoo ({SCHEMA}); upgrade rocl-zoo.")
+    attacks = {name: {**a, "acc": None if a.get("acc") is None else 100 * a["acc"]}
+               for name, a in (data.get("attacks") or {}).items()}
+    return {**data, "schema": SCHEMA, "attacks": attacks}
+
+
+class Result:
+    """One results file, read: its identity (model, protocol, dataset, threat model, n) and its accuracies."""
+
+    def __init__(self, data: dict, path: Path | None = None):
+        self.data = upgrade(data)
+        self.path = path
+
+    model = property(lambda self: self.data.get("model") or self.data.get("architecture"))
+    protocol = property(lambda self: self.data.get("protocol") or "none")
+    dataset = property(lambda self: self.data.get("dataset"))
+    threat_model = property(lambda self: self.data.get("threat_model"))
+    eps = property(lambda self: self.data.get("eps"))
+    n = property(lambda self: self.data.get("n_examples", 0))
+    attacks = property(lambda self: self.data.get("attacks") or {})
+
+    def accuracy(self, attack: str, *, threat: str | None = None, eps: float | None = None,
+                 transfer_from: str | None = None) -> Accuracy | None:
+        """The accuracy under `attack` (its name in the file before any @EPS; "clean" matches any threat), if
+        this file measured it in that threat model (default: the file's own) from that transfer source."""
+        threat = threat or self.threat_model
+        eps = self.eps if eps is None else eps
+        for name, a in self.attacks.items():
+            cfg = a.get("config") or {}
+            if name.split("@")[0] != attack or a.get("acc") is None or cfg.get("transfer_from") != transfer_from:
+                continue
+            if cfg.get("attack") != "clean" and (cfg.get("threat_model") != threat
+                                                 or abs(cfg.get("eps", -1) - eps) > 1e-9):
+                continue
+            return Accuracy(a["acc"], a.get("n_examples", self.n))  # AutoAttack may have run on a subset
+        return None
+
+    def relpath(self, suite: str, own_dataset: str | None = None) -> Path:
+        """Where this file belongs under results/ (the module's `relpath`), its dataset named in the path unless it
+        is `own_dataset`, the model's own."""
+        dataset = None if self.dataset == own_dataset else self.dataset
+        return relpath(self.model, self.protocol, threat_name(self.threat_model, self.eps), suite, self.n, dataset)
+
+    def summary(self) -> dict:
+        """The index's line for this file."""
+        return {"model": self.model, "protocol": self.protocol, "dataset": self.dataset,
+                "threat": f"{self.threat_model} {self.data.get('eps_str', self.eps)}", "n_examples": self.n,
+                "accuracy": {name: round(a["acc"], 2) for name, a in self.attacks.items() if a.get("acc") is not None}}
+
+
+def read(path) -> Result:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"no results file {path}; write one with python -m rocl_zoo.evaluate --out {path}.") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not a readable JSON file ({e}).") from e
+    if not isinstance(data, dict):
+        raise DataError(f"{path} holds no results object.")
+    return Result(data, path)
+
+
+def is_results_file(path: Path) -> bool:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and str(data.get("schema", "")).startswith(_SCHEMA_PREFIX)
+
+
+def read_all(root) -> list[Result]:
+    """Every results file under `root`, recursively, in path order (other JSON files are skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a folder of results files.")
+    return [read(p) for p in sorted(root.rglob("*.json")) if p.name != INDEX_NAME and is_results_file(p)]
+
+
+def lookup(results, model: str, attack: str, *, protocol=None, dataset: str | None = None, threat: str = "Linf",
+           eps: float | None = None, transfer_from: str | None = None) -> Accuracy | None:
+    """The named model's accuracy under `attack` from the matching file with the most examples (the first of
+    equals). `protocol`: one name or a tuple of them; `dataset`, `eps`: None matches any."""
+    protocols = (protocol,) if isinstance(protocol, str) else protocol
+    found = []
+    for r in results:
+        if r.model != model or (dataset and r.dataset != dataset) or (protocols and r.protocol not in protocols):
+            continue
+        if eps is None and r.threat_model != threat:
+            continue
+        a = r.accuracy(attack, threat=threat, eps=r.eps if eps is None else eps, transfer_from=transfer_from)
+        if a is not None:
+            found.append(a)
+    return most_examples(*found)
+
+
+def most_examples(*numbers: Accuracy | None) -> Accuracy | None:
+    """The number measured on the most examples (the first of equals); None if none was measured."""
+    return max((n for n in numbers if n), key=lambda n: n.n, default=None)
+
+
+def file_result(path, root, suite: str, own_dataset: str | None = None) -> Path:
+    """Copy a results file (e.g. rocl_zoo.finetune's results.json) to its place under `root`, in the current
+    schema; returns where it went."""
+    from .utils import write_json
+
+    r = read(path)
+    dest = Path(root) / r.relpath(suite, own_dataset)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_json(dest, r.data)
+    return dest
+
+
+def build_index(root) -> dict:
+    """results/index.json's content: every results file under root with what it measured."""
+    root = Path(root)
+    return {"schema": SCHEMA, "results": {str(r.path.relative_to(root)): r.summary() for r in read_all(root)}}
+
+
+def write_index(root) -> Path:
+    from .utils import write_json
+
+    path = Path(root) / INDEX_NAME
+    write_json(path, build_index(root))
+    return path
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m rocl_zoo.results", description="Rewrite (or --check) the index "
+                                "of a results folder: every results file with what it measured.")
+    p.add_argument("root", nargs="?", default="results", help="the results folder (default results/)")
+    p.add_argument("--check", action="store_true", help="exit 1 if the index is not current")
+    args = p.parse_args(argv)
+    try:
+        if args.check:
+            path = Path(args.root) / INDEX_NAME
+            current = path.is_file() and json.loads(path.read_text()) == build_index(args.root)
+            if not current:
+                print(f"{path} is stale: run python -m rocl_zoo.results {args.root}", file=sys.stderr)
+            return 0 if current else 1
+        print(f"wrote {write_index(args.root)}")
+        return 0
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

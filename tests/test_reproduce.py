@@ -1,0 +1,95 @@
+"""training.reproduce: the whole experiment matrix at toy scale, end to end, then only what a lost result needs."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rocl_zoo.results import read
+from training.matrix import ENTRIES, Paths, items
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("pyautoattack")
+
+
+def reproduce(tmp: Path, *args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ROCL_ZOO_WEIGHTS": str(tmp / "weights"), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "training.reproduce", "--scale", "toy", "--results", str(tmp / "results"),
+           "--runs", str(tmp / "runs"), "--threads", "1", "--in-process", *args]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return out
+
+
+def ran(out: subprocess.CompletedProcess) -> list[str]:
+    return [line[4:] for line in out.stdout.splitlines() if line.startswith("=== ")]
+
+
+def check_output(path: Path) -> None:
+    assert path.is_file(), path
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        assert load_file(str(path))
+    else:  # every other output is a results file (rocl_zoo.evaluate's or rocl_zoo.finetune's)
+        r = read(path)
+        assert r.n > 0 and r.accuracy("clean") is not None, path
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("toy")
+    first = reproduce(tmp, "all")
+    return tmp, first
+
+
+def test_whole_matrix_runs_and_every_output_parses(toy):
+    tmp, first = toy
+    matrix = items(Paths(tmp / "results", tmp / "runs", tmp / "weights"), "toy")
+    assert ran(first) == list(matrix)  # every item once, in dependency order
+    for item in matrix.values():
+        for out in item.outputs:
+            check_output(Path(out))
+    registry = json.loads((tmp / "weights" / "registry.json").read_text())
+    assert sorted(registry) == sorted(e.name for e in ENTRIES)
+    assert all(r["sha256"] and r["metrics"]["check"]["n_examples"] for r in registry.values())
+    index = json.loads((tmp / "results" / "index.json").read_text())["results"]
+    assert len(index) == sum(1 for p in (tmp / "results").rglob("*.json") if p.name not in ("index.json",
+                                                                                              "stamps.json"))
+    assert "0 items to run" in reproduce(tmp, "--dry-run").stdout
+
+
+def test_a_lost_result_is_remade_with_only_what_depends_on_it(toy):
+    tmp, _ = toy
+    victim = "eval/cnn4_rocl.fmnist_at/none/Linf-8_255/pgd-n12"
+    path = tmp / "results" / (victim.removeprefix("eval/") + ".json")
+    before = read(path).accuracy("pgd20")
+    path.unlink()
+    dry = reproduce(tmp, "--dry-run").stdout
+    assert "run missing" in dry and victim in dry and "release/cnn4_rocl.fmnist_at" in dry
+    again = reproduce(tmp, "all")
+    # the release re-ships the same weights with the new results file; what reads the shipped weights (the
+    # fine-tuning and transfers from this entry) sees the same tensors and is not redone
+    assert ran(again) == [victim, "release/cnn4_rocl.fmnist_at"]
+    assert read(path).accuracy("pgd20") == before  # seeded: the same number again
+    assert "0 items to run" in reproduce(tmp, "--dry-run").stdout
+
+
+def test_changed_weights_make_their_measurements_stale(toy):
+    tmp, _ = toy
+    weights = tmp / "runs" / "fmnist_trades" / "model" / "model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(weights))
+    key = next(k for k in state if k.endswith("weight"))
+    state[key] = state[key] * 0.5
+    save_file(state, str(weights))
+    dry = reproduce(tmp, "--dry-run", "cnn4_rocl.fmnist_trades").stdout
+    stale = [line.split()[-1] for line in dry.splitlines() if line.startswith("run stale")]
+    assert stale and all(s.startswith(("eval/cnn4_rocl.fmnist_trades/", "release/cnn4_rocl.fmnist_trades"))
+                         for s in stale)
+    assert any(s.startswith("eval/") for s in stale)

@@ -1,0 +1,315 @@
+"""The experiment matrix: every zoo entry, what it starts from, how it is trained and how it is measured.
+
+    python -m training.reproduce --dry-run        # each item's state, its command and its CPU cost
+
+This file is the one place the zoo's experiments are written down: `training.reproduce` runs them,
+`scripts/claims.py` and the README generator read the entries and the protocol from here. `items(scale)` turns
+it into the work list: one `Item` per command, each with its outputs and the items it needs.
+
+The protocol every shipped classifier is measured with (l-inf 0.1 on Fashion-MNIST's test split):
+- clean, PGD-20 and AutoAttack's two untargeted gradient attacks (APGD-CE + APGD-DLR, 100 iterations each) on
+  all 10,000 test images;
+- standard AutoAttack on a fixed 1,000 (the same images for every model: `--n-examples 1000 --seed 0`), beside
+  FGSM, PGD-20 and CW, with the gradient-masking checks on the same 1,000;
+- PGD-20 at l-inf 8/255 and at l2 1.5 (a threat none of them trained for) on all 10,000;
+- black-box PGD-20 transferred between models (TRANSFERS) on all 10,000.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rocl_zoo.results import relpath, threat_name
+from rocl_zoo.threat import parse_eps
+
+DATASET = "fashion_mnist"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A zoo entry and how it is made."""
+    name: str                   # arch.tag in rocl_zoo/zoo.py
+    method: str                 # pretrain | supervised | finetune
+    recipe: str | None = None   # training/recipes.py (pretrain, supervised)
+    start: str | None = None    # finetune: the zoo entry it starts from
+    heads: tuple = ()           # pretrain: the linear protocols read out (linear = SLF, robust-linear = ALF)
+
+    @property
+    def protocols(self) -> tuple:
+        """The classifiers it is measured as; the first is the one shipped."""
+        return self.heads or ("none",)
+
+
+ENTRIES = (
+    Entry("cnn4_rocl.fmnist", "pretrain", "fmnist_rocl", heads=("linear", "robust-linear")),
+    Entry("cnn4_rocl.fmnist_simclr", "pretrain", "fmnist_simclr", heads=("linear", "robust-linear")),
+    Entry("cnn4_rocl.fmnist_at", "supervised", "fmnist_at"),
+    Entry("cnn4_rocl.fmnist_trades", "supervised", "fmnist_trades"),
+    Entry("cnn4_rocl.fmnist_rocl_at", "finetune", start="cnn4_rocl.fmnist"),
+    Entry("cnn4_rocl.fmnist_simclr_at", "finetune", start="cnn4_rocl.fmnist_simclr"),
+)
+BY_NAME = {e.name: e for e in ENTRIES}
+
+
+@dataclass(frozen=True)
+class Eval:
+    """One `rocl_zoo.evaluate` run: an attack suite on the first n of the fixed test permutation (seed 0)."""
+    suite: str
+    attacks: str
+    n: int
+    eps: str = "0.1"
+    norm: str = "linf"
+    sanity: bool = False
+    batch: int = 256             # images per attack batch: an interrupted run resumes at a finished batch
+
+    @property
+    def threat(self) -> str:
+        return threat_name(self.norm, parse_eps(self.eps))
+
+
+PROTOCOL = (
+    Eval("apgd", "clean,pgd20,apgd", 10000),
+    Eval("autoattack", "clean,fgsm,pgd20,cw,autoattack", 1000, sanity=True, batch=100),  # ~20 min a batch, 1 core
+    Eval("pgd", "clean,pgd20", 10000, eps="8/255"),
+    Eval("pgd", "clean,pgd20-l2", 10000, eps="1.5", norm="l2"),
+)
+TRANSFER = Eval("transfer", "clean,pgd20", 10000)
+TRANSFERS = (  # (target, source): black-box PGD-20 made on the source classifier
+    ("cnn4_rocl.fmnist", "cnn4_rocl.fmnist_simclr"), ("cnn4_rocl.fmnist_at", "cnn4_rocl.fmnist_simclr"),
+    ("cnn4_rocl.fmnist", "cnn4_rocl.fmnist_at"), ("cnn4_rocl.fmnist_at", "cnn4_rocl.fmnist"),
+)
+# rocl_zoo.finetune on another dataset: (encoder, mode); 8x8 digits resized to 28x28, 5 epochs of PGD-5
+DIGITS = (("cnn4_rocl.fmnist", "at"), ("cnn4_rocl.fmnist_at", "at"))
+DIGITS_N = 360  # the digits test split
+
+# Budgets of the steps that are not a recipe (the recipes' own are in training/recipes.py)
+HEAD_ARGS = {"linear": ["--epochs", "150"],  # SLF: 150 epochs on frozen features (the paper's protocol)
+             # ALF: PGD-10 (step 0.0223) through the encoder makes a step ~25x a standard one: 5 epochs on 10,000
+             "robust-linear": ["--epochs", "5", "--train-examples", "10000"]}
+FINETUNE_AT = ["--mode", "at", "--epochs", "3", "--milestones", "2", "--batch-size", "128", "--weight-decay", "5e-4",
+               "--eps", "0.1", "--alpha", "0.025", "--steps", "10"]  # fmnist_at's budget
+FINETUNE_N, FINETUNE_AA_N = 1000, 100
+DIGITS_ARGS = ["--epochs", "5", "--steps", "5", "--alpha", "0.05", "--eps", "0.1"]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big each step is: `full` is the zoo; `toy` runs every stage for a step or two on a few images."""
+    name: str
+    n: int | None = None         # every evaluation on this many images (None: the matrix's)
+    train: tuple = ()            # appended to training commands
+    head: dict | None = None     # replaces HEAD_ARGS
+    finetune: tuple = ()         # appended to rocl_zoo.finetune commands
+
+    def images(self, n: int) -> int:
+        return min(n, self.n) if self.n else n
+
+
+SCALES = {
+    "full": Scale("full"),
+    "toy": Scale("toy", n=12, train=("--epochs", "1", "--subset", "64", "--batch-size", "32"),
+                 head={"linear": ["--epochs", "1", "--train-examples", "64"],
+                       "robust-linear": ["--epochs", "1", "--train-examples", "32", "--train-steps", "2"]},
+                 finetune=("--epochs", "1", "--subset", "64", "--batch-size", "32", "--steps", "2")),
+}
+
+
+@dataclass
+class Item:
+    """One command of the matrix. `outputs` exist when it is done; `partial` when it was interrupted."""
+    name: str
+    argv: list                          # python -m <module> ...
+    outputs: list                       # paths
+    needs: list = field(default_factory=list)      # item names
+    inputs: list = field(default_factory=list)     # weights files whose content the outputs depend on
+    spec: dict = field(default_factory=dict)       # what else the outputs depend on (settings, not paths)
+    partial: list = field(default_factory=list)    # files an interrupted run leaves
+    copy: tuple | None = None           # (from, to): a file the command writes elsewhere, copied into results/
+    kind: str = ""                      # train | head | finetune | eval | release
+    cost: dict = field(default_factory=dict)       # what the cost estimate needs (see training.reproduce)
+
+
+@dataclass(frozen=True)
+class Paths:
+    results: Path
+    runs: Path
+    weights: Path
+
+
+def _py(module: str, *args) -> list:
+    return ["-m", module, *map(str, args)]
+
+
+def classifier(entry: Entry, protocol: str, paths: Paths) -> Path:
+    """The run folder that holds the entry's classifier for `protocol` (shipped or not)."""
+    if entry.method == "pretrain":
+        return paths.runs / entry.recipe / protocol
+    if entry.method == "supervised":
+        return paths.runs / entry.recipe / "model"
+    return paths.runs / entry.name.split(".", 1)[1] / "classifier"
+
+
+def make_item(entry: Entry, protocol: str) -> str:
+    """The name of the item that makes the entry's classifier for `protocol`."""
+    if entry.method == "pretrain":
+        return f"head/{entry.name}/{protocol}"
+    if entry.method == "supervised":
+        return f"train/{entry.recipe}"
+    return f"finetune/{entry.name}"
+
+
+def _train(entry: Entry, paths: Paths, scale: Scale) -> Item:
+    from training.recipes import get_recipe
+
+    run = paths.runs / entry.recipe
+    module, folder = ("training.pretrain", "encoder") if entry.method == "pretrain" else ("training.supervised",
+                                                                                          "model")
+    recipe = get_recipe(entry.recipe).to_dict()
+    return Item(f"train/{entry.recipe}", _py(module, "--recipe", entry.recipe, "--out", run, "--quiet", *scale.train),
+                [run / folder / "model.safetensors"], spec={"recipe": recipe, "scale": list(scale.train)},
+                partial=[run / "checkpoint.pt"], kind="train",
+                cost={"recipe": entry.recipe, "epochs": recipe["epochs"], "name": entry.name})
+
+
+def _head(entry: Entry, protocol: str, paths: Paths, scale: Scale) -> Item:
+    run = paths.runs / entry.recipe
+    args = (scale.head or HEAD_ARGS)[protocol]
+    out = classifier(entry, protocol, paths)
+    return Item(f"head/{entry.name}/{protocol}",
+                _py("rocl_zoo.evaluate", run / "encoder", "--name", entry.name, "--dataset", DATASET, "--protocol",
+                    protocol, *args, "--attacks", "clean", "--n-examples", scale.images(10000), "--quiet",
+                    "--save-classifier", out, "--out", run / f"{protocol}.json"),
+                [out / "model.safetensors", run / f"{protocol}.json"], needs=[f"train/{entry.recipe}"],
+                inputs=[run / "encoder" / "model.safetensors"], spec={"args": args}, kind="head",
+                cost={"protocol": protocol, "name": entry.name})
+
+
+def _finetune(entry: Entry, paths: Paths, scale: Scale) -> Item:
+    out = classifier(entry, "none", paths).parent
+    start = BY_NAME[entry.start]
+    n = scale.images(FINETUNE_N)
+    res = paths.results / relpath(start.name, "finetune-at", "Linf-0.1", "finetune", n)
+    return Item(f"finetune/{entry.name}",
+                _py("rocl_zoo.finetune", "--model", start.name, "--dataset", DATASET, *FINETUNE_AT,
+                    "--attacks", "clean,fgsm,pgd20,cw", "--eval-examples", n, "--autoattack",
+                    "--autoattack-examples", scale.images(FINETUNE_AA_N), "--checkpoint-every", 100, "--out", out,
+                    "--quiet", *scale.finetune),
+                [out / "classifier" / "model.safetensors", res], needs=[f"release/{start.name}"],
+                inputs=[paths.weights / start.name / "model.safetensors"],
+                spec={"args": FINETUNE_AT, "scale": list(scale.finetune)}, partial=[out / "checkpoint.pt"],
+                copy=(out / "results.json", res), kind="finetune",
+                cost={"name": entry.name, "key": f"finetune-at@{DATASET}"})
+
+
+def _eval(entry: Entry, protocol: str, ev: Eval, paths: Paths, scale: Scale, source: str | None = None) -> Item:
+    n = scale.images(ev.n)
+    suite = f"transfer-from-{source}" if source else ev.suite
+    out = paths.results / relpath(entry.name, protocol, ev.threat, suite, n)
+    clf = classifier(entry, protocol, paths)
+    label = [] if protocol == "none" else ["--protocol-label", protocol]
+    extra = ["--sanity", "--sanity-examples", n] if ev.sanity else []
+    extra += ["--batch-size", ev.batch] if ev.batch != Eval.batch else []
+    needs, inputs = [make_item(entry, protocol)], [clf / "model.safetensors"]
+    if source:
+        extra += ["--transfer-from", source]
+        needs.append(f"release/{source}")
+        inputs.append(paths.weights / source / "model.safetensors")
+    return Item(f"eval/{out.relative_to(paths.results).with_suffix('')}",
+                _py("rocl_zoo.evaluate", clf, "--name", entry.name, "--dataset", DATASET, *label, "--norm", ev.norm,
+                    "--eps", ev.eps, "--attacks", ev.attacks, "--n-examples", n, *extra, "--quiet", "--out", out),
+                [out], needs=needs, inputs=inputs, spec={"eval": vars(ev), "n": n, "source": source},
+                partial=[Path(f"{out}.partial")], kind="eval",
+                cost={"attacks": ev.attacks.split(","), "n": n, "name": entry.name})
+
+
+def _release(entry: Entry, evals: list, paths: Paths) -> Item:
+    protocol = entry.protocols[0]
+    clf = classifier(entry, protocol, paths)
+    results = [e.outputs[0] for e in evals]
+    return Item(f"release/{entry.name}", _py("training.release", entry.name, clf, "--results", *results),
+                [paths.weights / entry.name / "model.safetensors"], needs=[make_item(entry, protocol)]
+                + [e.name for e in evals], inputs=[clf / "model.safetensors", *results], kind="release",
+                cost={"name": entry.name})
+
+
+def _digits(encoder: str, mode: str, paths: Paths, scale: Scale) -> Item:
+    out = paths.runs / "finetune-digits" / encoder / mode
+    n = scale.images(DIGITS_N)
+    res = paths.results / relpath(encoder, f"finetune-{mode}", "Linf-0.1", "finetune", n, dataset="digits")
+    aa = scale.images(100)
+    return Item(f"finetune/{encoder}/digits-{mode}",
+                _py("rocl_zoo.finetune", "--model", encoder, "--dataset", "digits", "--mode", mode, *DIGITS_ARGS,
+                    "--autoattack", "--autoattack-examples", aa, "--eval-examples", n, "--out", out, "--quiet",
+                    *scale.finetune),
+                [res], needs=[f"release/{encoder}"], inputs=[paths.weights / encoder / "model.safetensors"],
+                spec={"args": DIGITS_ARGS, "scale": list(scale.finetune)}, partial=[out / "checkpoint.pt"],
+                copy=(out / "results.json", res), kind="finetune",
+                cost={"name": encoder, "key": f"finetune-{mode}@digits"})
+
+
+def items(paths: Paths, scale: str = "full") -> dict[str, Item]:
+    """The whole matrix as items, in an order where every item comes after the items it needs."""
+    sc = SCALES[scale]
+    out: dict[str, Item] = {}
+
+    def add(item: Item) -> Item:
+        out[item.name] = item
+        return item
+
+    for entry in ENTRIES:
+        if entry.recipe:
+            add(_train(entry, paths, sc))
+        if entry.method == "finetune":
+            add(_finetune(entry, paths, sc))
+        for protocol in entry.heads:
+            add(_head(entry, protocol, paths, sc))
+        shipped = []
+        for protocol in entry.protocols:
+            evals = [add(_eval(entry, protocol, ev, paths, sc)) for ev in PROTOCOL]
+            shipped = shipped or evals
+        add(_release(entry, shipped, paths))
+    for target, source in TRANSFERS:
+        add(_eval(BY_NAME[target], BY_NAME[target].protocols[0], TRANSFER, paths, sc, source=source))
+    for encoder, mode in DIGITS:
+        add(_digits(encoder, mode, paths, sc))
+    return out
+
+
+def stand_ins(paths: Paths) -> dict[Path, str]:
+    """Run folders whose product ships in the zoo -> the zoo name that stands in for them on a machine without the
+    run: each entry's shipped classifier, and a pretrained encoder (inside its shipped linear classifier)."""
+    out = {classifier(e, e.protocols[0], paths): e.name for e in ENTRIES}
+    out.update({paths.runs / e.recipe / "encoder": e.name for e in ENTRIES if e.method == "pretrain"})
+    return out
+
+
+def entry_items(all_items: dict[str, Item], name: str) -> list[str]:
+    """The items a zoo entry (or an item name, or a prefix such as eval/cnn4_rocl.fmnist_at) selects."""
+    if name in all_items:
+        return [name]
+    picked = [n for n in all_items if n.split("/")[1] == name or n.startswith(name.rstrip("/") + "/")]
+    return picked
+
+
+def markdown() -> str:
+    """The matrix as the README shows it: the entries, then the protocol every classifier is measured with."""
+    made = {"pretrain": "pretraining, recipe `{r}`", "supervised": "supervised, recipe `{r}`",
+            "finetune": "PGD-AT fine-tuning of `{s}` (`rocl_zoo.finetune`, fmnist_at's budget)"}
+    lines = ["| Entry | Made by | Measured as |", "|---|---|---|"]
+    for e in ENTRIES:
+        heads = ", ".join(f"{p} head" + (" (shipped)" if i == 0 else "") for i, p in enumerate(e.heads))
+        lines.append(f"| `{e.name}` | {made[e.method].format(r=e.recipe, s=e.start)} | {heads or 'as it is'} |")
+    lines += ["", "Every classifier above, on Fashion-MNIST's test split (n images in a fixed random order, seed 0: "
+                  "the same images for every model):"]
+    names = {"apgd": "APGD-CE + APGD-DLR (100 iterations each)", "autoattack": "AutoAttack (standard)",
+             "pgd20": "PGD-20", "pgd20-l2": "PGD-20"}
+    for ev in PROTOCOL:
+        attacks = ", ".join(names.get(a, a.upper() if a in ("fgsm", "cw") else a) for a in ev.attacks.split(","))
+        checks = ", with the gradient-masking checks" if ev.sanity else ""
+        lines.append(f"- `{ev.suite}`: {attacks} at {ev.norm.replace('linf', 'l-inf')} {ev.eps} on {ev.n:,} "
+                     f"images{checks}")
+    pairs = "; ".join(f"`{s}` -> `{t}`" for t, s in TRANSFERS)
+    lines.append(f"- `transfer`: black-box PGD-20 on {TRANSFER.n:,} images, made on the source: {pairs}")
+    lines.append("- fine-tuning on digits (`rocl_zoo.finetune --mode at`, 5 epochs of PGD-5): "
+                 + ", ".join(f"`{enc}`" for enc, _ in DIGITS))
+    return "\n".join(lines) + "\n"

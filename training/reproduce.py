@@ -1,0 +1,365 @@
+"""Remake the zoo's numbers from the experiment matrix (training/matrix.py), running only what is missing.
+
+    python -m training.reproduce --dry-run                    # every item: state, CPU cost, command
+    python -m training.reproduce cnn4_rocl.fmnist_at          # one entry: train, evaluate, release
+    python -m training.reproduce all                          # the whole zoo, in dependency order
+    python -m training.reproduce eval/cnn4_rocl.fmnist_at/none/Linf-0.1/apgd-n10000   # one item
+
+An item is `done` when its outputs exist and were made from the inputs it has now, `stale` when its inputs or
+settings changed since (the weights it measured, its recipe), `partial` when an interrupted run left a checkpoint
+or a `.partial` file (it resumes there), `missing` otherwise. An item runs when it is selected and not done, or
+when an item that runs needs it and it is not done; a classifier that is shipped in the zoo counts as made even
+where its run folder is not on this machine (evaluations then read the shipped weights: the same tensors).
+What each item was made from is recorded in results/stamps.json. Costs are CPU-seconds (threads x wall time)
+estimated from the rates the committed results and training records measured; `?` where none was measured.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from training.matrix import SCALES, Item, Paths, entry_items, items as matrix_items, stand_ins
+
+ROOT = Path(__file__).resolve().parents[1]
+STAMPS = "stamps.json"
+
+
+# ----------------------------------------------------------------------------------------------- state
+
+def content_hash(path: Path) -> str | None:
+    """What a file holds; for weights, their tensors only (a re-export that keeps them keeps the hash, whatever
+    metadata it writes). None if the file is absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    h = hashlib.sha256()
+    if path.suffix == ".safetensors":  # 8-byte header length, JSON header, tensor bytes
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + size])
+        header.pop("__metadata__", None)
+        h.update(json.dumps(header, sort_keys=True).encode())
+        data = data[8 + size:]
+    h.update(data)
+    return h.hexdigest()
+
+
+class Matrix:
+    """The matrix's items resolved against this machine: which classifiers exist, and where."""
+
+    def __init__(self, paths: Paths, scale: str = "full"):
+        self.paths, self.scale = paths, scale
+        self.items = matrix_items(paths, scale)
+        self.stand_ins = stand_ins(paths)
+        self.stamps_path = paths.results / STAMPS
+        self.stamps = json.loads(self.stamps_path.read_text()) if self.stamps_path.is_file() else {}
+        self.hashes: dict = {}
+
+    def stand_in(self, folder: Path) -> str | None:
+        """The shipped zoo entry that stands in for a run folder not on this machine (None: none, or it is here)."""
+        name = self.stand_ins.get(Path(folder))
+        if name and not (Path(folder) / "model.safetensors").exists() and \
+                (self.paths.weights / name / "model.safetensors").is_file():
+            return name
+        return None
+
+    def resolve(self, item: Item) -> tuple[list, list]:
+        """(argv, inputs) with each absent run folder replaced by the shipped entry that stands in for it."""
+        argv = [a if not (name := self.stand_in(Path(a))) else
+                str(self.paths.weights / name) if item.kind == "release" else name for a in item.argv]
+        inputs = [self.paths.weights / name / p.name if (name := self.stand_in(Path(p).parent)) else Path(p)
+                  for p in item.inputs]
+        return argv, inputs
+
+    def stamp(self, item: Item) -> str | None:
+        """A digest of everything the item's outputs depend on; None while an input does not exist yet."""
+        _, inputs = self.resolve(item)
+        digests = []
+        for p in inputs:
+            if p not in self.hashes:
+                self.hashes[p] = content_hash(p)
+            if self.hashes[p] is None:
+                return None
+            digests.append(self.hashes[p])
+        blob = json.dumps({"spec": item.spec, "command": _settings(item.argv, self.paths), "inputs": digests},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def state(self, item: Item) -> str:
+        if all(Path(o).exists() for o in item.outputs):
+            recorded, now = self.stamps.get(item.name), self.stamp(item)
+            return "stale" if recorded and now and recorded != now else "done"
+        if any(Path(p).exists() for p in item.partial):
+            return "partial"
+        made = [o for o in item.outputs if Path(o).name == "model.safetensors"]  # a classifier, shipped
+        return "done" if made and all(self.stand_in(Path(o).parent) for o in made) else "missing"
+
+    def plan(self, selected: list[str]) -> list[str]:
+        """The items to run now, in matrix order: each selected item that is not done, and every item they need
+        that is not done. (What a run changes can make other items stale: `after` says which may follow.)"""
+        states = {name: self.state(it) for name, it in self.items.items()}
+        todo: set[str] = set()
+
+        def visit(name):
+            if name not in todo:
+                todo.add(name)
+                for d in self.items[name].needs:
+                    if states[d] != "done":
+                        visit(d)
+
+        for name in selected:
+            if states[name] != "done":
+                visit(name)
+        return [n for n in self.items if n in todo]
+
+    def after(self, selected: list[str], todo: list[str]) -> list[str]:
+        """Selected items that are done now but need an item that will run: they run again if its outputs change."""
+        will = set(todo)
+        for name, it in self.items.items():  # matrix order: an item comes after what it needs
+            if name in selected and name not in will and any(d in will for d in it.needs):
+                will.add(name)
+        return [n for n in self.items if n in will and n not in todo]
+
+    def record(self, item: Item) -> None:
+        from rocl_zoo.utils import write_json
+
+        self.hashes.clear()  # outputs just changed: what depends on them must be hashed anew
+        self.stamps[item.name] = self.stamp(item)
+        write_json(self.stamps_path, dict(sorted(self.stamps.items())))
+
+
+def _settings(argv: list, paths: Paths) -> list:
+    """A command without its paths, threads and resume flags: what its outputs depend on."""
+    drop = {"--resume", "--overwrite", "--quiet"}
+    return [a for a in argv if a not in drop and not str(a).startswith((str(paths.runs), str(paths.results),
+                                                                         str(paths.weights)))]
+
+
+# ------------------------------------------------------------------------------------------------ cost
+
+def _threads(hardware: str | None) -> int:
+    """'Intel Xeon, 2 cores, 2 torch threads' -> 2 (1 when it does not say)."""
+    words = (hardware or "").replace(",", " ").split()
+    return next((int(words[i - 1]) for i, w in enumerate(words) if w == "torch" and i and words[i - 1].isdigit()), 1)
+
+
+def measured_rates(results_root: Path) -> dict:
+    """CPU-seconds per image of each attack, per head protocol and per training recipe, from committed records."""
+    from rocl_zoo.results import read_all
+
+    attack, head, train = {}, {}, {}
+    for r in read_all(results_root) if results_root.is_dir() else []:
+        cores = _threads(r.data.get("hardware"))
+        arch = r.data.get("architecture")
+        for name, a in r.attacks.items():
+            n = a.get("n_examples", r.n)
+            if a.get("wall_time_s") and n and not r.data.get("resumed_batches"):
+                attack.setdefault((arch, name.split("@")[0]), []).append(a["wall_time_s"] * cores / n)
+        s = r.data.get("sanity") or {}
+        if s.get("wall_time_s"):
+            attack.setdefault((arch, "sanity"), []).append(s["wall_time_s"] * cores / min(r.n, 1000))
+        pc = r.data.get("protocol_config") or {}
+        if pc.get("train_time_s"):
+            head.setdefault(pc["protocol"], []).append(pc["train_time_s"] * cores)
+        if r.data.get("finetune_train_time_s"):
+            head.setdefault(r.protocol + "@" + str(r.dataset), []).append(r.data["finetune_train_time_s"] * cores)
+    for config in results_root.rglob("config.json") if results_root.is_dir() else []:
+        metrics = config.parent / "metrics.jsonl"
+        cfg = json.loads(config.read_text())
+        if "recipe" not in cfg and "name" not in cfg or not metrics.is_file():
+            continue
+        rates = [rec["images_per_s"] for rec in map(json.loads, metrics.read_text().splitlines())
+                 if rec.get("images_per_s")]
+        if rates:
+            train.setdefault(cfg.get("name"), []).append(_threads(cfg.get("hardware")) / statistics.median(rates))
+    med = lambda d: {k: statistics.median(v) for k, v in d.items()}  # noqa: E731
+    return {"attack": med(attack), "head": med(head), "train": med(train)}
+
+
+def estimate(item: Item, rates: dict) -> float | None:
+    """CPU-seconds the item should take here, or None where nothing comparable was measured."""
+    c = item.cost
+    arch = c.get("name", "").split(".")[0]
+    if item.kind == "train":
+        per_image = rates["train"].get(c["recipe"])
+        return per_image and per_image * c["epochs"] * 60000
+    if item.kind == "head":
+        return rates["head"].get(c["protocol"])
+    if item.kind == "finetune":
+        return rates["head"].get(c["key"])
+    if item.kind == "release":
+        pgd = rates["attack"].get((arch, "pgd20"))
+        return pgd and 500 * pgd + 30
+    total = 0.0
+    for attack in c["attacks"] + (["sanity"] if "--sanity" in item.argv else []):
+        per_image = rates["attack"].get((arch, attack))
+        if per_image is None:
+            return None
+        total += per_image * c["n"]
+    return total
+
+
+def _fmt_cost(s: float | None) -> str:
+    return "?" if s is None else f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min" if s >= 60 else f"{s:.0f} s"
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+def command(m: Matrix, item: Item, threads: int, procs: int = 1) -> list:
+    argv, _ = m.resolve(item)
+    if item.kind in ("train", "finetune"):
+        argv.append("--overwrite" if m.state(item) == "stale" else "--resume")
+    if procs > 1 and item.kind == "eval":  # torchrun: each process attacks its share of the batches
+        argv = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", *argv]
+    return [sys.executable, *argv, "--threads", str(threads)]
+
+
+def _run_here(argv: list) -> int:
+    """`python -m MODULE ARGS` in this process: no interpreter and torch start-up per command."""
+    import runpy
+
+    from rocl_zoo import zoo
+
+    saved = sys.argv
+    sys.argv = [argv[1], *argv[2:]]
+    try:
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved
+        zoo.refresh()  # a release may have changed the registry
+    return code
+
+
+def _run_child(cmd: list) -> int:
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # the child got the same Ctrl-C: let it write its checkpoint before we stop
+        proc.wait()
+        raise
+
+
+def run_item(m: Matrix, item: Item, threads: int, in_process: bool = False, procs: int = 1) -> None:
+    cmd = command(m, item, threads, procs)
+    print(f"\n=== {item.name}\n    {' '.join(cmd[1:])}", flush=True)
+    t0 = time.time()
+    code = _run_here(cmd[1:]) if in_process else _run_child(cmd)
+    if code:
+        raise SystemExit(f"{item.name} failed (exit {code}); fix it and run the same command again: finished "
+                         f"items are kept, an interrupted one resumes.")
+    if item.copy:
+        src, dst = map(Path, item.copy)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    missing = [str(o) for o in item.outputs if not Path(o).exists()]
+    if missing:
+        raise SystemExit(f"{item.name} finished but did not write {missing}.")
+    m.record(item)
+    print(f"    done in {time.time() - t0:.0f} s", flush=True)
+
+
+def select(m: Matrix, names: list[str]) -> list[str]:
+    if not names or names == ["all"]:
+        return list(m.items)
+    picked = []
+    for name in names:
+        found = entry_items(m.items, name)
+        if not found:
+            raise SystemExit(f"no item or zoo entry {name!r} in the matrix; `--dry-run` lists them.")
+        picked += found
+    return picked
+
+
+def show(m: Matrix, names: list[str], todo: list[str], after: list[str]) -> None:
+    rates = measured_rates(ROOT / "results")
+    total, unknown = 0.0, 0
+    for name in names + [n for n in after if n not in names]:
+        if name in after:
+            print(f"then?    {m.state(m.items[name]):8}  {name}   (again if what it needs changes)")
+            continue
+        item = m.items[name]
+        state = m.state(item)
+        cost = estimate(item, rates) if name in todo else None
+        total += cost or 0
+        unknown += name in todo and cost is None
+        mark = "run " if name in todo else "    "
+        print(f"{mark}{state:8} {_fmt_cost(cost) if name in todo else '':>8}  {name}")
+        if name in todo:
+            print(f"                        python {' '.join(command(m, item, 1)[1:-2])}")
+    print(f"\n{len(todo)} items to run, about {_fmt_cost(total)} of CPU time"
+          + (f" plus {unknown} not yet measured" if unknown else "") + ".")
+
+
+def _short(path: Path) -> Path:
+    """A path relative to the repository when it is inside it: the commands run there, and read better."""
+    path = Path(path).resolve()
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.reproduce", description=__doc__.split("\n")[0],
+                                epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("names", nargs="*", help="zoo entries, item names or prefixes (eval/cnn4_rocl.fmnist_at), or "
+                                            "all (default)")
+    p.add_argument("--dry-run", action="store_true", help="show each item's state, cost and command; run nothing")
+    p.add_argument("--list", action="store_true", help="with --dry-run: every selected item, not only those to run")
+    p.add_argument("--scale", choices=sorted(SCALES), default="full",
+                   help="full: the zoo; toy: every stage for a step on a few images (tests)")
+    p.add_argument("--results", type=Path, default=ROOT / "results", help="results folder (default results/)")
+    p.add_argument("--runs", type=Path, default=ROOT / "runs", help="run folders (default runs/); the zoo's "
+                                                                     "weights go to $ROCL_ZOO_WEIGHTS if set")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads of every command")
+    p.add_argument("--procs", type=int, default=1, metavar="N",
+                   help="run each evaluation as N processes (torchrun; --threads each): the images are split "
+                        "between them and the merged numbers equal one process's")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the commands in this process instead of one process each (saves seconds of start-up "
+                        "per command: the toy scale's test uses it)")
+    args = p.parse_args(argv)
+    if args.procs > 1 and args.in_process:
+        p.error("--procs starts processes: it does not go with --in-process.")
+    from rocl_zoo.zoo import WEIGHTS_DIR
+
+    m = Matrix(Paths(*map(_short, (args.results, args.runs, WEIGHTS_DIR))), args.scale)
+    os.chdir(ROOT)  # the matrix's paths are relative to the repository
+    selected = select(m, args.names)
+    todo = m.plan(selected)
+    if args.dry_run:
+        show(m, selected if args.list else todo, todo, m.after(selected, todo))
+        return 0
+    done: set[str] = set()
+    try:
+        while todo:  # planned again after each item: what it changed may make others stale
+            name = todo[0]
+            if name in done:
+                raise SystemExit(f"{name} ran but is still {m.state(m.items[name])}: its outputs do not match the "
+                                 f"matrix (see training/matrix.py).")
+            run_item(m, m.items[name], args.threads, args.in_process, args.procs)
+            done.add(name)
+            todo = m.plan(selected)
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to continue.", file=sys.stderr)
+        return 130
+    if done:
+        from rocl_zoo.results import write_index
+
+        write_index(args.results)
+        if args.results.resolve() == (ROOT / "results").resolve():
+            subprocess.run([sys.executable, str(ROOT / "scripts" / "update_readme.py")], check=True)
+    print(f"{len(done)} items run; everything selected is done.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
