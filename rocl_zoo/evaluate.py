@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from . import attacks as A
 from .distributed import Dist, merge, my_share, world_and_rank
 from .errors import ConfigError, DataError, RoclZooError
-from .results import SCHEMA, Result, read_all
+from .results import SCHEMA, Accuracy, Result, read_all
 from .threat import DEFAULT_EPS, THREAT_MODELS, check_eps, default_eps, eps_str, eval_pgd_step, parse_eps
 
 DEFAULT_ATTACKS = "clean,pgd20"
@@ -519,6 +519,12 @@ def _column_key(cfg: dict):
             cfg["name"])
 
 
+def _cell(a: Accuracy, n: int) -> str:
+    """68.00 [64.3, 71.5]: the accuracy and its 95 % Wilson interval; (n=...) when measured on fewer images."""
+    lo, hi = a.interval()
+    return f"{a.pct:.2f} <sub>[{lo:.1f}, {hi:.1f}]</sub>" + (f" (n={a.n})" if a.n != n else "")
+
+
 def render_table(results: list[Result]) -> str:
     """A markdown table of results files (`rocl_zoo.results.read_all`): one row per file, one column per attack."""
     if not results:
@@ -544,13 +550,13 @@ def render_table(results: list[Result]) -> str:
                  f"{r.threat_model} {r.data.get('eps_str', r.eps)}"]
         for n in names:
             a = by_column[i].get(n)
-            cells.append("–" if a is None else f"{a['acc']:.2f}" +
-                         (f" (n={a['n_examples']})" if "n_examples" in a else ""))
+            cells.append("–" if a is None else _cell(Accuracy(a["acc"], a.get("n_examples", r.n)), r.n))
         cells.append(str(r.data.get("n_examples", "–")))
         s = r.data.get("sanity")
         cells.append("–" if not s else "ok" if s.get("passed") else "⚠ " + ", ".join(s.get("flags", [])))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nAccuracy in % (higher is more robust) on `n` test examples. Columns name the " \
+    return "\n".join(lines) + "\n\nAccuracy in % (higher is more robust) on `n` test examples, in brackets its 95 % " \
+                              "Wilson interval. Columns name the " \
                               "attack (`pgd20-l2` = PGD-20 in l2; `transfer-* from M` = black-box, made on M). Protocol " \
                               "`none`: a classifier as it is; `linear` / `robust-linear`: a linear head on the " \
                               "frozen encoder (SLF / ALF), trained by that run or before it; `finetune-*`: " \

@@ -366,8 +366,8 @@ def test_table_keeps_transfer_sources_apart():
     table = E.render_table([res("a", "src1", 50.0), res("b", "src2", 25.0)])
     head = table.splitlines()[0]
     assert "transfer-pgd20 from src1" in head and "transfer-pgd20 from src2" in head
-    assert "| `a` | d | none | Linf 0.1 | 50.00 | – | 10 |" in table
-    assert "| `b` | d | none | Linf 0.1 | – | 25.00 | 10 |" in table
+    assert "| `a` | d | none | Linf 0.1 | 50.00 <sub>[23.7, 76.3]</sub> | – | 10 |" in table  # Wilson, n=10
+    assert "| `b` | d | none | Linf 0.1 | – | 25.00 <sub>" in table
 
 
 def test_cli_refuses_images_of_another_size(tmp_path, capsys):

@@ -218,6 +218,7 @@ class RunSetup:
     stop: int                       # where this invocation stops (--max-steps)
     precision: str                  # bf16 | fp32
     ckpt: dict | None               # the checkpoint to resume from
+    held: object = None             # the held-out images (recipe.holdout), or None
 
     def amp(self):
         return precision.autocast(self.precision, self.dist.device)
@@ -244,6 +245,11 @@ def start_run(args, kinds) -> RunSetup:
               "max_steps": args.max_steps, "data_root": args.data_root, "command": " ".join(sys.argv)}
     ds = load_dataset(recipe.dataset, "train", root=args.data_root, download=args.download,
                       subset=recipe.subset or None)
+    held = None
+    if recipe.holdout:
+        from .heldout import split
+
+        ds, held = split(ds, recipe.holdout, args.seed)
     if recipe.dataset.startswith("imagefolder:"):  # no table entry: statistics of [0, 1] images
         c = ds.input_size[0]
         info = DatasetInfo(recipe.dataset, ds.input_size, tuple(ds.classes), (0.5,) * c, (0.5,) * c)
@@ -258,7 +264,7 @@ def start_run(args, kinds) -> RunSetup:
     run = RunFolder(args.out or Path("runs") / recipe.name, dist.main)
     ckpt = run.start(config, resume=args.resume, overwrite=getattr(args, "overwrite", False))
     return RunSetup(recipe, dist, run, config, ds, info, recipe.batch_size // dist.world, steps_per_epoch, total,
-                    stop, prec, ckpt)
+                    stop, prec, ckpt, held)
 
 
 def prepare(net: nn.Module, setup: RunSetup) -> tuple[nn.Module, nn.Module]:
@@ -279,16 +285,17 @@ def to_device(x: torch.Tensor, setup: RunSetup) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if setup.recipe.channels_last != "false" else x
 
 
-def fit(args, setup: RunSetup, net: nn.Module, model: nn.Module, opt, step_fn, lr_at, export) -> Path:
+def fit(args, setup: RunSetup, net: nn.Module, model: nn.Module, opt, step_fn, lr_at, export,
+        on_epoch_end=None) -> Path:
     """Train `net` through the zoo's loop with the recipe's settings; when the schedule is done, `export()` on the
     main process; then close the process group. What training.pretrain and training.supervised share after
-    building their model and step."""
+    building their model and step. on_epoch_end: the held-out curve's tracker (training/heldout.py), if any."""
     recipe, dist = setup.recipe, setup.dist
     net.train()
     train_loop(net, opt, step_fn, steps_per_epoch=setup.steps_per_epoch, total=setup.total, stop=setup.stop,
                seed=args.seed, lr_at=lr_at, run=setup.run, ckpt=setup.ckpt, config=setup.config,
                log_every=recipe.log_every, ckpt_every=recipe.ckpt_every, progress=not args.quiet, desc=recipe.name,
-               barrier=dist.barrier, main=dist.main, precision=setup.precision)
+               barrier=dist.barrier, main=dist.main, precision=setup.precision, on_epoch_end=on_epoch_end)
     if setup.stop == setup.total and dist.main:
         export()
     dist.barrier()

@@ -31,6 +31,7 @@ from rocl_zoo.data import RoclAugment
 from rocl_zoo.models import ProjectionHead
 
 from . import common as C
+from . import heldout as H
 
 KINDS = ("rocl", "simclr")
 
@@ -103,9 +104,13 @@ def train(args) -> Path:
     setup = C.start_run(args, KINDS)
     torch.manual_seed(args.seed)
     net, model = C.prepare(build(setup.recipe, setup.info), setup)
-    export = lambda: C.export_model(net.encoder.state_dict(), setup, "encoder", 0, ("temperature", "lam"))  # noqa: E731
+    def export(folder="encoder"):
+        return C.export_model(net.encoder.state_dict(), setup, folder, 0, ("temperature", "lam"))
+
+    curve = None if setup.held is None else H.tracker(
+        setup, setup.held, lambda: H.probe(net.encoder, setup.ds, setup.recipe), lambda: export("best"))
     return C.fit(args, setup, net, model, make_optimizer(net, setup.recipe), make_step(setup, net, model, args.seed),
-                 lr_schedule(setup), export)
+                 lr_schedule(setup), export, curve)
 
 
 def main(argv=None) -> int:

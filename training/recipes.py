@@ -63,6 +63,12 @@ class Recipe:
     channels_last: str = "auto"     # auto (= true: faster for every zoo architecture, CPU and CUDA) | true | false
     amp: str = "auto"               # auto (bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere) | bf16 | off
     subset: int = 0                 # train on a fixed random subset of this many images (0 = all)
+    # held-out curves (training/heldout.py): images kept out of training, measured every eval_every epochs
+    holdout: int = 0                # 0 = train on the whole split, no curve
+    eval_every: int = 1             # epochs
+    holdout_steps: int = 10         # PGD steps of the held-out attack
+    probe_examples: int = 10000     # encoders: the linear probe's training images
+    probe_epochs: int = 20          # encoders: the linear probe's epochs (on precomputed features)
     ckpt_every: int = 200           # steps
     log_every: int = 10             # steps
     notes: tuple = field(default_factory=tuple)

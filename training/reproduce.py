@@ -132,6 +132,8 @@ class Matrix:
         from rocl_zoo.utils import write_json
 
         self.hashes.clear()  # outputs just changed: what depends on them must be hashed anew
+        if self.stamps_path.is_file():  # another reproduce may have recorded items meanwhile
+            self.stamps = {**json.loads(self.stamps_path.read_text()), **self.stamps}
         self.stamps[item.name] = self.stamp(item)
         write_json(self.stamps_path, dict(sorted(self.stamps.items())))
 
@@ -353,9 +355,10 @@ def main(argv=None) -> int:
         return 130
     if done:
         from rocl_zoo.results import write_index
+        from rocl_zoo.zoo import PACKAGE_WEIGHTS_DIR
 
-        write_index(args.results)
-        if args.results.resolve() == (ROOT / "results").resolve():
+        write_index(m.paths.results)
+        if m.paths.results == Path("results") and WEIGHTS_DIR == PACKAGE_WEIGHTS_DIR:  # the zoo the README shows
             subprocess.run([sys.executable, str(ROOT / "scripts" / "update_readme.py")], check=True)
     print(f"{len(done)} items run; everything selected is done.")
     return 0

@@ -28,6 +28,7 @@ from rocl_zoo import loop as L
 from rocl_zoo import steps as S
 
 from . import common as C
+from . import heldout as H
 
 KINDS = ("at", "trades")
 
@@ -88,9 +89,12 @@ def train(args) -> Path:
     torch.manual_seed(args.seed)
     classes = len(setup.ds.classes)
     net, model = C.prepare(build(setup.recipe, setup.info, classes), setup)
-    export = lambda: C.export_model(net.state_dict(), setup, "model", classes, ("trades_beta",))  # noqa: E731
+    def export(folder="model"):
+        return C.export_model(net.state_dict(), setup, folder, classes, ("trades_beta",))
+
+    curve = None if setup.held is None else H.tracker(setup, setup.held, lambda: net, lambda: export("best"))
     return C.fit(args, setup, net, model, make_optimizer(net, setup.recipe), make_step(setup, net, model, args.seed),
-                 lr_schedule(setup), export)
+                 lr_schedule(setup), export, curve)
 
 
 def main(argv=None) -> int:

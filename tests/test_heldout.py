@@ -1,0 +1,58 @@
+"""Held-out curves: images kept out of training, measured each epoch; the best epoch exported; kept on resume."""
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from rocl_zoo.data import ImageTensorDataset
+from training import heldout, pretrain, supervised
+from test_pretrain import TINY as PRETRAIN_TINY, pretrain_args
+from test_supervised import TINY as SUPERVISED_TINY, args as supervised_args
+
+CURVE = ["--set", "holdout=32", "--set", "probe_examples=32", "--set", "probe_epochs=2"]
+
+
+def epoch_records(run):
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in lines if r["record"] == "epoch"]
+
+
+def check_curve(run, folder):
+    epochs = epoch_records(run)
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    for e in epochs:
+        assert 0 <= e["heldout_pgd"] <= e["heldout_clean"] <= 100
+    best = max(epochs, key=lambda e: e["heldout_pgd"])  # the first of equals
+    assert epochs[-1]["heldout_best_epoch"] == best["epoch"]
+    assert (run / "best" / "model.safetensors").is_file() and (run / folder / "model.safetensors").is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert config["n_train"] == 64 - 32 and config["holdout"] == 32  # the held-out images are not trained on
+
+
+def test_split_is_fixed_and_disjoint():
+    ds = ImageTensorDataset(torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1), torch.arange(100) % 10,
+                            list(range(10)))
+    train, held = heldout.split(ds, 30, seed=0)
+    again, held2 = heldout.split(ds, 30, seed=0)
+    ids = lambda d: set(d.images.flatten().tolist())  # noqa: E731
+    assert len(held) == 30 and len(train) == 70 and not ids(train) & ids(held)
+    assert torch.equal(held.images, held2.images) and not torch.equal(held.images, heldout.split(ds, 30, 1)[1].images)
+
+
+def test_supervised_run_records_its_curve_and_keeps_the_best(tmp_path):
+    run = supervised.train(supervised_args(["--recipe", "fmnist_at", *SUPERVISED_TINY, *CURVE, "--out",
+                                            str(tmp_path)]))
+    check_curve(run, "model")
+
+
+def test_pretraining_reads_out_a_probe_and_resume_keeps_the_best(tmp_path):
+    full = pretrain.train(pretrain_args([*PRETRAIN_TINY, *CURVE, "--out", str(tmp_path / "full")]))
+    check_curve(full, "encoder")
+    part = tmp_path / "part"
+    pretrain.train(pretrain_args([*PRETRAIN_TINY, *CURVE, "--out", str(part), "--max-steps", "3"]))
+    pretrain.train(pretrain_args([*PRETRAIN_TINY, *CURVE, "--out", str(part), "--resume"]))
+    curve = lambda run: [(e["heldout_clean"], e["heldout_pgd"], e["heldout_best_epoch"])  # noqa: E731
+                         for e in epoch_records(run)]
+    assert curve(part) == curve(full)  # exact resume: the same weights, so the same held-out numbers
+    a, b = load_file(full / "best/model.safetensors"), load_file(part / "best/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,71 @@
+"""Held-out curves: how a run's robustness develops, measured on training images it never trains on.
+
+A recipe with `holdout=N` keeps a fixed random N of the training split out of training (seeded, the same for
+every run of that seed) and, every `eval_every` epochs and at the end, measures clean and PGD accuracy on them
+(PGD-`holdout_steps` at the recipe's eps, step eps/4 for 10 steps, random start, fp32, eval mode). A supervised
+classifier is attacked as it is; an encoder is read out by a cheap linear probe first (SLF on precomputed
+features of `probe_examples` training images for `probe_epochs` epochs), then attacked through encoder + probe.
+The numbers go into the epoch's record in metrics.jsonl (`heldout_clean`, `heldout_pgd`, `heldout_best_epoch`),
+and whenever the held-out robust accuracy is the best so far the weights are exported to `<run>/best/`: robust
+overfitting (Rice et al., ICML 2020) makes the last epoch not always the best one. Recipes pick their epochs and
+schedules from these curves.
+"""
+from __future__ import annotations
+
+import torch
+
+from rocl_zoo.data import ImageTensorDataset
+
+
+def split(ds: ImageTensorDataset, n: int, seed: int) -> tuple[ImageTensorDataset, ImageTensorDataset]:
+    """(training part, held-out part): a fixed random n images held out, the rest kept in their order."""
+    if not 0 < n < len(ds):
+        from rocl_zoo.errors import ConfigError
+
+        raise ConfigError(f"holdout={n} must be between 0 and the {len(ds)} training images.")
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(10_007 * seed + 1))
+    keep, out = perm[n:].sort().values, perm[:n].sort().values
+    return (ImageTensorDataset(ds.images[keep], ds.labels[keep], ds.classes, ds.name),
+            ImageTensorDataset(ds.images[out], ds.labels[out], ds.classes, f"{ds.name} held out"))
+
+
+def measure(classifier: torch.nn.Module, held: ImageTensorDataset, eps: float, steps: int) -> dict:
+    """Clean and PGD accuracy (percent) of a classifier on the held-out images."""
+    from rocl_zoo.evaluate import evaluate
+    from rocl_zoo.linear import as_tensors
+
+    x, y = as_tensors(held)
+    device = next(classifier.parameters()).device
+    r = evaluate(classifier, x.to(device), y.to(device), attacks=f"clean,pgd{steps}", eps=eps, progress=False)
+    return {"heldout_clean": round(r["attacks"]["clean"]["acc"], 3),
+            "heldout_pgd": round(r["attacks"][f"pgd{steps}"]["acc"], 3)}
+
+
+def probe(encoder: torch.nn.Module, train: ImageTensorDataset, recipe) -> torch.nn.Module:
+    """A linear head on the frozen encoder (SLF on precomputed features): the encoder's classifier for now."""
+    from rocl_zoo.linear import train_linear_head
+
+    return train_linear_head(encoder, train, epochs=recipe.probe_epochs, n_examples=recipe.probe_examples,
+                             progress=False, seed=0)
+
+
+def tracker(setup, held: ImageTensorDataset, classifier_of, export_best):
+    """The loop's on_epoch_end: held-out numbers every `eval_every` epochs and at the last; `export_best()` when
+    the held-out robust accuracy is the best so far. classifier_of() -> the classifier to attack now."""
+    recipe = setup.recipe
+    last = setup.total // setup.steps_per_epoch
+    seen = [r for r in (setup.ckpt or {}).get("epochs", []) if "heldout_pgd" in r]
+    best = max(seen, key=lambda r: r["heldout_pgd"], default=None)
+    state = {"pgd": best["heldout_pgd"] if best else -1.0, "epoch": best["epoch"] if best else None}
+
+    def on_epoch_end(epoch: int) -> dict:
+        done = epoch + 1
+        if not setup.dist.main or (done % recipe.eval_every and done != last):
+            return {}
+        rec = measure(classifier_of(), held, recipe.eps, recipe.holdout_steps)
+        if rec["heldout_pgd"] > state["pgd"]:
+            state.update(pgd=rec["heldout_pgd"], epoch=done)
+            export_best()
+        return {**rec, "heldout_best_epoch": state["epoch"]}
+
+    return on_epoch_end
