@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 7860
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,9 @@ demo: setup  ## the Gradio demo on the embedded zoo models, no network
 
 test: setup  ## the whole test suite
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest
+
+test-fast: setup  ## the suite without the slow, browser and multi-process tests: the edit-test loop
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q -m "not slow and not browser"
 
 bench: setup  ## the speed benchmarks (prints ratios measured side by side)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

@@ -334,12 +334,13 @@ def _import_autoattack():
 
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf",
                version: str = "standard", batch_size: int = 250, seed: int = 0, attacks: Sequence[str] | None = None,
-               verbose: bool = False, eval_mode: bool = True) -> torch.Tensor:
+               verbose: bool = False, eval_mode: bool = True, restarts: int = 1) -> torch.Tensor:
     """AutoAttack (Croce & Hein 2020) through the `pyautoattack` package (the `eval` extra). Returns x_adv.
 
     version: "standard" (APGD-CE, APGD-T, FAB-T, Square: the number RobustBench reports), "plus", "rand", or
-    "custom" with `attacks` (e.g. ["apgd-ce", "apgd-dlr"]). Models with fewer than 10 classes get as many target
-    classes as they have (the reference code assumes 10 or more).
+    "custom" with `attacks` (e.g. ["apgd-ce", "apgd-dlr"]), each APGD with `restarts` restarts of 100 iterations
+    (the package's own default for custom runs is 5; standard AutoAttack's APGD-CE has 1). Models with fewer than
+    10 classes get as many target classes as they have (the reference code assumes 10 or more).
     """
     from .errors import ConfigError
 
@@ -368,6 +369,8 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
         n_targets = max(1, min(9, n_cls - 1))
         adversary.apgd_targeted.n_target_classes = n_targets
         adversary.fab.n_target_classes = n_targets
+        if version == "custom":
+            adversary.apgd.n_restarts = restarts
         if n_cls < 4:
             # The targeted DLR loss needs 4+ classes; APGD-CE, FAB and Square still give a valid upper bound.
             adversary.attacks_to_run = [a for a in adversary.attacks_to_run if a not in ("apgd-t", "apgd-dlr")]

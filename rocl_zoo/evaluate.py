@@ -74,7 +74,7 @@ def parse_attack(spec: str, eps: float, norm: str) -> dict:
     elif name in ("autoattack", "aa"):
         cfg.update(attack="autoattack", norm=norm, version="standard")
     elif name in _APGD:
-        cfg.update(attack="autoattack", norm=norm, version="custom", attacks=_APGD[name])
+        cfg.update(attack="autoattack", norm=norm, version="custom", attacks=_APGD[name], iterations=100, restarts=1)
     else:
         raise ConfigError(f"unknown attack {spec!r}. Known: clean, fgsm, pgd<N>[-linf|-l2][-cw][x<R>] (e.g. pgd20, "
                           f"pgd20-l2, pgd100x5), cw, autoattack, apgd-ce, apgd; add @EPS to set a budget (pgd20-l2@1.0).")
@@ -107,7 +107,8 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict, se
                      early_stop=cfg.get("early_stop", True))  # accuracy is all we keep: stop fooled ones
     if kind == "autoattack":
         return A.autoattack(model, x, y, cfg["eps"], cfg["norm"], version=cfg.get("version", "standard"),
-                            attacks=cfg.get("attacks"), batch_size=max(len(x), 1), seed=seed, verbose=verbose)
+                            attacks=cfg.get("attacks"), batch_size=max(len(x), 1), seed=seed, verbose=verbose,
+                            restarts=cfg.get("restarts", 1))
     raise ConfigError(f"unknown attack kind {kind!r}.")
 
 

@@ -42,7 +42,7 @@ from .hub import CARD_NAME, CONFIG_NAME, HF_PREFIX, WEIGHTS_NAME, architecture_o
 from .onnx import INPUT_NAME, META_ARCHITECTURE, META_INPUT_SIZE, META_LABELS, ONNX_NAME, OUTPUT_NAME
 from .predict import model_input_size, prepare_images
 from .utils import atomic_write, current_umask, sha256_file, write_json
-from .zoo import ZOO
+from .zoo import ZOO, get_entry
 
 DEFAULT_OPSET = 18
 LOGIT_ATOL = 1e-4          # max |logit difference| ONNX Runtime vs PyTorch
@@ -106,6 +106,7 @@ def export_onnx(model: nn.Module, path, *, opset: int = DEFAULT_OPSET, dynamo: b
         if not _dynamic_batch(proto):
             raise ExportError("the exported ONNX graph has a fixed batch size; it must have a dynamic batch axis.")
         onnx.save(proto, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp made it private; the folder's other files are world-readable
         os.replace(tmp, path)
     finally:
         model.train(was_training)
@@ -320,7 +321,6 @@ def build_card(config: dict, results: Sequence[tuple[str, dict]], *, model_name:
                          datasets=[dataset] if dataset else None, metrics=["accuracy"] if ev else None,
                          tags=["image-classification", "timm", "adversarial-robustness", "self-supervised-learning",
                                "rocl", "rocl-zoo"], eval_results=ev or None)
-    repo = repo_id or "ORG/NAME"
     c, h, w = config["pretrained_cfg"]["input_size"]
     L = [f"# {model_name}", ""]
     L += [description or f"`{arch}` trained with the rocl-zoo recipe `{recipe}` on "
@@ -362,24 +362,33 @@ def build_card(config: dict, results: Sequence[tuple[str, dict]], *, model_name:
     if recipe and recipe.startswith("reproduce "):  # an entry of the experiment matrix that is not one recipe
         L += ["## Recipe", "", f"Made by `python -m training.{recipe}` in the rocl-zoo repository (its steps and "
               "budgets: `training/matrix.py`)."]
+    elif recipe and model_name in ZOO:
+        L += ["## Recipe", "", f"Recipe `{recipe}`: `python -m training.reproduce {model_name}` in the rocl-zoo "
+              "repository remakes this entry, its training, evaluation and release (`training/matrix.py`)."]
     elif recipe:
-        L += ["## Recipe", "", f"Recipe `{recipe}`: reproduce with `python -m training.pretrain --recipe {recipe}` "
-              f"(RoCL, SimCLR) or `python -m training.supervised --recipe {recipe}` (the supervised baselines), then "
-              "`python -m rocl_zoo.evaluate` and `python -m rocl_zoo.export`."]
+        kind = (rz.get("training") or {}).get("kind")
+        trainer = {"rocl": "pretrain", "simclr": "pretrain", "at": "supervised", "trades": "supervised"}.get(kind)
+        how = f"`python -m training.{trainer} --recipe {recipe}`" if trainer else \
+            f"recipe `{recipe}` of `python -m training.pretrain` or `training.supervised` (`--list-recipes`)"
+        L += ["## Recipe", "", f"Trained with {how} in the rocl-zoo repository, evaluated with "
+              "`python -m rocl_zoo.evaluate` and exported with `python -m rocl_zoo.export`."]
     else:
         L += ["## Recipe", "", "Not recorded: this model was exported from a source without a recipe name."]
     details = rz.get("recipe_config") or next((r["recipe"] for _, r in results if isinstance(r.get("recipe"), dict)), None)
     if details:
         L += ["", "```json", json.dumps(details, indent=2, default=str), "```"]
-    L += ["", "## How to load", "", "```python", "import rocl_zoo, timm, torch", "",
-          f'model = rocl_zoo.load("hf-hub:{repo}")  # sha256-verified, eval mode',
-          f'model = timm.create_model("hf-hub:{repo}", pretrained=True)',
-          f'model = torch.hub.load("rocl-zoo/rocl-zoo", "{arch}", pretrained=True)  # zoo entries',
+    load = [f'model = rocl_zoo.load("hf-hub:{repo_id}")  # sha256-verified, eval mode',
+            f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True)'] if repo_id else \
+        ['model = rocl_zoo.load("path/to/this/folder")  # sha256-verified, eval mode']
+    if model_name in ZOO:
+        load.append(f'model = rocl_zoo.load("{model_name}")  # the zoo entry, embedded in the package')
+    L += ["", "## How to load", "", "```python", "import rocl_zoo, timm", "", *load,
           'rocl_zoo.predict(model, ["image.png"], topk=3)', "```", ""]
     if ONNX_NAME in files:
         L += ["ONNX Runtime (`pip install rocl-zoo[onnx]`):", "", "```python",
               "from rocl_zoo.onnx import OnnxClassifier",
-              f'clf = OnnxClassifier("path/to/folder")  # or hf_hub_download("{repo}", "model.onnx")',
+              'clf = OnnxClassifier("path/to/this/folder")' + (f'  # or hf_hub_download("{repo_id}", "model.onnx")'
+                                                               if repo_id else ""),
               'clf.predict(["image.png"], topk=3)', "```", ""]
     if parity:
         adv = parity.get("adversarial") or {}
@@ -408,11 +417,25 @@ def build_card(config: dict, results: Sequence[tuple[str, dict]], *, model_name:
 # ------------------------------------------------------------------------------------------------ export
 
 
+def _carried(rz: dict) -> dict:
+    """What the source's config records beyond what save_pretrained writes anew (its training settings, the
+    protocol that made its head): an export keeps it."""
+    written = ("version", "dataset", "recipe", "normalization", "metrics", "files", "export")
+    return {k: v for k, v in rz.items() if k not in written}
+
+
 def _source_results(source) -> list[Path]:
+    """The results files that come with a source: a folder's results*.json, a zoo entry's shipped ones."""
     if isinstance(source, nn.Module):
         return []
     kind, value, _ = parse_source(source)
-    return sorted(Path(value).glob(RESULTS_GLOB)) if kind == "folder" and Path(value).is_dir() else []
+    if kind == "zoo":
+        folder = get_entry(value).embedded_dir
+    elif kind == "folder":
+        folder = Path(value)
+    else:
+        return []
+    return sorted(folder.glob(RESULTS_GLOB)) if folder.is_dir() else []
 
 
 def _check_results_fit(results, arch: str, dataset: str | None) -> None:
@@ -452,8 +475,6 @@ def export(source, out, *, onnx: bool = True, opset: int = DEFAULT_OPSET, result
     tag = cfg.get("tag")
     model_name = repo_id.split("/")[-1] if repo_id else (f"{arch}.{tag}" if tag else arch)
     entry = ZOO.get(model_name)  # the zoo entry this folder is published as, if any
-    if repo_id is None and entry is not None:
-        repo_id = entry.hf_hub_id
     description = entry.description + "." if entry is not None else None
     dataset = dataset or rz.get("dataset") or (entry.dataset if entry is not None else None)
     recipe = recipe or (entry.recipe if entry is not None else None) or rz.get("recipe")
@@ -492,7 +513,8 @@ def export(source, out, *, onnx: bool = True, opset: int = DEFAULT_OPSET, result
                    for n, r in parsed for m in result_metrics(r)}
         files = [WEIGHTS_NAME, CONFIG_NAME, CARD_NAME] + ([ONNX_NAME] if onnx else []) + [n for n, _ in parsed]
         save_pretrained(model, stage, dataset=dataset, recipe=recipe, metrics=metrics,
-                        extra={"export": {"parity": parity, "results": [n for n, _ in parsed], "repo_id": repo_id}},
+                        extra={**_carried(rz), "export": {"parity": parity, "results": [n for n, _ in parsed],
+                                                          "repo_id": repo_id}},
                         card="")  # the card needs the final config: written below
         for name, res in parsed:  # in the current schema, whatever the source file's
             write_json(stage / name, res)

@@ -27,6 +27,7 @@ from .threat import THREAT_MODELS, eps_str
 
 SCHEMA = "rocl_zoo.eval/2"
 INDEX_NAME = "index.json"
+INDEX_SCHEMA = "rocl_zoo.index/1"  # not a results file
 _SCHEMA_PREFIX = "rocl_zoo.eval/"
 
 
@@ -208,7 +209,7 @@ def file_result(path, root, suite: str, own_dataset: str | None = None) -> Path:
 def build_index(root) -> dict:
     """results/index.json's content: every results file under root with what it measured."""
     root = Path(root)
-    return {"schema": SCHEMA, "results": {str(r.path.relative_to(root)): r.summary() for r in read_all(root)}}
+    return {"schema": INDEX_SCHEMA, "results": {str(r.path.relative_to(root)): r.summary() for r in read_all(root)}}
 
 
 def write_index(root) -> Path:

@@ -21,13 +21,15 @@ def blocks() -> dict[str, str]:
 
     from claims import claims_markdown, summary_markdown
     from training.matrix import markdown as matrix_markdown
+    from training.reproduce import cost_markdown
 
     root = ROOT / "results"
     results = read_all(root) if root.is_dir() else []
     # the zoo's models only: experiments such as results/precision-ab have their own table and script
     results = [r for r in results if r.path.relative_to(root).parts[0] != "precision-ab"]
     table = render_table(results).rstrip("\n") if results else "No results files yet."
-    return {"zoo-table": zoo_table_markdown(), "matrix": matrix_markdown().rstrip("\n"), "results-table": table,
+    return {"zoo-table": zoo_table_markdown(), "matrix": matrix_markdown().rstrip("\n"),
+            "protocol-cost": cost_markdown(root).rstrip("\n"), "results-table": table,
             "summary": summary_markdown(results).rstrip("\n"),
             "claims": claims_markdown(results).rstrip("\n")}
 

@@ -122,6 +122,24 @@ def test_autoattack_on_a_subset_reports_pgd_on_the_same_images():
     with pytest.raises(ConfigError, match="autoattack_examples"):
         E.evaluate(plain, x, y, attacks="clean", autoattack_examples=-1, progress=False)
 
+def test_apgd_is_autoattacks_two_untargeted_attacks_with_one_restart(monkeypatch):
+    cfg = E.parse_attack("apgd", 0.1, "linf")
+    assert (cfg["attacks"], cfg["iterations"], cfg["restarts"]) == (["apgd-ce", "apgd-dlr"], 100, 1)
+    pyaa = pytest.importorskip("pyautoattack")
+    seen = {}
+    run = pyaa.AutoAttack.run_standard_evaluation
+
+    def spy(self, *a, **kw):  # the package's own default for a custom run would be 5 restarts
+        seen.update(restarts=self.apgd.n_restarts, iters=self.apgd.n_iter, attacks=list(self.attacks_to_run))
+        return run(self, *a, **kw)
+
+    monkeypatch.setattr(pyaa.AutoAttack, "run_standard_evaluation", spy)
+    plain, x, y = teacher_data(n=16)
+    r = E.evaluate(plain, x, y, attacks="clean,pgd10,apgd", eps=0.08, progress=False)
+    assert seen == {"restarts": 1, "iters": 100, "attacks": ["apgd-ce", "apgd-dlr"]}
+    assert r["attacks"]["apgd"]["acc"] <= r["attacks"]["clean"]["acc"]
+
+
 def test_evaluate_with_transfer_and_sanity_results_dict():
     plain, x, y = teacher_data(n=48)
     r = E.evaluate(Quantised(plain), x, y, attacks="clean,fgsm,pgd10,pgd10-l2", eps=0.05, norm="linf",

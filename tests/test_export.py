@@ -115,8 +115,22 @@ def test_model_card_metadata_holds_the_results(exported):
     text = card.text
     for needle in ["Fashion-MNIST", "split `test`", "eps = 0.1", "linf", "| pgd3 | steps=3", "fgsm",
                    "n_examples = 16", "fmnist_rocl", "Protocol: linear", 'rocl_zoo.load("hf-hub:test-org/cnn4_rocl.fmnist")',
-                   "timm.create_model", "torch.hub.load", "OnnxClassifier", "max |logit difference|"]:
+                   "timm.create_model", 'rocl_zoo.load("cnn4_rocl.fmnist")', "OnnxClassifier",
+                   "max |logit difference|", "python -m training.reproduce cnn4_rocl.fmnist"]:
         assert needle in text, needle
+
+
+def test_a_zoo_entry_exports_with_its_shipped_results_and_no_invented_hub_repo(tmp_path):
+    import stat
+
+    out = ex.export("cnn4_rocl.fmnist_at", tmp_path / "f", n_check=4, pgd_steps=1)
+    shipped = sorted(p.name for p in rocl_zoo.get_entry("cnn4_rocl.fmnist_at").embedded_dir.glob("results*.json"))
+    assert shipped and sorted(p.name for p in out.glob("results*.json")) == shipped
+    config = json.loads((out / "config.json").read_text())["rocl_zoo"]
+    assert config["metrics"] and config["export"]["repo_id"] is None
+    card = (out / "README.md").read_text()
+    assert "No evaluation results" not in card and "hf-hub:" not in card and "training.supervised --recipe" not in card
+    assert stat.S_IMODE((out / "model.onnx").stat().st_mode) == 0o644
 
 
 def test_tampered_weights_are_refused_on_load(exported, tmp_path):
@@ -250,7 +264,7 @@ def test_a_baseline_published_as_its_own_entry_gets_that_entrys_card_and_tag(tmp
     card = (out / "README.md").read_text()
     assert "# cnn4_rocl.fmnist_at" in card and entry.description in card and "RoCL encoder (no labels)" not in card
     assert json.loads((out / "config.json").read_text())["pretrained_cfg"]["tag"] == "fmnist_at"
-    assert "training.supervised --recipe fmnist_at" in card  # the recipe came with the entry
+    assert "Recipe `fmnist_at`: `python -m training.reproduce cnn4_rocl.fmnist_at`" in card  # the entry's recipe
     assert model.pretrained_cfg["tag"] == "fmnist"  # the caller's model is left as it was
 
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from rocl_zoo.results import read
+from rocl_zoo.results import is_results_file, read
 from training.matrix import ENTRIES, Paths, items
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("pyautoattack")
+pytestmark = pytest.mark.slow  # about 3 minutes: every stage of the zoo, once
 
 
 def reproduce(tmp: Path, *args) -> subprocess.CompletedProcess:
@@ -58,8 +59,8 @@ def test_whole_matrix_runs_and_every_output_parses(toy):
     assert sorted(registry) == sorted(e.name for e in ENTRIES)
     assert all(r["sha256"] and r["metrics"]["check"]["n_examples"] for r in registry.values())
     index = json.loads((tmp / "results" / "index.json").read_text())["results"]
-    assert len(index) == sum(1 for p in (tmp / "results").rglob("*.json") if p.name not in ("index.json",
-                                                                                              "stamps.json"))
+    assert len(index) == sum(1 for p in (tmp / "results").rglob("*.json") if is_results_file(p))
+    assert any(k.startswith("curve/") for k in json.loads((tmp / "results" / "stamps.json").read_text()))
     assert "0 items to run" in reproduce(tmp, "--dry-run").stdout
 
 

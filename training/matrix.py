@@ -23,6 +23,7 @@ from rocl_zoo.results import relpath, threat_name
 from rocl_zoo.threat import parse_eps
 
 DATASET = "fashion_mnist"
+TRAIN_IMAGES = 60000  # its training split
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,23 @@ TRANSFERS = (  # (target, source): black-box PGD-20 made on the source classifie
 DIGITS = (("cnn4_rocl.fmnist", "at"), ("cnn4_rocl.fmnist_at", "at"))
 DIGITS_N = 360  # the digits test split
 
+# Held-out curves (training/heldout.py): long runs of a recipe with 5,000 training images kept out and measured
+# every `eval_every` epochs, from which the recipes' epochs and schedules are chosen (issue #19). They run in
+# results/curves/<recipe>/, so their records (and, between sessions, their small checkpoints) are committed.
+@dataclass(frozen=True)
+class Curve:
+    recipe: str
+    epochs: int
+    eval_every: int
+    sets: tuple = ()             # recipe overrides (--set FIELD=VALUE)
+
+
+CURVES = (
+    Curve("fmnist_at", 20, 1, ("lr_milestones=10,15",)),  # constant LR, then two decays: where robust accuracy peaks
+    Curve("fmnist_rocl", 30, 2),                           # warm-up and cosine over 30 epochs, a linear probe every 2
+)
+HOLDOUT = 5000
+
 # Budgets of the steps that are not a recipe (the recipes' own are in training/recipes.py)
 HEAD_ARGS = {"linear": ["--epochs", "150"],  # SLF: 150 epochs on frozen features (the paper's protocol)
              # ALF: PGD-10 (step 0.0223) through the encoder makes a step ~25x a standard one: 5 epochs on 10,000
@@ -100,6 +118,7 @@ class Scale:
     train: tuple = ()            # appended to training commands
     head: dict | None = None     # replaces HEAD_ARGS
     finetune: tuple = ()         # appended to rocl_zoo.finetune commands
+    curve: tuple = ()            # appended to the held-out curves' commands
 
     def images(self, n: int) -> int:
         return min(n, self.n) if self.n else n
@@ -110,7 +129,9 @@ SCALES = {
     "toy": Scale("toy", n=12, train=("--epochs", "1", "--subset", "64", "--batch-size", "32"),
                  head={"linear": ["--epochs", "1", "--train-examples", "64"],
                        "robust-linear": ["--epochs", "1", "--train-examples", "32", "--train-steps", "2"]},
-                 finetune=("--epochs", "1", "--subset", "64", "--batch-size", "32", "--steps", "2")),
+                 finetune=("--epochs", "1", "--subset", "64", "--batch-size", "32", "--steps", "2"),
+                 curve=("--epochs", "2", "--subset", "64", "--batch-size", "32", "--set", "holdout=16", "--set",
+                        "probe_examples=16", "--set", "probe_epochs=1")),
 }
 
 
@@ -169,6 +190,22 @@ def _train(entry: Entry, paths: Paths, scale: Scale) -> Item:
                 [run / folder / "model.safetensors"], spec={"recipe": recipe, "scale": list(scale.train)},
                 partial=[run / "checkpoint.pt"], kind="train",
                 cost={"recipe": entry.recipe, "epochs": recipe["epochs"], "name": entry.name})
+
+
+def _curve(curve: Curve, paths: Paths, scale: Scale) -> Item:
+    from training.recipes import get_recipe
+
+    recipe = get_recipe(curve.recipe)
+    module, folder = ("training.pretrain", "encoder") if recipe.kind in ("rocl", "simclr") else \
+        ("training.supervised", "model")
+    run = paths.results / "curves" / curve.recipe
+    sets = [a for s in (f"holdout={HOLDOUT}", f"eval_every={curve.eval_every}", *curve.sets) for a in ("--set", s)]
+    return Item(f"curve/{curve.recipe}",
+                _py(module, "--recipe", curve.recipe, "--epochs", curve.epochs, *sets, "--out", run, "--quiet",
+                    *scale.curve),
+                [run / folder / "model.safetensors"], spec={"recipe": recipe.to_dict(), "curve": vars(curve)},
+                partial=[run / "checkpoint.pt"], kind="train",
+                cost={"recipe": curve.recipe, "epochs": curve.epochs, "name": recipe.arch})
 
 
 def _head(entry: Entry, protocol: str, paths: Paths, scale: Scale) -> Item:
@@ -272,6 +309,8 @@ def items(paths: Paths, scale: str = "full") -> dict[str, Item]:
         add(_eval(BY_NAME[target], BY_NAME[target].protocols[0], TRANSFER, paths, sc, source=source))
     for encoder, mode in DIGITS:
         add(_digits(encoder, mode, paths, sc))
+    for curve in CURVES:
+        add(_curve(curve, paths, sc))
     return out
 
 

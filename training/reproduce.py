@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from training.matrix import SCALES, Item, Paths, entry_items, items as matrix_items, stand_ins
+from training.matrix import SCALES, TRAIN_IMAGES, Item, Paths, entry_items, items as matrix_items, stand_ins
 
 ROOT = Path(__file__).resolve().parents[1]
 STAMPS = "stamps.json"
@@ -167,7 +167,7 @@ def measured_rates(results_root: Path) -> dict:
                 attack.setdefault((arch, name.split("@")[0]), []).append(a["wall_time_s"] * cores / n)
         s = r.data.get("sanity") or {}
         if s.get("wall_time_s"):
-            attack.setdefault((arch, "sanity"), []).append(s["wall_time_s"] * cores / min(r.n, 1000))
+            attack.setdefault((arch, "sanity"), []).append(s["wall_time_s"] * cores / s.get("n_examples", r.n))
         pc = r.data.get("protocol_config") or {}
         if pc.get("train_time_s"):
             head.setdefault(pc["protocol"], []).append(pc["train_time_s"] * cores)
@@ -176,23 +176,27 @@ def measured_rates(results_root: Path) -> dict:
     for config in results_root.rglob("config.json") if results_root.is_dir() else []:
         metrics = config.parent / "metrics.jsonl"
         cfg = json.loads(config.read_text())
-        if "recipe" not in cfg and "name" not in cfg or not metrics.is_file():
+        if "name" not in cfg or "kind" not in cfg or not metrics.is_file():
             continue
         rates = [rec["images_per_s"] for rec in map(json.loads, metrics.read_text().splitlines())
                  if rec.get("images_per_s")]
-        if rates:
-            train.setdefault(cfg.get("name"), []).append(_threads(cfg.get("hardware")) / statistics.median(rates))
+        if len(rates) >= 4:  # the upper quartile: a run's rate when nothing else shared its cores
+            key = (cfg["name"], cfg.get("precision", "fp32"))  # records from before precision was recorded: fp32
+            train.setdefault(key, []).append(_threads(cfg.get("hardware")) / statistics.quantiles(rates)[2])
     med = lambda d: {k: statistics.median(v) for k, v in d.items()}  # noqa: E731
-    return {"attack": med(attack), "head": med(head), "train": med(train)}
+    return {"attack": med(attack), "attack_files": {k: len(v) for k, v in attack.items()}, "head": med(head),
+            "train": med(train)}
 
 
 def estimate(item: Item, rates: dict) -> float | None:
     """CPU-seconds the item should take here, or None where nothing comparable was measured."""
     c = item.cost
     arch = c.get("name", "").split(".")[0]
-    if item.kind == "train":
-        per_image = rates["train"].get(c["recipe"])
-        return per_image and per_image * c["epochs"] * 60000
+    if item.kind == "train":  # at the precision this machine trains in
+        from rocl_zoo.precision import resolve
+
+        per_image = rates["train"].get((c["recipe"], resolve("auto", "cpu")))
+        return per_image and per_image * c["epochs"] * TRAIN_IMAGES
     if item.kind == "head":
         return rates["head"].get(c["protocol"])
     if item.kind == "finetune":
@@ -366,3 +370,18 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def cost_markdown(results_root: Path = ROOT / "results", arch: str = "cnn4_rocl") -> str:
+    """What each piece of the protocol costs one classifier, from the committed measurements (the README's)."""
+    from training.matrix import PROTOCOL, TRANSFER
+
+    measured = measured_rates(results_root)
+    rates, counts = measured["attack"], measured["attack_files"]
+    pieces = dict.fromkeys(a for ev in (*PROTOCOL, TRANSFER) for a in ev.attacks.split(","))
+    lines = ["| Attack | CPU time per 1,000 images | Measured in |", "|---|---:|---:|"]
+    for attack in [*pieces, "sanity"]:
+        per = rates.get((arch, attack))
+        files = counts.get((arch, attack), 0)
+        lines.append(f"| {attack} | {_fmt_cost(None if per is None else 1000 * per)} | {files} files |")
+    return "\n".join(lines) + "\n"
