@@ -26,3 +26,8 @@ class DataError(RoclZooError):
 
 class ConfigError(RoclZooError, ValueError):
     """A bad argument or setting."""
+
+
+class InputMismatchWarning(UserWarning):
+    """An image far from what the model was trained on (colour into a grey model, a large photo shrunk to a
+    thumbnail, a light background where the training images have a dark one): its prediction means little."""

@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .errors import ConfigError, DataError, RoclZooError
+from .errors import ConfigError, DataError, InputMismatchWarning, RoclZooError
 
 MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding
+DARK_BACKGROUND = ("fashion_mnist", "digits")  # datasets of light objects on black
 
 
 def model_input_size(model: nn.Module) -> tuple[int, int, int]:
@@ -114,9 +115,23 @@ def fit_image(t: torch.Tensor, in_chans: int, size: tuple[int, int]) -> torch.Te
     return t.clamp(0, 1)
 
 
+def mismatch(image: torch.Tensor, fitted: torch.Tensor, dataset: str | None) -> str | None:
+    """How an image (CxHxW, as given) differs from the model's training images once fitted, or None."""
+    why = []
+    if image.shape[0] == 3 and fitted.shape[0] == 1 and (image - image.mean(0)).abs().max() > 0.1:
+        why.append("a colour image turned grey")
+    if max(image.shape[1] / fitted.shape[1], image.shape[2] / fitted.shape[2]) >= 4:
+        why.append(f"{image.shape[2]}x{image.shape[1]} shrunk to {fitted.shape[2]}x{fitted.shape[1]}")
+    border = torch.cat([fitted[:, 0], fitted[:, -1], fitted[:, :, 0], fitted[:, :, -1]], -1)
+    if dataset in DARK_BACKGROUND and border.mean() > 0.5:
+        why.append(f"a light background, where {dataset}'s images are light objects on black")
+    return ", ".join(why) or None
+
+
 def prepare_images(images, model: nn.Module) -> torch.Tensor:
     """Paths, PIL images, numpy arrays or tensors (one or a list; or a BxCxHxW tensor) to a float batch in
-    [0, 1] at the model's channels and input size."""
+    [0, 1] at the model's channels and input size. Images far from the training data get an
+    InputMismatchWarning (see `mismatch`)."""
     c, h, w = model_input_size(model)
     if isinstance(images, torch.Tensor) and images.ndim == 4:
         images = list(images)
@@ -125,7 +140,20 @@ def prepare_images(images, model: nn.Module) -> torch.Tensor:
     images = list(images)
     if not images:
         raise DataError("no images given.")
-    return torch.stack([fit_image(_to_chw(im), c, (h, w)) for im in images])
+    dataset = ((getattr(model, "pretrained_cfg", None) or {}).get("rocl_zoo") or {}).get("dataset")
+    batch, notes = [], []
+    for i, im in enumerate(images):
+        t = _to_chw(im)
+        batch.append(fit_image(t, c, (h, w)))
+        if (why := mismatch(t, batch[-1], dataset)) is not None:
+            notes.append(f"image {i + 1} ({im if isinstance(im, (str, Path)) else type(im).__name__}): {why}")
+    if notes:
+        import warnings
+
+        trained = f"on {dataset} images" if dataset else "on different images"
+        warnings.warn(f"{'; '.join(notes)}. The model was trained {trained}: its predictions on these mean little.",
+                      InputMismatchWarning, stacklevel=3)
+    return torch.stack(batch)
 
 
 def _as_model(model) -> nn.Module:
@@ -190,12 +218,18 @@ def main(argv: Iterable[str] | None = None) -> int:
     from .hub import load
     from .utils import resolve_device
 
+    import warnings
+
     try:
         model = load(args.model, device=resolve_device(args.device))
-        results = predict(model, args.images, topk=args.topk)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", InputMismatchWarning)
+            results = predict(model, args.images, topk=args.topk)
     except RoclZooError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for w in caught:
+        print(f"note: {w.message}", file=sys.stderr)
     if args.json:
         print(json.dumps([{"image": str(p), "predictions": r} for p, r in zip(args.images, results)], indent=2))
         return 0

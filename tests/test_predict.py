@@ -105,3 +105,23 @@ def test_cli_table_and_json(folder, tmp_path, capsys):
     assert out[0]["image"].endswith("a.png") and len(out[0]["predictions"]) == 3
     assert main(["--model", "cnn4_rocl.nope", str(tmp_path / "a.png")]) == 2
     assert "No zoo entry" in capsys.readouterr().err
+
+
+def test_images_unlike_the_training_data_get_a_warning_that_says_how(model, folder, tmp_path, capsys):
+    import warnings
+
+    from rocl_zoo.data import load_dataset
+    from rocl_zoo.errors import InputMismatchWarning
+
+    skimage_data = pytest.importorskip("skimage.data")
+    Image.fromarray(skimage_data.astronaut()).save(tmp_path / "photo.png")
+    with pytest.warns(InputMismatchWarning, match="colour image turned grey, 512x512 shrunk to 28x28"):
+        rocl_zoo.predict(model, tmp_path / "photo.png")
+    shirt = load_dataset("fashion_mnist", "test").images[:200]
+    with pytest.warns(InputMismatchWarning, match="light background"):
+        rocl_zoo.predict(model, 255 - shirt[0, 0].numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputMismatchWarning)  # no false alarm on the real test images
+        rocl_zoo.predict(model, shirt)
+    assert main(["--model", str(folder), str(tmp_path / "photo.png")]) == 0
+    assert "note: image 1" in capsys.readouterr().err
