@@ -114,11 +114,12 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict, se
 
 def correct_under(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict, *, batch_size: int = 256,
                   seed: int = 0, source_model: nn.Module | None = None, progress: bool = False,
-                  device=None, log: EvalProgress | None = None) -> torch.Tensor:
+                  device=None, log: EvalProgress | None = None, stats: dict | None = None) -> torch.Tensor:
     """Per example (bool, on the CPU): is it still classified correctly under the attack?
 
     With source_model the examples are made on it (black-box transfer) and scored on `model`. With `log`,
-    batches it holds are not attacked again and every new one is added to it.
+    batches it holds are not attacked again and every new one is added to it. stats["attacked"]: how many
+    examples this call attacked itself (not taken from `log`).
     """
     device = device or next(model.parameters()).device
     done = {}
@@ -138,6 +139,8 @@ def correct_under(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: dict,
                                verbose=progress)
             pred = A.predict_labels(model, x_adv)
         done[i] = (pred == yb).cpu()
+        if stats is not None:
+            stats["attacked"] = stats.get("attacked", 0) + len(yb)
         if log:
             log.put(f"{cfg['name']}@{i}", done[i])
     done = merge(done)  # every process's batches, on every process
@@ -409,12 +412,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
         t0 = time.time()
         on_subset = aa_idx is not None and cfg["attack"] == "autoattack"
         xa, ya = (x[aa_idx], y[aa_idx]) if on_subset else (x, y)
+        stats: dict = {}
         correct = correct_under(model, xa, ya, cfg, batch_size=batch_size, seed=seed, source_model=src,
-                                progress=progress, device=device, log=log)
+                                progress=progress, device=device, log=log, stats=stats)
         per_example[cfg["name"]] = correct
         results[cfg["name"]] = {"config": cfg, "acc": 100 * _frac(correct),
                                 "wall_time_s": round(time.time() - t0, 3),
                                 **({"n_examples": len(ya)} if on_subset else {})}
+        if resumed and world_and_rank()[0] == 1:  # its wall time covers only the examples this run attacked
+            results[cfg["name"]]["attacked_here"] = stats.get("attacked", 0)
         if progress:
             tqdm.write(f"{cfg['name']:>20}: {results[cfg['name']]['acc']:.2f} %  ({time.time() - t0:.1f} s)")
 

@@ -184,6 +184,9 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(tmp_path, monkeypatc
     assert len(calls) == 4 * 5 - 6 and again["resumed_batches"] == 11 and not partial.exists()
     assert {k: v["acc"] for k, v in again["attacks"].items()} == {k: v["acc"] for k, v in whole["attacks"].items()}
     assert 0 < again["pgd_acc"] < 100 and again["robust_acc"] == whole["robust_acc"]
+    # each attack's wall time is for what this run attacked itself: the cost estimates divide by that
+    assert {k: v["attacked_here"] for k, v in again["attacks"].items()} == {
+        "clean": 0, "pgd10": 0, "fgsm": 32, "transfer-pgd10": 40, "transfer-fgsm": 40}
     # progress saved by another evaluation (here: another budget) is not reused
     calls.clear()
     stop_at.append(7)

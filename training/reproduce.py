@@ -162,8 +162,9 @@ def measured_rates(results_root: Path) -> dict:
         cores = _threads(r.data.get("hardware"))
         arch = r.data.get("architecture")
         for name, a in r.attacks.items():
-            n = a.get("n_examples", r.n)
-            if a.get("wall_time_s") and n and not r.data.get("resumed_batches"):
+            # a resumed run's wall time covers only the examples it attacked itself
+            n = a.get("attacked_here", None if r.data.get("resumed_batches") else a.get("n_examples", r.n))
+            if a.get("wall_time_s") and n:
                 attack.setdefault((arch, name.split("@")[0]), []).append(a["wall_time_s"] * cores / n)
         s = r.data.get("sanity") or {}
         if s.get("wall_time_s"):
