@@ -31,8 +31,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import attacks as A
+from . import cli
+from .cli import add_runtime_args
 from .distributed import Dist, merge, my_share, world_and_rank
-from .errors import ConfigError, DataError, RoclZooError
+from .errors import ConfigError, DataError
 from .results import SCHEMA, Accuracy, Result, read_all
 from .threat import DEFAULT_EPS, THREAT_MODELS, check_eps, default_eps, eps_str, eval_pgd_step, parse_eps
 
@@ -595,7 +597,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", help="dataset name (fashion_mnist, cifar10, cifar100, stl10, svhn, digits, "
                                      "imagefolder:PATH); default: the one the model was trained on")
     g.add_argument("--split", default="test", choices=["train", "test"], help="split to attack (default test)")
-    g.add_argument("--data-root", help="dataset folder (default $ROCL_ZOO_DATA or ~/.cache/rocl_zoo/data)")
     g.add_argument("--download", action="store_true", help="allow torchvision to download the dataset")
     g.add_argument("--norm", default="linf", choices=["linf", "l2"], help="threat model's norm (default linf)")
     g.add_argument("--eps", help="threat model's budget in [0, 1] pixel units, e.g. 8/255 or 0.5 (default: "
@@ -645,8 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "e.g. the zoo name a run folder will ship as)")
     g.add_argument("--table", metavar="DIR", help="render every results file under DIR as a markdown table, then exit")
     g.add_argument("--seed", type=int, default=0, help="seed for the subset and the random starts (default 0)")
-    g.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add_runtime_args(g)
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -775,19 +775,15 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        if args.table:
-            sys.stdout.write(render_table(read_all(args.table)))
-            return 0
-        if args.threads:
-            torch.set_num_threads(args.threads)
+    return cli.run(_main, build_parser().parse_args(argv))
+
+
+def _main(args) -> int:
+    if args.table:
+        sys.stdout.write(render_table(read_all(args.table)))
+    else:
         run(args)
-        return 0
-    except (RoclZooError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .cli import run
 from .errors import ConfigError, IntegrityError, RoclZooError
 from .threat import default_eps, eps_str
 from .hub import CARD_NAME, CONFIG_NAME, HF_PREFIX, WEIGHTS_NAME, architecture_of, parse_source, save_pretrained, verify_file
@@ -604,17 +605,17 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--repo-id", help="ORG/NAME the folder will be published to (used in the card)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    return run(_main, p.parse_args(argv))
+
+
+def _main(args) -> int:
     if args.source.startswith(HF_PREFIX) and args.repo_id is None:
         args.repo_id = args.source[len(HF_PREFIX):].partition("@")[0]
-    try:
-        out = export(args.source, args.out, onnx=args.onnx, opset=args.opset, results=args.results,
-                     images=args.images, dataset=args.dataset, recipe=args.recipe, repo_id=args.repo_id,
-                     overwrite=args.overwrite, dynamo=args.dynamo, n_check=args.n_check, pgd_steps=args.pgd_steps,
-                     eps=args.eps, quiet=args.quiet)
-    except RoclZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = export(args.source, args.out, onnx=args.onnx, opset=args.opset, results=args.results,
+                 images=args.images, dataset=args.dataset, recipe=args.recipe, repo_id=args.repo_id,
+                 overwrite=args.overwrite, dynamo=args.dynamo, n_check=args.n_check, pgd_steps=args.pgd_steps,
+                 eps=args.eps, quiet=args.quiet)
     config = json.loads((out / CONFIG_NAME).read_text())
     for name, rec in config["rocl_zoo"]["files"].items():
         print(f"{out / name}  {rec['size']:>12,d} bytes  sha256 {rec['sha256'][:16]}...")

@@ -64,6 +64,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import cli
+from .cli import add_runtime_args
 from .errors import ConfigError, DataError, RoclZooError
 from .linear import as_tensors, check_encoder, init_head
 from .loop import RunFolder, TrainingInterrupted
@@ -677,7 +679,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-fraction", type=float, default=0.1, help="held out of the training split (default 0.1)")
     g.add_argument("--val-examples", type=int, default=500, help="validation examples scored per epoch (default 500)")
     g.add_argument("--subset", type=int, help="train on a fixed random subset of this many training images")
-    g.add_argument("--data-root", help="dataset folder (default $ROCL_ZOO_DATA or ~/.cache/rocl_zoo/data)")
     g.add_argument("--download", action="store_true", help="let torchvision download the dataset")
     g = p.add_argument_group("evaluation and run control")
     g.add_argument("--attacks", default=DEFAULT_ATTACKS, help="evaluation suite, as rocl_zoo.evaluate "
@@ -697,8 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training precision: auto = bf16 autocast on CUDA and on CPUs with native bf16, fp32 "
                         "elsewhere; the test evaluation is fp32 whatever this says (default auto)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add_runtime_args(g)
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -713,26 +713,20 @@ def _milestones_arg(text):
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        run = finetune(args.model, args.dataset, mode=args.mode, out=args.out, epochs=args.epochs, lr=args.lr,
-                       batch_size=args.batch_size, weight_decay=args.weight_decay, momentum=args.momentum,
-                       milestones=_milestones_arg(args.milestones), eps=args.eps, alpha=args.alpha,
-                       steps=args.steps, norm=args.norm, beta=args.beta, image_size=args.image_size,
-                       in_chans=args.in_chans, val_fraction=args.val_fraction, val_examples=args.val_examples,
-                       subset=args.subset, eval_examples=args.eval_examples, attacks=args.attacks,
-                       autoattack=args.autoattack, autoattack_examples=args.autoattack_examples, seed=args.seed,
-                       device=args.device, data_root=args.data_root, download=args.download, resume=args.resume,
-                       overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
-                       amp=args.amp, progress=not args.quiet)
-    except TrainingInterrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
-        return 130
-    except (RoclZooError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli.run(_main, build_parser().parse_args(argv))
+
+
+def _main(args) -> int:
+    run = finetune(args.model, args.dataset, mode=args.mode, out=args.out, epochs=args.epochs, lr=args.lr,
+                   batch_size=args.batch_size, weight_decay=args.weight_decay, momentum=args.momentum,
+                   milestones=_milestones_arg(args.milestones), eps=args.eps, alpha=args.alpha,
+                   steps=args.steps, norm=args.norm, beta=args.beta, image_size=args.image_size,
+                   in_chans=args.in_chans, val_fraction=args.val_fraction, val_examples=args.val_examples,
+                   subset=args.subset, eval_examples=args.eval_examples, attacks=args.attacks,
+                   autoattack=args.autoattack, autoattack_examples=args.autoattack_examples, seed=args.seed,
+                   device=args.device, data_root=args.data_root, download=args.download, resume=args.resume,
+                   overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
+                   amp=args.amp, progress=not args.quiet)
     r = run.results
     fmt = lambda v: "–" if v is None else f"{v:.2f} %"  # noqa: E731
     print(f"{args.mode}: clean {fmt(r.get('clean_acc'))}, PGD {fmt(r.get('pgd_acc'))}, AutoAttack "

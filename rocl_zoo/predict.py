@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .errors import ConfigError, DataError, InputMismatchWarning, RoclZooError
+from .cli import add_runtime_args, run
+from .errors import ConfigError, DataError, InputMismatchWarning
 
 MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding
 DARK_BACKGROUND = ("fashion_mnist", "digits")  # datasets of light objects on black
@@ -213,21 +214,20 @@ def main(argv: Iterable[str] | None = None) -> int:
                         help="zoo name, hf-hub:ORG/NAME[@REV] or model folder (default: %(default)s)")
     parser.add_argument("--topk", type=int, default=3, help="labels to show per image (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
-    args = parser.parse_args(argv)
+    add_runtime_args(parser, data=False)
+    return run(_main, parser.parse_args(argv))
+
+
+def _main(args) -> int:
+    import warnings
+
     from .hub import load
     from .utils import resolve_device
 
-    import warnings
-
-    try:
-        model = load(args.model, device=resolve_device(args.device))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", InputMismatchWarning)
-            results = predict(model, args.images, topk=args.topk)
-    except RoclZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    model = load(args.model, device=resolve_device(args.device))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputMismatchWarning)
+        results = predict(model, args.images, topk=args.topk)
     for w in caught:
         print(f"note: {w.message}", file=sys.stderr)
     if args.json:

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from rocl_zoo import precision
+from rocl_zoo.cli import add_runtime_args, run
 from rocl_zoo.distributed import Dist
 from rocl_zoo.errors import ConfigError
 from rocl_zoo.loop import RunFolder, train_loop
@@ -143,7 +144,6 @@ def warmup_cosine_lr(step: int, total_steps: int, steps_per_epoch: int, lr: floa
 def add_common_args(p) -> None:
     p.add_argument("--recipe", help="a recipe name (see --list-recipes)")
     p.add_argument("--list-recipes", action="store_true", help="print the recipes and exit")
-    p.add_argument("--data-root", default=None, help="dataset folder (default $ROCL_ZOO_DATA or ~/.cache/rocl_zoo/data)")
     p.add_argument("--download", action="store_true", help="download the dataset if missing (needs a network)")
     p.add_argument("--out", default=None, help="run folder (default runs/<recipe>)")
     p.add_argument("--epochs", type=int, default=None)
@@ -153,9 +153,8 @@ def add_common_args(p) -> None:
     p.add_argument("--subset", type=int, default=None, help="train on a fixed random subset of N images")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a run")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_runtime_args(p)
     p.add_argument("--amp", choices=SETTINGS, default=None, help="training precision: auto (bf16 on CUDA and on CPUs "
                    "with native bf16, fp32 elsewhere; the recipe's default), bf16 or off (fp32)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field")
@@ -177,9 +176,6 @@ def main(prog: str, doc: str, train, kinds, argv=None) -> int:
     """The command line both training entry points share: parse, list recipes or train, report errors."""
     import argparse
 
-    from rocl_zoo.errors import RoclZooError
-    from rocl_zoo.loop import TrainingInterrupted
-
     from .recipes import describe
 
     p = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0],
@@ -191,16 +187,11 @@ def main(prog: str, doc: str, train, kinds, argv=None) -> int:
         return 0
     if not args.recipe:
         p.error("--recipe is required (see --list-recipes)")
-    try:
-        out = train(args)
-    except TrainingInterrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
-        return 130
-    except RoclZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"run folder: {out}")
-    return 0
+
+    def body(args):
+        print(f"run folder: {train(args)}")
+
+    return run(body, args)
 
 
 @dataclass

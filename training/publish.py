@@ -17,7 +17,8 @@ from typing import Iterable
 
 from huggingface_hub import HfApi, get_token
 
-from rocl_zoo.errors import ConfigError, IntegrityError, RoclZooError
+from rocl_zoo.cli import run
+from rocl_zoo.errors import ConfigError, IntegrityError
 from rocl_zoo.hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
 REQUIRED = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
@@ -96,13 +97,12 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--message", help="commit message")
     p.add_argument("--allow-no-results", action="store_true", help="publish a folder without results files")
     p.add_argument("--dry-run", action="store_true", help="check the folder and list the files; upload nothing")
-    args = p.parse_args(argv)
-    try:
-        out = publish(args.folder, args.repo_id, revision=args.revision, private=args.private,
-                      commit_message=args.message, require_results=not args.allow_no_results, dry_run=args.dry_run)
-    except RoclZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run(_main, p.parse_args(argv))
+
+
+def _main(args) -> int:
+    out = publish(args.folder, args.repo_id, revision=args.revision, private=args.private,
+                  commit_message=args.message, require_results=not args.allow_no_results, dry_run=args.dry_run)
     if args.dry_run:
         print("\n".join(out))
         print(f"(dry run: {len(out)} files would go to {args.repo_id})")

@@ -21,10 +21,10 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from rocl_zoo import zoo
-from rocl_zoo.errors import ConfigError, RoclZooError
+from rocl_zoo.cli import run
+from rocl_zoo.errors import ConfigError
 from rocl_zoo.results import Result, folder_name, read
 from rocl_zoo.threat import default_eps
 from rocl_zoo.utils import sha256_file, write_json
@@ -109,14 +109,11 @@ def main(argv=None) -> int:
                    help="where the entry's folder and registry.json go (default: $ROCL_ZOO_WEIGHTS, else the "
                         "package's rocl_zoo/weights/)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        record = release(args.name, args.classifier, args.results, weights_dir=args.weights_dir)
-    except RoclZooError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run(_main, p.parse_args(argv))
+
+
+def _main(args) -> int:
+    record = release(args.name, args.classifier, args.results, weights_dir=args.weights_dir)
     print(json.dumps(record, indent=2))
     print("the README's zoo table comes from the registry: `python scripts/update_readme.py` refreshes it "
           "(`python -m training.reproduce` does after its runs)", file=sys.stderr)
