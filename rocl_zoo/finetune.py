@@ -6,7 +6,7 @@
     run = finetune("cnn4_rocl.fmnist", "digits", mode="at", out="runs/digits-at", epochs=10)
     run.model, run.results["clean_acc"], run.results["pgd_acc"]
 
-Modes (DESIGN section 1):
+Modes (the RoCL paper's transfer protocols):
 - linear         frozen encoder (eval mode, weights and BN statistics untouched), a linear head trained on its
                  features of the un-augmented images (SLF). Features are computed once: same optimisation.
 - robust-linear  frozen encoder, the head trained on PGD examples made through the encoder and the current head

@@ -5,7 +5,7 @@
 
 The encoder stays frozen and in eval mode (BN running statistics); only a Linear(num_features, classes) trains,
 on un-augmented images, with SGD (lr 0.1, momentum 0.9, weight decay 5e-4) and the LR divided by 10 at 20 %,
-33 % and 67 % of the epochs (30, 50, 100 of 150: DESIGN section 1). The result is a classifier: a copy of the
+33 % and 67 % of the epochs (30, 50, 100 of 150, as RoCL's code). The result is a classifier: a copy of the
 encoder with its `fc` set to the trained head, ready for `rocl_zoo.hub.save_pretrained` and for attacks.
 
 SLF computes the frozen features once and trains the head on them: with no augmentation and a frozen encoder

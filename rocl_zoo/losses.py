@@ -1,4 +1,4 @@
-"""Contrastive losses: NT-Xent (SimCLR) and the RoCL loss (DESIGN.md section 1).
+"""Contrastive losses: NT-Xent (SimCLR) and the RoCL loss (Kim, Tack and Hwang, NeurIPS 2020).
 
 Conventions. Embeddings are rows; a batch of V views of N images is stacked view by view:
 `z = cat([z_view0, z_view1, ...])`, shape (V*N, d), so row `v*N + i` is view v of image i. Every view of

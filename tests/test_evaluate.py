@@ -17,7 +17,7 @@ def test_parse_eps_and_attack_specs():
     assert E.eps_str(8 / 255) == "8/255" and E.eps_str(0.1) == "0.1"
     c = E.parse_attack("pgd20", 8 / 255, "linf")
     assert (c["attack"], c["steps"], c["norm"], c["loss"], c["restarts"]) == ("pgd", 20, "linf", "ce", 1)
-    assert c["alpha"] == pytest.approx(8 / 255 / 10)  # DESIGN: PGD-20 at step eps/10
+    assert c["alpha"] == pytest.approx(8 / 255 / 10)  # the protocol: PGD-20 at step eps/10
     c = E.parse_attack("pgd20-l2", 8 / 255, "linf")  # an unseen norm gets that norm's usual budget
     assert (c["norm"], c["eps"], c["threat_model"]) == ("l2", 0.5, "L2")
     assert E.parse_attack("pgd50-cwx3@0.2", 0.1, "linf")["restarts"] == 3

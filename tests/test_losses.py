@@ -10,7 +10,7 @@ from rocl_zoo.losses import nt_xent, rocl_loss, simclr_loss
 
 
 def reference_loss(z, n_views, tau):
-    """Straight from DESIGN.md: each (anchor, positive) pair gives -log(exp(s_ap) / sum_{k != a} exp(s_ak))."""
+    """Straight from the definition: each (anchor, positive) pair gives -log(exp(s_ap) / sum_{k != a} exp(s_ak))."""
     rows = z.shape[0]
     n = rows // n_views
     zn = [v / v.norm() for v in z.double()]

@@ -4,9 +4,9 @@
 `--set field=value` (and the common ones have their own flags); the resolved settings are written to the run
 folder's config.json.
 
-Deliberate differences from the original RoCL code (DESIGN.md section 1), each documented where it lives:
+Deliberate differences from the original RoCL code (github.com/Kim-Minseon/RoCL), each documented where it lives:
 - `reg_pass="fused"` (default): the regulariser (1/lambda) NT-Xent(t(x)_adv, t'(x)) takes its embeddings from
-  the 3N training batch instead of a separate train-mode pass over the 2N batch (DESIGN section 4, fact 3): one
+  the 3N training batch instead of a separate train-mode pass over the 2N batch (the pair is already in it): one
   forward/backward pass fewer, BN statistics of the 3N batch, and in DDP its negatives come from every rank
   like the main term's (the loss then depends on the global batch only, not on the number of processes).
   `--set reg_pass=separate` is the original's exact form (local batch, its own pass).
