@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .data import DATASETS
 
@@ -149,24 +150,29 @@ def list_entries(pattern: str | None = None, published_only: bool = False) -> li
     return sorted(n for n in names if pattern is None or fnmatch.fnmatch(n, pattern))
 
 
-def timm_default_cfgs(*architectures: str) -> dict:
+def timm_default_cfgs(*architectures: str, first_conv: str, pool_size: Callable[[int], int]) -> dict:
     """timm `default_cfgs` for the given architectures, derived from the zoo entries (the one source of truth).
 
-    The model normalises inside, so the timm-visible mean/std are identity: timm's transforms give [0, 1] input.
+    `first_conv` names the input convolution; `pool_size` maps an input side to the side of the unpooled
+    feature map. The model normalises inside, so the timm-visible mean/std are identity: timm's transforms give
+    [0, 1] input. Only published entries name a weights source (`hf_hub_id`, plus `file` when embedded), so timm
+    lists only them as pretrained and never tries to download weights that do not exist.
     """
     cfgs = {}
     # The default tag goes first: timm takes the first tag of an architecture as its default.
     entries = sorted((e for e in ZOO.values() if e.architecture in architectures), key=lambda e: not e.default)
     for e in entries:
-        c = e.input_size[0]
-        cfg = dict(hf_hub_id=e.hf_hub_id, num_classes=len(e.label_names), input_size=e.input_size,
+        c, h, w = e.input_size
+        cfg = dict(num_classes=len(e.label_names), input_size=e.input_size, pool_size=(pool_size(h), pool_size(w)),
                    mean=(0.0,) * c, std=(1.0,) * c, interpolation="bilinear", crop_pct=1.0, crop_mode="center",
-                   fixed_input_size=False, first_conv=None, classifier="fc", label_names=e.label_names,
+                   fixed_input_size=False, first_conv=first_conv, classifier="fc", label_names=e.label_names,
                    license="mit", paper_ids="arXiv:2006.07589", paper_name="Adversarial Self-Supervised "
                    "Contrastive Learning", origin_url="https://github.com/Kim-Minseon/RoCL")
-        weights = e.embedded_dir / e.filename
-        if weights.is_file():
-            cfg["file"] = str(weights)
+        if e.published:
+            cfg["hf_hub_id"] = e.hf_hub_id
+            weights = e.embedded_dir / e.filename
+            if weights.is_file():
+                cfg["file"] = str(weights)
         cfgs[e.name] = cfg
     return cfgs
 

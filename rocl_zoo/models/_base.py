@@ -1,9 +1,14 @@
-"""Pieces every architecture family shares: in-model normalisation and timm's classifier interface."""
-from __future__ import annotations
+"""Pieces every architecture family shares: in-model normalisation and timm's classifier interface.
 
-from typing import Sequence
+No `from __future__ import annotations` here: TorchScript and FX read these modules' annotations as real types
+(string annotations give "Unknown type annotation: 'int'" when scripting, and `_torch_Tensor_` after FX tracing).
+"""
+
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+from timm.layers import SelectAdaptivePool2d
+from timm.models._features import feature_take_indices
 from torch import nn
 
 from ..errors import ConfigError
@@ -49,37 +54,93 @@ class Normalize(nn.Module):
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
 
 
+def _pool_and_fc(num_features: int, num_classes: int, global_pool: Optional[str]) -> Tuple[nn.Module, nn.Module]:
+    """Global pooling ('avg', or '' for none: the unpooled map) and the linear classifier (Identity for 0 classes)."""
+    global_pool = "avg" if global_pool is None else global_pool
+    if global_pool not in ("avg", ""):
+        raise ConfigError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}.")
+    if not global_pool and num_classes > 0:
+        raise ConfigError("global_pool='' (no pooling) needs num_classes=0: the classifier takes pooled features.")
+    pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))  # no parameters or buffers
+    fc = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
+    return pool, fc
+
+
 class ClassifierBase(nn.Module):
     """timm's head interface over `forward_features`: global average pool, then an optional linear layer.
 
     Subclasses register their children in forward order (normalize first), so timm's `features_only=True`
-    wrapper, which runs the children one by one, computes the same thing as `forward_features`.
+    wrapper, which runs the children one by one, computes the same thing as `forward_features`. They list in
+    `feature_stages` the children that run between one feature map of `feature_info` and the next, for
+    `forward_intermediates` and `prune_intermediate_layers`.
     """
 
-    num_features: int
-    num_classes: int
+    feature_stages: Tuple[Tuple[str, ...], ...] = ()
 
-    def _init_head(self, num_features: int, num_classes: int, drop_rate: float = 0.0) -> None:
+    def _init_head(self, num_features: int, num_classes: int, drop_rate: float = 0.0,
+                   global_pool: Optional[str] = "avg") -> None:
         self.num_features = self.head_hidden_size = num_features
         self.num_classes = num_classes
-        self.drop_rate = drop_rate
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.drop_rate = float(drop_rate)
+        self.global_pool, self.fc = _pool_and_fc(num_features, num_classes, global_pool)
 
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        if global_pool != "avg":
-            raise ConfigError(f"only global_pool='avg' is supported, got {global_pool!r}.")
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A fresh classifier for `num_classes` (0: none); `global_pool` 'avg', '' (unpooled) or None (keep)."""
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
+        self.global_pool, self.fc = _pool_and_fc(self.num_features, num_classes, global_pool)
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x).flatten(1)
-        if self.drop_rate:
+        x = self.global_pool(x)
+        if self.drop_rate > 0.0:
             x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """timm's intermediate-feature API: the maps of `feature_info` (all, the last n, or the given indices).
+
+        Returns (final features as `forward_features` gives them, intermediates), or only the intermediates.
+        `norm` is accepted for timm's interface; these models have no separate final norm to apply.
+        """
+        if output_fmt != "NCHW":
+            raise ConfigError(f"output_fmt must be 'NCHW', got {output_fmt!r}.")
+        take_indices, max_index = feature_take_indices(len(self.feature_stages), indices)
+        stages = self.feature_stages[:max_index + 1] if stop_early or intermediates_only else self.feature_stages
+        intermediates = []
+        for i, names in enumerate(stages):
+            for name in names:
+                x = getattr(self, name)(x)
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the stages after the last wanted feature map (and the head); returns the absolute indices kept."""
+        take_indices, max_index = feature_take_indices(len(self.feature_stages), indices)
+        for names in self.feature_stages[max_index + 1:]:
+            for name in names:
+                setattr(self, name, nn.Identity())
+        prune_end = max_index < len(self.feature_stages) - 1
+        if prune_end:  # the features now end at the last kept map; a head sized for the old ones must go
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take_indices
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -25,8 +25,10 @@ def conv_bn_relu(in_chs: int, out_chs: int, pool: bool) -> nn.Sequential:
 
 
 class ConvNet(ClassifierBase):
+    feature_stages = (("normalize", "stem"), ("stage1",), ("stage2",), ("stage3",))
+
     def __init__(self, widths=(32, 64, 128, 256), num_classes: int = 10, in_chans: int = 1, mean=None, std=None,
-                 drop_rate: float = 0.0, **kwargs):
+                 drop_rate: float = 0.0, global_pool: str = "avg", **kwargs):
         super().__init__()
         check_in_chans(in_chans)
         self.in_chans = in_chans
@@ -37,7 +39,7 @@ class ConvNet(ClassifierBase):
         self.stage3 = conv_bn_relu(widths[2], widths[3], pool=True)
         self.feature_info = [dict(num_chs=w, reduction=r, module=m)
                              for w, r, m in zip(widths, (1, 2, 4, 8), ("stem", "stage1", "stage2", "stage3"))]
-        self._init_head(widths[3], num_classes, drop_rate)
+        self._init_head(widths[3], num_classes, drop_rate, global_pool)
         init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,7 +51,9 @@ def _create(variant: str, pretrained: bool, widths, **kwargs) -> ConvNet:
                                 widths=widths, **kwargs)
 
 
-default_cfgs = generate_default_cfgs(timm_default_cfgs("cnn4_rocl", "cnn4w_rocl"))
+# Three 2x2 max-pools, which floor: 28x28 -> 3x3.
+default_cfgs = generate_default_cfgs(timm_default_cfgs("cnn4_rocl", "cnn4w_rocl", first_conv="stem.0",
+                                                       pool_size=lambda s: s // 8))
 
 
 @register_model

@@ -63,8 +63,10 @@ def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
 class CifarResNet(ClassifierBase):
     """ResNet for small images. Children are registered in forward order for timm's feature extraction."""
 
+    feature_stages = (("normalize", "conv1", "bn1", "act1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
+
     def __init__(self, block=BasicBlock, layers=(2, 2, 2, 2), num_classes: int = 10, in_chans: int = 3,
-                 mean=None, std=None, drop_rate: float = 0.0, **kwargs):
+                 mean=None, std=None, drop_rate: float = 0.0, global_pool: str = "avg", **kwargs):
         super().__init__()
         check_in_chans(in_chans)
         self.in_chans = in_chans
@@ -82,7 +84,7 @@ class CifarResNet(ClassifierBase):
                 in_planes = planes * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=in_planes, reduction=2 ** i, module=f"layer{i + 1}"))
-        self._init_head(in_planes, num_classes, drop_rate)
+        self._init_head(in_planes, num_classes, drop_rate, global_pool)
         init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +97,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> CifarResNet:
                                 **kwargs)
 
 
-default_cfgs = generate_default_cfgs(timm_default_cfgs("resnet18_rocl", "resnet50_rocl"))
+# Three stride-2 3x3 convolutions with padding 1, which round up: 28x28 -> 4x4.
+default_cfgs = generate_default_cfgs(timm_default_cfgs("resnet18_rocl", "resnet50_rocl", first_conv="conv1",
+                                                       pool_size=lambda s: -(-s // 8)))
 
 
 @register_model

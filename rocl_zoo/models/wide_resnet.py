@@ -26,7 +26,8 @@ class PreActBlock(nn.Module):
         self.act2 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
         self.equal = in_planes == out_planes and stride == 1
-        self.shortcut = None if self.equal else nn.Conv2d(in_planes, out_planes, 1, stride, bias=False)
+        # Identity rather than None when unused, so TorchScript can compile both branches of forward
+        self.shortcut = nn.Identity() if self.equal else nn.Conv2d(in_planes, out_planes, 1, stride, bias=False)
 
     def forward(self, x):
         o = self.act1(self.bn1(x))
@@ -37,8 +38,10 @@ class PreActBlock(nn.Module):
 
 
 class WideResNet(ClassifierBase):
+    feature_stages = (("normalize", "conv1", "block1"), ("block2",), ("block3", "bn1", "act"))
+
     def __init__(self, depth: int = 34, widen_factor: int = 10, num_classes: int = 10, in_chans: int = 3,
-                 mean=None, std=None, drop_rate: float = 0.0, **kwargs):
+                 mean=None, std=None, drop_rate: float = 0.0, global_pool: str = "avg", **kwargs):
         super().__init__()
         if (depth - 4) % 6:
             raise ConfigError(f"WideResNet depth must be 6n+4 (e.g. 28, 34), got {depth}.")
@@ -58,7 +61,7 @@ class WideResNet(ClassifierBase):
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.act = nn.ReLU(inplace=True)
         self.feature_info[-1] = dict(num_chs=in_planes, reduction=4, module="act")
-        self._init_head(in_planes, num_classes, drop_rate)
+        self._init_head(in_planes, num_classes, drop_rate, global_pool)
         init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +69,9 @@ class WideResNet(ClassifierBase):
         return self.act(self.bn1(x))
 
 
-default_cfgs = generate_default_cfgs(timm_default_cfgs("wrn34_10_rocl"))
+# Two stride-2 3x3 convolutions with padding 1, which round up: 32x32 -> 8x8.
+default_cfgs = generate_default_cfgs(timm_default_cfgs("wrn34_10_rocl", first_conv="conv1",
+                                                       pool_size=lambda s: -(-s // 4)))
 
 
 @register_model
