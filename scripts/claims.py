@@ -148,6 +148,7 @@ SUMMARY_COLUMNS = [
     ("Clean", "clean", {}),
     ("PGD-20", "pgd20", {}),
     ("CW", "cw", {}),
+    ("APGD-CE + DLR", "apgd", {}),
     ("AutoAttack", "autoattack", {}),
     ("PGD-20, 8/255", "pgd20", {"eps": 8 / 255}),
     (f"PGD-20, l2 {EPS_L2}", "pgd20-l2", {"threat": "L2", "eps": EPS_L2}),
