@@ -179,12 +179,19 @@ def make_item(entry: Entry, protocol: str) -> str:
     return f"finetune/{entry.name}"
 
 
+def _trainer(recipe: str) -> tuple[str, str]:
+    """(the module that trains a recipe, the run's folder its model is exported to)."""
+    from training.recipes import get_recipe
+
+    pretrain = get_recipe(recipe).kind in ("rocl", "simclr")
+    return ("training.pretrain", "encoder") if pretrain else ("training.supervised", "model")
+
+
 def _train(entry: Entry, paths: Paths, scale: Scale) -> Item:
     from training.recipes import get_recipe
 
     run = paths.runs / entry.recipe
-    module, folder = ("training.pretrain", "encoder") if entry.method == "pretrain" else ("training.supervised",
-                                                                                          "model")
+    module, folder = _trainer(entry.recipe)
     recipe = get_recipe(entry.recipe).to_dict()
     return Item(f"train/{entry.recipe}", _py(module, "--recipe", entry.recipe, "--out", run, "--quiet", *scale.train),
                 [run / folder / "model.safetensors"], spec={"recipe": recipe, "scale": list(scale.train)},
@@ -196,8 +203,7 @@ def _curve(curve: Curve, paths: Paths, scale: Scale) -> Item:
     from training.recipes import get_recipe
 
     recipe = get_recipe(curve.recipe)
-    module, folder = ("training.pretrain", "encoder") if recipe.kind in ("rocl", "simclr") else \
-        ("training.supervised", "model")
+    module, folder = _trainer(curve.recipe)
     run = paths.results / "curves" / curve.recipe
     sets = [a for s in (f"holdout={HOLDOUT}", f"eval_every={curve.eval_every}", *curve.sets) for a in ("--set", s)]
     return Item(f"curve/{curve.recipe}",
