@@ -32,7 +32,7 @@ from rocl_zoo import attacks
 from rocl_zoo.errors import ConfigError, DataError, WeightsUnavailableError
 from rocl_zoo.hub import parse_source
 from rocl_zoo.threat import madry_step
-from rocl_zoo.predict import extract_features, predict, prepare_images
+from rocl_zoo.inference import extract_features, predict, prepare_images
 
 ASSETS = Path(rocl_zoo.__file__).parent / "assets"
 FASHION_INDEX = ASSETS / "fashion_mnist.json"

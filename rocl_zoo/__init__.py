@@ -9,7 +9,7 @@ from . import models  # noqa: F401  (registers the architectures with timm)
 from .errors import (ConfigError, DataError, IntegrityError, ModelNotFoundError, RoclZooError,
                      WeightsUnavailableError)
 from .hub import create_model, list_models, load, save_pretrained
-from .predict import extract_features, predict
+from .inference import extract_features, predict
 from .zoo import ZOO, get_entry
 
 __version__ = "0.1.0"

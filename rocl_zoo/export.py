@@ -41,7 +41,7 @@ from .errors import ConfigError, IntegrityError, RoclZooError
 from .threat import default_eps, eps_str
 from .hub import CARD_NAME, CONFIG_NAME, HF_PREFIX, WEIGHTS_NAME, architecture_of, parse_source, save_pretrained, verify_file
 from .onnx import INPUT_NAME, META_ARCHITECTURE, META_INPUT_SIZE, META_LABELS, ONNX_NAME, OUTPUT_NAME
-from .predict import model_input_size, prepare_images
+from .inference import model_input_size, prepare_images
 from .utils import atomic_write, current_umask, sha256_file, write_json
 from .zoo import ZOO, get_entry
 

@@ -27,7 +27,7 @@ TRADES; `amp="auto"` trains in bf16 autocast where the hardware has native bf16 
 test evaluation is fp32 whatever it says.
 
 Adapting the encoder to the data. By default the DATA is converted to what the encoder takes
-(`rocl_zoo.predict.fit_image`: grey to RGB by repeating the channel, RGB to grey by ITU-R 601 luma, bilinear
+(`rocl_zoo.inference.fit_image`: grey to RGB by repeating the channel, RGB to grey by ITU-R 601 luma, bilinear
 antialiased resize to the encoder's input size) and the encoder stays intact. `in_chans=` / `image_size=` change
 the model instead: a new channel count adapts the first convolution (grey to RGB: weights repeated / 3; RGB to
 grey: weights summed, each channel rescaled by its std) and the in-model normalisation, so a grey image gives
@@ -134,9 +134,9 @@ def _subset(x, y, n: int | None, seed: int):
 
 
 def adapt_images(x: torch.Tensor, in_chans: int, size: tuple[int, int], chunk: int = 4096) -> torch.Tensor:
-    """A batch (N, C, H, W) to the model's channels and size with `rocl_zoo.predict.fit_image`, in place of the
+    """A batch (N, C, H, W) to the model's channels and size with `rocl_zoo.inference.fit_image`, in place of the
     model: uint8 stays uint8 (rounded), float stays float."""
-    from .predict import fit_image
+    from .inference import fit_image
 
     if x.shape[1] == in_chans and tuple(x.shape[2:]) == tuple(size):
         return x
@@ -258,7 +258,7 @@ def build_classifier(encoder: nn.Module, num_classes: int, *, in_chans: int | No
                      image_size: tuple[int, int] | None = None, label_names=None, seed: int = 0) -> nn.Module:
     """A copy of `encoder` with a fresh Linear(num_features, num_classes) head (std 0.01, zero bias, seeded)
     and, when asked, another input channel count or size. The encoder passed in is not modified."""
-    from .predict import model_input_size
+    from .inference import model_input_size
 
     check_encoder(encoder)
     clf = copy.deepcopy(encoder).cpu()
@@ -517,7 +517,7 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
     from . import __version__
     from .evaluate import evaluate, parse_attack
     from .threat import eps_str
-    from .predict import model_input_size
+    from .inference import model_input_size
     from .precision import describe as describe_precision
     from .precision import resolve as resolve_precision
     from .utils import hardware_name, resolve_device, write_json

@@ -110,7 +110,7 @@ class OnnxClassifier:
         self.num_classes = int(num_classes or 0)  # 0: an encoder without a head, whose output is its features
         self.label_names = [str(v) for v in (labels or [])]
         self.architecture = config.get("architecture") or meta.get(META_ARCHITECTURE)
-        # The attributes rocl_zoo.predict.prepare_images reads, so both paths preprocess identically.
+        # The attributes rocl_zoo.inference.prepare_images reads, so both paths preprocess identically.
         self.pretrained_cfg = {"architecture": self.architecture, "input_size": (self.in_chans, self.height, self.width),
                                "label_names": tuple(self.label_names)}
 
@@ -174,7 +174,7 @@ class OnnxClassifier:
     def predict(self, images, topk: int = 5, batch_size: int = 256) -> list[list[dict]]:
         """Top-k predictions per image, exactly as `rocl_zoo.predict` returns them: a list (one per image) of
         [{"label", "index", "prob"}, ...], best first. Accepts paths, PIL images, arrays and tensors."""
-        from .predict import prepare_images
+        from .inference import prepare_images
 
         if not self.num_classes:
             raise ConfigError("this ONNX model has no classifier head (num_classes=0): its output are features; use "

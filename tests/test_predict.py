@@ -1,5 +1,6 @@
 """The inference API takes images in every common form and agrees with the model called directly."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ from PIL import Image
 
 import rocl_zoo
 from rocl_zoo.errors import ConfigError, DataError
-from rocl_zoo.predict import main, prepare_images
+from rocl_zoo.inference import prepare_images
+from rocl_zoo.predict import main
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +127,23 @@ def test_images_unlike_the_training_data_get_a_warning_that_says_how(model, fold
         rocl_zoo.predict(model, shirt)
     assert main(["--model", str(folder), str(tmp_path / "photo.png")]) == 0
     assert "note: image 1" in capsys.readouterr().err
+
+
+def test_the_cli_runs_without_a_warning_and_importing_it_keeps_the_function_callable(model, tmp_path):
+    """`import rocl_zoo` must not import the CLI module, or `python -m rocl_zoo.predict` warns that it was found
+    in sys.modules; importing the CLI rebinds `rocl_zoo.predict` to the module, which must still predict."""
+    import subprocess
+    import sys
+
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "a.png")
+    env = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
+    out = subprocess.run([sys.executable, "-m", "rocl_zoo.predict", "--model", "cnn4_rocl.fmnist",
+                          str(tmp_path / "a.png"), "--topk", "1"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert "a.png" in out.stdout
+    import rocl_zoo.predict as cli
+
+    assert rocl_zoo.predict is cli and cli.main is main
+    x = torch.zeros(2, 1, 28, 28)
+    x[:, :, 6:22, 8:20] = torch.rand(2, 1, 16, 12)
+    assert rocl_zoo.predict(model, x, topk=2) == rocl_zoo.inference.predict(model, x, topk=2)
