@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config import validate_config
 from .errors import ConfigError, IntegrityError, ModelNotFoundError, RoclZooError, WeightsUnavailableError
 from .utils import atomic_write, sha256_file, write_json
 from .zoo import ZooEntry, get_entry
@@ -167,7 +168,8 @@ def _hub_file(repo_id: str, filename: str, revision: str | None) -> Path:
                              f"(expected {WEIGHTS_NAME}, {CONFIG_NAME}, {CARD_NAME}).") from e
 
 
-def _read_config(path: Path) -> dict:
+def read_config(path: Path) -> dict:
+    """A model folder's config.json, parsed and validated whole (rocl_zoo/config.py)."""
     if not path.is_file():
         raise IntegrityError(f"{path} is missing: a model folder needs {CONFIG_NAME} next to {WEIGHTS_NAME} "
                              f"(write one with rocl_zoo.hub.save_pretrained or `python -m rocl_zoo.export`).")
@@ -175,9 +177,7 @@ def _read_config(path: Path) -> dict:
         config = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise IntegrityError(f"{path} is not valid JSON ({e}); re-download or re-export the folder.") from e
-    if not isinstance(config, dict) or "architecture" not in config:
-        raise IntegrityError(f"{path} has no 'architecture': it is not a timm/rocl-zoo config.")
-    return config
+    return validate_config(config, str(path), list_architectures())
 
 
 def verify_file(path: Path, sha256: str | None, size: int | None = None, *, what: str = "") -> None:
@@ -222,7 +222,7 @@ def _resolve(source) -> tuple[dict, Path, dict, ZooEntry | None]:
                                      f"hf-hub:ORG/NAME, or a folder holding {WEIGHTS_NAME} and {CONFIG_NAME}.")
         config_path, weights = folder / CONFIG_NAME, folder / WEIGHTS_NAME
         record = None
-    config = _read_config(config_path)
+    config = read_config(config_path)
     if record is None:
         record = (config.get("rocl_zoo") or {}).get("files", {}).get(WEIGHTS_NAME)
     return config, weights, record, entry
@@ -282,11 +282,7 @@ def load(source, device: str | torch.device = "cpu", *, verify: bool = True) -> 
     arch = config["architecture"]
     model_args = dict(config.get("model_args") or {})
     num_classes = config.get("num_classes", config.get("pretrained_cfg", {}).get("num_classes", 0))
-    try:
-        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **model_args)
-    except RuntimeError as e:
-        raise ModelNotFoundError(f"config.json names architecture {arch!r}, which is not registered. Is this a "
-                                 f"rocl-zoo folder? Known: {', '.join(list_architectures())}.") from e
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **model_args)
     load_weights_into(model, load_state_dict(weights), source=str(source))
     pretrained_cfg = dict(model.pretrained_cfg)
     pretrained_cfg.update(config.get("pretrained_cfg") or {})

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, DataError, IntegrityError, ModelNotFoundError
+from .hub import read_config
 
 ONNX_NAME = "model.onnx"
 CONFIG_NAME = "config.json"
@@ -75,7 +76,7 @@ class OnnxClassifier:
             raise ModelNotFoundError(f"No ONNX model at {path}. Export one with "
                                      f"`python -m rocl_zoo.export SOURCE --out DIR --onnx`.")
         self.path = path
-        config = self._read_config(path.parent / CONFIG_NAME)
+        config = read_config(path.parent / CONFIG_NAME) if (path.parent / CONFIG_NAME).is_file() else {}
         if verify and config:
             record = ((config.get("rocl_zoo") or {}).get("files") or {}).get(path.name)
             if record:
@@ -113,16 +114,6 @@ class OnnxClassifier:
         # The attributes rocl_zoo.inference.prepare_images reads, so both paths preprocess identically.
         self.pretrained_cfg = {"architecture": self.architecture, "input_size": (self.in_chans, self.height, self.width),
                                "label_names": tuple(self.label_names)}
-
-    @staticmethod
-    def _read_config(path: Path) -> dict:
-        if not path.is_file():
-            return {}
-        try:
-            config = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise IntegrityError(f"{path} is not valid JSON ({e}); re-export the folder.") from e
-        return config if isinstance(config, dict) else {}
 
     @property
     def providers(self) -> list[str]:

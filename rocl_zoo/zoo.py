@@ -110,14 +110,29 @@ _DEFINED: dict[str, ZooEntry] = {e.name: e for e in [
 ]}
 
 
+_REGISTRY_PROBLEM: list[str] = []  # why the registry could not be read, reported on use (never at import)
+
+
 def _published(entries: dict[str, ZooEntry]) -> dict[str, ZooEntry]:
-    """The entries with the checksums and metrics the release step recorded."""
+    """The entries with the checksums and metrics the release step recorded. A registry that cannot be used
+    leaves every entry unpublished, warns, and makes `get_entry` raise IntegrityError saying why."""
     path = WEIGHTS_DIR / REGISTRY_NAME
-    registry = json.loads(path.read_text()) if path.is_file() else {}
-    unknown = set(registry) - set(entries)
-    if unknown:
-        raise RuntimeError(f"{path} names entries that rocl_zoo/zoo.py does not define: {sorted(unknown)}")
-    return {n: dataclasses.replace(e, **registry[n]) if n in registry else e for n, e in entries.items()}
+    _REGISTRY_PROBLEM.clear()
+    try:
+        registry = json.loads(path.read_text()) if path.is_file() else {}
+        if not isinstance(registry, dict) or not all(isinstance(r, dict) for r in registry.values()):
+            raise ValueError("it is not an object of {entry name: record}")
+        unknown = set(registry) - set(entries)
+        if unknown:
+            raise ValueError(f"it names entries that rocl_zoo/zoo.py does not define: {sorted(unknown)}")
+        return {n: dataclasses.replace(e, **registry[n]) if n in registry else e for n, e in entries.items()}
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
+        import warnings
+
+        _REGISTRY_PROBLEM.append(f"{path} cannot be used ({e}). Reinstall rocl-zoo, or rewrite the registry with "
+                                 f"`python -m training.release`.")
+        warnings.warn(_REGISTRY_PROBLEM[0], RuntimeWarning, stacklevel=2)
+        return dict(entries)
 
 
 ZOO = _published(_DEFINED)
@@ -131,8 +146,10 @@ def refresh() -> None:
 
 def get_entry(name: str) -> ZooEntry:
     """The entry for `arch.tag`, or for `arch` its default tag. Raises ModelNotFoundError with close matches."""
-    from .errors import ModelNotFoundError
+    from .errors import IntegrityError, ModelNotFoundError
 
+    if _REGISTRY_PROBLEM:
+        raise IntegrityError(_REGISTRY_PROBLEM[0])
     if name in ZOO:
         return ZOO[name]
     for entry in ZOO.values():

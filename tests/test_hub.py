@@ -116,12 +116,49 @@ def test_state_dict_that_does_not_fit(folder):
         rocl_zoo.load(folder)
 
 
-def test_unregistered_architecture(folder):
+HOSTILE_CONFIGS = [  # (what is changed, the field the error must name)
+    ({"architecture": "not_a_model"}, "'architecture'"),
+    ({"architecture": "hf-hub:org/repo"}, "'architecture'"),  # would make timm contact the Hub
+    ({"model_args": {"in_chans": 1, "checkpoint_path": "/etc/passwd"}}, "'model_args'"),  # timm would read it
+    ({"model_args": {"in_chans": 2}}, "'model_args.in_chans'"),
+    ({"model_args": {"in_chans": 1, "mean": [0.1, 0.2]}}, "'model_args.mean'"),
+    ({"model_args": "in_chans=1"}, "'model_args'"),
+    ({"num_classes": 1e9}, "'num_classes'"),  # a 1 TB head
+    ({"num_classes": 10 ** 9}, "'num_classes'"),
+    ({"num_classes": -1}, "'num_classes'"),
+    ({"num_classes": "10"}, "'num_classes'"),
+    ({"pretrained_cfg": {"input_size": [1, -28, 28]}}, r"'pretrained_cfg.input_size\[1\]'"),
+    ({"pretrained_cfg": {"input_size": [1, 28, 10 ** 6]}}, r"'pretrained_cfg.input_size\[2\]'"),
+    ({"pretrained_cfg": {"input_size": [3, 28, 28]}}, r"'pretrained_cfg.input_size\[0\]'"),  # in_chans is 1
+    ({"pretrained_cfg": {"input_size": "28x28"}}, "'pretrained_cfg.input_size'"),
+    ({"pretrained_cfg": {"num_classes": 7}}, "'pretrained_cfg.num_classes'"),
+    ({"pretrained_cfg": [1, 28, 28]}, "'pretrained_cfg'"),
+    ({"label_names": ["a", "b"]}, "'label_names'"),
+    ({"label_names": list(range(10))}, "'label_names'"),
+    ({"rocl_zoo": {"files": {"model.safetensors": {"sha256": "00", "size": 1}}}}, r"'rocl_zoo.files.model.safetensors.sha256'"),
+    ({"rocl_zoo": {"files": {"model.safetensors": {"size": "big"}}}}, r"'rocl_zoo.files.model.safetensors.size'"),
+]
+
+
+@pytest.mark.parametrize("change,field", HOSTILE_CONFIGS)
+def test_a_hostile_config_is_refused_whole_before_anything_is_built(folder, monkeypatch, change, field):
+    import timm
+
     config = json.loads((folder / CONFIG_NAME).read_text())
-    config["architecture"] = "not_a_model"
+    config.update(change)
     (folder / CONFIG_NAME).write_text(json.dumps(config))
-    with pytest.raises(ModelNotFoundError, match="not registered"):
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("built a model from a bad config"))
+    with pytest.raises(IntegrityError, match=f"field {field}"):
         rocl_zoo.load(folder)
+
+
+def test_every_shipped_config_passes_the_check():
+    from rocl_zoo.hub import read_config
+
+    for name in rocl_zoo.list_models(pretrained=True):
+        entry = rocl_zoo.get_entry(name)
+        if (entry.embedded_dir / CONFIG_NAME).is_file():
+            assert read_config(entry.embedded_dir / CONFIG_NAME)["architecture"] == entry.architecture
 
 
 def test_zoo_name_loads_embedded_weights_verified_against_the_registry(model, folder, tmp_path, monkeypatch):

@@ -96,3 +96,20 @@ def test_release_without_results_records_the_checksum_and_the_quick_check(tmp_pa
     assert record["metrics"] == {} and (check["eps"], check["norm"], check["n_examples"]) == (0.1, "linf", 20)
     assert 0 <= check["pgd20_acc"] <= check["clean_acc"] <= 100
     assert (tmp_path / "weights" / zoo.REGISTRY_NAME).is_file()
+
+
+@pytest.mark.parametrize("registry", ['{"cnn4_rocl.fmnist": ', '["not", "an", "object"]',
+                                      '{"cnn4_rocl.nope": {"sha256": null}}', '{"cnn4_rocl.fmnist": {"colour": 1}}'])
+def test_a_broken_registry_never_breaks_the_import_and_is_reported_on_use(tmp_path, registry):
+    import subprocess
+    import sys
+
+    (tmp_path / zoo.REGISTRY_NAME).write_text(registry)
+    code = ("import warnings, rocl_zoo\n"
+            "try:\n    rocl_zoo.load('cnn4_rocl.fmnist')\n"
+            "except rocl_zoo.IntegrityError as e:\n    print('refused:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "ROCL_ZOO_WEIGHTS": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("refused:") and "registry.json cannot be used" in out.stdout
+    assert "RuntimeWarning" in out.stderr and "training.release" in out.stdout
