@@ -449,3 +449,33 @@ def instance_attack(model: nn.Module, x: torch.Tensor, x_target: torch.Tensor, e
                 x_adv = x_adv.detach() + alpha * grad.sign()
                 x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
     return x_adv.detach()
+
+
+def feature_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor, eps: float, alpha: float,
+                   steps: int = 5, delta_init: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                   eval_mode: bool = True) -> torch.Tensor:
+    """DeACL's training attack: l-inf PGD that pushes the model's features of x away from `target` (the teacher's
+    features of x), maximising -cos(model(x_adv), target).
+
+    Uniform start in [-eps, eps] (or `delta_init`), then `steps` sign-gradient steps of `alpha`, each projected
+    onto the eps-ball and [0, 1]. The start is clamped to [0, 1] too (the authors' code clamps only after the
+    first step; the difference is one step's worth of the budget at the image's edges). The model runs in eval
+    mode unless eval_mode=False; its mode is restored. Returns the adversarial images, detached.
+    """
+    import torch.nn.functional as F
+
+    _check_norm_eps(eps, "linf")
+    x, target = x.detach(), target.detach().float()
+    if delta_init is None:
+        noise = torch.rand(x.shape, generator=generator, device=generator.device if generator else x.device)
+        delta_init = (2 * noise.to(x) - 1) * eps
+    x_adv = (x + delta_init.to(x).clamp(-eps, eps)).clamp(0, 1)
+    with attack_mode(model, eval_mode):
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = -F.cosine_similarity(model(x_adv).float(), target, dim=1).sum()
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            with torch.no_grad():
+                x_adv = x_adv.detach() + alpha * grad.sign()
+                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+    return x_adv.detach()

@@ -278,6 +278,25 @@ def _hue(x, f):
     return _hsv_to_rgb(torch.stack([h, hsv[:, 1], hsv[:, 2]], dim=1))
 
 
+def crop_pad(input_size) -> int:
+    """The zero padding of the supervised crop: 4 pixels at 32x32 (CIFAR's), 2 at 28x28 and below."""
+    return 2 if input_size[-1] <= 28 else 4
+
+
+def crop_flip(x: torch.Tensor, g: torch.Generator, pad: int) -> torch.Tensor:
+    """Random crop with zero padding `pad` and horizontal flip, per sample, as one exact integer-shift sampling."""
+    B, _, H, W = x.shape
+    dx = torch.randint(-pad, pad + 1, (B,), generator=g).float()
+    dy = torch.randint(-pad, pad + 1, (B,), generator=g).float()
+    flip = torch.where(torch.rand(B, generator=g) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(B, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = flip, 2 * dx / W * flip
+    theta[:, 1, 1], theta[:, 1, 2] = 1.0, 2 * dy / H
+    theta = theta.to(x)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
 class RoclAugment:
     """RoCL's (SimCLR's) augmentations on a batch of [0, 1] images (B, C, H, W), on any device, with random
     parameters per sample, in the order of the original code:

@@ -1,4 +1,5 @@
-"""Contrastive losses: NT-Xent (SimCLR) and the RoCL loss (Kim, Tack and Hwang, NeurIPS 2020).
+"""Self-supervised losses: NT-Xent (SimCLR), the RoCL loss (Kim, Tack and Hwang, NeurIPS 2020) and DeACL's
+feature distillation (Zhang et al., ECCV 2022); TRADES for the supervised baseline.
 
 Conventions. Embeddings are rows; a batch of V views of N images is stacked view by view:
 `z = cat([z_view0, z_view1, ...])`, shape (V*N, d), so row `v*N + i` is view v of image i. Every view of
@@ -22,7 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["contrastive_rows", "multi_view_nt_xent", "nt_xent", "simclr_loss", "rocl_loss", "trades_loss"]
+__all__ = ["contrastive_rows", "multi_view_nt_xent", "nt_xent", "simclr_loss", "rocl_loss", "deacl_loss",
+           "trades_loss"]
 
 
 def contrastive_rows(anchors: torch.Tensor, columns: torch.Tensor, self_index: torch.Tensor,
@@ -92,6 +94,20 @@ def rocl_loss(z: torch.Tensor, temperature: float = 0.5, lam: float = 256.0, det
         z_reg = (z[2 * n:], z[n:2 * n])
     reg = nt_xent(z_reg[0], z_reg[1], temperature, detach_other_side) / lam
     return contrastive + reg, contrastive, reg
+
+
+def deacl_loss(s_clean: torch.Tensor, s_adv: torch.Tensor, t_clean: torch.Tensor,
+               k: float = 2.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DeACL's stage 2: -cos(s(x), t(x)) - k cos(s(x_adv), s(x)), each cosine averaged over the batch.
+
+    s_clean, s_adv: the student's features of the clean and adversarial images (N, d); t_clean: the frozen
+    teacher's features of the clean images (no gradient reaches it). Returns (total, distillation, robustness)
+    with total = distillation + robustness; both terms keep their gradient to the student's clean features, as
+    in the authors' code (one forward of the clean and adversarial batch together).
+    """
+    distill = -F.cosine_similarity(s_clean.float(), t_clean.detach().float(), dim=1).mean()
+    robust = -k * F.cosine_similarity(s_adv.float(), s_clean.float(), dim=1).mean()
+    return distill + robust, distill, robust
 
 
 def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float = 6.0) -> torch.Tensor:

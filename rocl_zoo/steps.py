@@ -1,4 +1,5 @@
-"""The training steps of the zoo, one function each: SimCLR, RoCL, PGD-AT, TRADES, and the SLF and ALF heads.
+"""The training steps of the zoo, one function each: SimCLR, RoCL, DeACL, PGD-AT, TRADES, and the SLF and ALF
+heads.
 
 Every trainer (training.pretrain, training.supervised, rocl_zoo.finetune, rocl_zoo.linear) calls these, so one
 method is one function wherever it trains. A step takes the model, one batch on the device and a generator for
@@ -22,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
-from .attacks import instance_attack, pgd, trades_attack
-from .losses import rocl_loss, simclr_loss, trades_loss
+from .attacks import feature_attack, instance_attack, pgd, trades_attack
+from .losses import deacl_loss, rocl_loss, simclr_loss, trades_loss
 
 NO_AMP = contextlib.nullcontext
 
@@ -113,6 +114,31 @@ def rocl_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, noise: torch
     objective = con * world + reg if z_reg is not None else loss * world
     logs = dict(loss_contrastive=float(con.detach()), loss_reg=float(reg.detach()))
     return StepOut(objective, loss.detach(), x_adv=x_adv, logs=logs, batch_size=len(x1) * world)
+
+
+def deacl_step(model: nn.Module, x: torch.Tensor, teacher: nn.Module, noise: torch.Tensor, *, eps: float,
+               alpha: float, steps: int, k: float = 2.0, net: nn.Module | None = None, world: int = 1,
+               amp: Callable = NO_AMP) -> StepOut:
+    """DeACL's stage 2 (Zhang et al., ECCV 2022): the frozen teacher's features t(x) of a weakly augmented batch,
+    the feature attack that pushes the student's features away from them, then one train-mode forward of
+    [x; x_adv] and -cos(s(x), t(x)) - k cos(s(x_adv), s(x)).
+
+    model / net: the student (features out, no projector); teacher: the clean SSL encoder, in eval mode.
+    noise: uniform [0, 1) draws for the attack's start, shaped like x (drawn for the whole global batch).
+    """
+    net = model if net is None else net
+    with record_function("step/teacher"), torch.no_grad(), amp():
+        target = teacher(x).float()
+    with record_function("step/attack"), amp():
+        x_adv = feature_attack(attack_view(net), x, target, eps=eps, alpha=alpha, steps=steps,
+                               delta_init=(2 * noise - 1) * eps)
+    with record_function("step/forward"), amp():
+        s_clean, s_adv = model(torch.cat([x, x_adv])).float().chunk(2)
+    with record_function("step/loss"):
+        loss, distill, robust = deacl_loss(s_clean, s_adv, target, k)
+    logs = dict(loss_distill=float(distill.detach()), loss_robust=float(robust.detach()),
+                **perturbation_logs(x_adv, x, "linf"))
+    return StepOut(loss, loss.detach(), x_adv=x_adv, logs=logs, batch_size=len(x) * world)
 
 
 # --------------------------------------------------------------------------------------------- classifiers

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from rocl_zoo.attacks import instance_attack
-from rocl_zoo.losses import nt_xent, rocl_loss, simclr_loss
+from rocl_zoo.attacks import feature_attack, instance_attack
+from rocl_zoo.losses import deacl_loss, nt_xent, rocl_loss, simclr_loss
 
 
 def reference_loss(z, n_views, tau):
@@ -127,3 +127,42 @@ def test_instance_attack_with_gather_equals_whole_batch():
                                       gather=lambda z, calls=calls: next(calls)))
     torch.testing.assert_close(torch.cat(halves), one)
     assert not torch.equal(one, (x + delta).clamp(0, 1))
+
+
+# ------------------------------------------------------------------------------------------------------ DeACL
+
+
+def test_deacl_loss_matches_hand_computed_values():
+    # cos(s, t) = 1 for row 0 and 0 for row 1 -> distillation -(1 + 0) / 2 = -0.5;
+    # cos(s_adv, s) = 0.6 for row 0 (3-4-5 triangle) and -1 for row 1 -> robustness -2 (0.6 - 1) / 2 = 0.4
+    s = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    t = torch.tensor([[3.0, 0.0], [5.0, 0.0]])
+    s_adv = torch.tensor([[3.0, 4.0], [0.0, -1.0]])
+    total, distill, robust = deacl_loss(s, s_adv, t, k=2.0)
+    assert distill.item() == pytest.approx(-0.5) and robust.item() == pytest.approx(0.4)
+    assert total.item() == pytest.approx(-0.1)
+    assert deacl_loss(s, s_adv, t, k=0.0)[0].item() == pytest.approx(-0.5)
+    # the teacher gets no gradient; the student's clean features get one from both terms
+    s, t = s.clone().requires_grad_(True), t.clone().requires_grad_(True)
+    deacl_loss(s, s_adv, t)[0].backward()
+    assert t.grad is None and s.grad.abs().sum() > 0
+
+
+def test_feature_attack_pushes_features_from_the_target_within_budget():
+    model = TinyProj().train()
+    x = torch.rand(16, 1, 12, 12)
+    with torch.no_grad():
+        target = model.eval()(x)
+        model.train()
+    eps = 0.1
+    x_adv = feature_attack(model, x, target, eps=eps, alpha=0.025, steps=5, generator=torch.Generator().manual_seed(0))
+    assert model.training and all(p.grad is None for p in model.parameters())  # mode restored, no parameter grads
+    assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    with torch.no_grad():
+        model.eval()
+        cos = torch.nn.functional.cosine_similarity
+        attacked = cos(model(x_adv), target).mean().item()
+        random = cos(model((x + eps * torch.randn_like(x).sign()).clamp(0, 1)), target).mean().item()
+    assert attacked < random - 0.01 and attacked < 0.99
+    again = feature_attack(model, x, target, eps=eps, alpha=0.025, steps=5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, x_adv)  # seeded start: the same examples

@@ -13,6 +13,7 @@ from rocl_zoo import data as D
 from rocl_zoo.errors import ConfigError, IntegrityError
 from training import pretrain
 from training.common import LARS, warmup_cosine_lr
+from training.recipes import get_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny runs: the digits (8x8) with the small CNN, a 64-image subset, batch 16 (4 steps an epoch).
@@ -138,3 +139,36 @@ def test_loss_falls_on_fashion_mnist(tmp_path):
     assert len(losses) == 80
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < first - 0.3, (first, last)
+
+
+def test_deacl_starts_from_its_teacher_and_trains_the_student_only(tmp_path):
+    """DeACL end to end on a tiny run: the student starts as the teacher, the teacher stays as it was, the loss
+    has both terms, and the exported encoder records its teacher."""
+    teacher = run(tmp_path / "simclr", "--set", "kind=simclr", "--epochs", "1") / "encoder"
+    before = load_file(teacher / "model.safetensors")
+    out = pretrain.train(pretrain_args([*TINY, "--recipe", "fmnist_deacl", "--set", f"teacher={teacher}",
+                                        "--out", str(tmp_path / "deacl")]))
+    steps = metrics(out)
+    assert len(steps) == 8 and all(m["loss_distill"] < 0 for m in steps) and "loss_robust" in steps[0]
+    import rocl_zoo
+    from rocl_zoo.data import dataset_info
+
+    t = rocl_zoo.load(teacher)
+    start = pretrain.build(get_recipe("fmnist_deacl"), dataset_info("digits"), t)
+    assert isinstance(start.projector, torch.nn.Identity)  # the student starts as the teacher, no projector
+    assert all(torch.equal(v, before[k]) for k, v in start.encoder.state_dict().items())
+    after = load_file(teacher / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    student = load_file(out / "encoder/model.safetensors")
+    assert student.keys() == before.keys() and any(not torch.equal(student[k], before[k]) for k in before)
+    config = json.loads((out / "encoder/config.json").read_text())
+    assert config["rocl_zoo"]["training"]["teacher"] == str(teacher) and config["rocl_zoo"]["training"]["deacl_k"] == 2
+
+
+def test_deacl_refuses_a_teacher_of_another_architecture(tmp_path):
+    import rocl_zoo
+
+    folder = rocl_zoo.save_pretrained(rocl_zoo.create_model("cnn4w_rocl", num_classes=0, in_chans=1), tmp_path / "t")
+    with pytest.raises(ConfigError, match="cnn4w_rocl"):
+        pretrain.train(pretrain_args([*TINY, "--recipe", "fmnist_deacl", "--set", f"teacher={folder}",
+                                      "--out", str(tmp_path / "deacl")]))

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rocl_zoo.data import crop_flip
 from training import common, supervised
 
 TINY = ["--threads", "1", "--quiet", "--subset", "64", "--batch-size", "16", "--epochs", "2",
@@ -42,7 +43,7 @@ def test_trains_resumes_and_exports(tmp_path, recipe):
 
 def test_crop_flip_is_exact_shift():
     x = torch.arange(2 * 16, dtype=torch.float32).view(2, 1, 4, 4)
-    out = supervised.crop_flip(x, torch.Generator().manual_seed(0), pad=0)
+    out = crop_flip(x, torch.Generator().manual_seed(0), pad=0)
     for i in range(2):  # pad 0: either the image or its mirror, pixel-exact
         assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(-1))
 

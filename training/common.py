@@ -264,11 +264,16 @@ def prepare(net: nn.Module, setup: RunSetup) -> tuple[nn.Module, nn.Module]:
     device, world = setup.dist.device, setup.dist.world
     if world > 1:
         net = convert_sync_batchnorm(net, device)
-    net = net.to(device, memory_format=torch.channels_last if setup.recipe.channels_last != "false"
-                 else torch.contiguous_format)
+    net = place(net, setup)
     if world == 1:
         return net, net
     return net, nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def place(module: nn.Module, setup: RunSetup) -> nn.Module:
+    """A module on the run's device, channels_last unless the recipe says false."""
+    fmt = torch.channels_last if setup.recipe.channels_last != "false" else torch.contiguous_format
+    return module.to(setup.dist.device, memory_format=fmt)
 
 
 def to_device(x: torch.Tensor, setup: RunSetup) -> torch.Tensor:

@@ -19,32 +19,18 @@ from pathlib import Path
 
 import timm
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
 import rocl_zoo.models  # noqa: F401
 from rocl_zoo import loop as L
 from rocl_zoo import steps as S
+from rocl_zoo.data import crop_flip, crop_pad
 
 from . import common as C
 from . import heldout as H
 
 KINDS = ("at", "trades")
-
-
-def crop_flip(x: torch.Tensor, g: torch.Generator, pad: int) -> torch.Tensor:
-    """Random crop with zero padding `pad` and horizontal flip, per sample, as one exact integer-shift sampling."""
-    B, _, H, W = x.shape
-    dx = torch.randint(-pad, pad + 1, (B,), generator=g).float()
-    dy = torch.randint(-pad, pad + 1, (B,), generator=g).float()
-    flip = torch.where(torch.rand(B, generator=g) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(B, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 2] = flip, 2 * dx / W * flip
-    theta[:, 1, 1], theta[:, 1, 2] = 1.0, 2 * dy / H
-    theta = theta.to(x)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
 def build(recipe, info, num_classes: int) -> nn.Module:
@@ -61,7 +47,7 @@ def make_step(setup: C.RunSetup, net: nn.Module, model: nn.Module, seed: int):
     the PGD-AT or TRADES step."""
     recipe, dist, ds = setup.recipe, setup.dist, setup.ds
     rows, B = setup.rows(), recipe.batch_size
-    pad = 2 if ds.input_size[-1] <= 28 else 4
+    pad = crop_pad(ds.input_size)
     attack = dict(eps=recipe.eps, alpha=recipe.alpha, steps=recipe.attack_steps, net=net, amp=setup.amp)
 
     def step_fn(step, g):
