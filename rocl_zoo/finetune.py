@@ -520,7 +520,7 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
     from .inference import model_input_size
     from .precision import describe as describe_precision
     from .precision import resolve as resolve_precision
-    from .utils import hardware_name, resolve_device, write_json
+    from .utils import check_output_path, hardware_name, resolve_device, write_json
 
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run, or start it again.")
@@ -542,7 +542,7 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
         if spec.strip():
             parse_attack(spec, s["eps"], norm)
     device = resolve_device(device)
-    out = Path(out).expanduser() if out is not None else None
+    out = check_output_path(out, folder=True) if out is not None else None
     existing = _existing_outputs(out) if out is not None else []
     if existing and not (resume or overwrite):
         raise ConfigError(f"{out} already holds a fine-tuning run ({', '.join(existing)}). Pass --resume to continue "

@@ -37,7 +37,7 @@ from torch.profiler import record_function
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .errors import ConfigError, RoclZooError
-from .utils import atomic_write, write_json
+from .utils import atomic_write, remove_stale_temporaries, write_json
 
 CHECKPOINT_FORMAT = "rocl_zoo.train/2"
 CORRUPT_HINT = "Delete it to restart the run from its beginning, or pass --overwrite."
@@ -105,7 +105,8 @@ class RunFolder:
         if self.main and self.holds_run() and not (resume or overwrite):
             raise ConfigError(f"{self.path} already holds a run. Pass --resume to continue it, --overwrite to start "
                               "it again, or choose another --out.")
-        self.remove_stale_temporaries()
+        if self.main:
+            remove_stale_temporaries(self.path)  # what a kill during an atomic write left
         ckpt, saved = None, {}
         if resume and self.config.exists():
             try:
@@ -125,12 +126,6 @@ class RunFolder:
             if ckpt is None and overwrite and self.checkpoint.exists():
                 self.checkpoint.unlink()
         return ckpt
-
-    def remove_stale_temporaries(self) -> None:
-        """Temporary files an atomic write left behind when the process was killed mid-write."""
-        if self.main and self.path.is_dir():
-            for tmp in self.path.rglob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
 
     def truncate_metrics(self, step: int) -> None:
         if not self.metrics.exists():

@@ -32,6 +32,31 @@ def atomic_write(path, mode: str = "wb"):
         raise
 
 
+def remove_stale_temporaries(path) -> None:
+    """What a write killed midway left behind: for a folder, every `.*.tmp` inside it; for a file, its own
+    temporaries beside it (`.<name>.*.tmp`, its `.partial` files' too). Call it on start-up, before writing."""
+    path = Path(path)
+    found = path.rglob(".*.tmp") if path.is_dir() else path.parent.glob(f".{path.name}.*.tmp")
+    for tmp in list(found):
+        tmp.unlink(missing_ok=True)
+
+
+def check_output_path(path, *, folder: bool, flag: str = "--out") -> Path:
+    """Refuse, before any work, an output that cannot be written at the end: a folder where a file is wanted, a
+    file where a folder is, or a path under a file."""
+    path = Path(path).expanduser()
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file; name a folder (it is created).")
+    if not folder and path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; name the file to write, e.g. {path / 'results.json'}.")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag} {path}: {parent} is a file, so nothing can be written under it.")
+            break
+    return path
+
+
 def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -224,7 +224,10 @@ def test_errors_lose_nothing(runs, encoder_dir, tmp_path):
         ft.finetune(str(encoder_dir), "digits", mode="fgsm", out=out, overwrite=True, **TINY)
     with pytest.raises(rocl_zoo.ModelNotFoundError):
         ft.finetune(str(tmp_path / "no-such-model"), "digits", mode="linear", out=out, overwrite=True, **TINY)
-    assert _snapshot(out) == before
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="is a file; name a folder"):  # refused before training, not after
+        ft.finetune(str(encoder_dir), "digits", mode="linear", out=tmp_path / "notes.txt", **TINY)
+    assert _snapshot(out) == before and (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_adapt_in_chans_keeps_the_function():
