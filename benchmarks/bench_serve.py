@@ -10,7 +10,8 @@ does not slow the other; blocks of --seconds alternate between the two (and the 
 so that background load hits all alike and the ratio is the number to read. Clients are threads of this process,
 each a keep-alive HTTP connection that posts one Fashion-MNIST test image (28x28 PNG, base64 in JSON) for its
 top-5, back to back (a closed loop). rocl_zoo.predict gets the same file, one call per image, in this process.
-Goal: batched serving >= 3x the unbatched server's throughput at 32 clients.
+On a CPU with native bf16 a third server runs batched with `--amp bf16` (bf16 autocast), against the same fp32
+unbatched reference. Goal: batched serving >= 3x the unbatched server's throughput at 32 clients.
 Results are printed and written to benchmarks/results/bench_serve.txt.
 """
 from __future__ import annotations
@@ -106,14 +107,21 @@ def row(name: str, clients: int, runs: list, ref: float | None) -> tuple[str, fl
 
 
 UNBATCHED, BATCHED = "server, unbatched (max batch 1)", "server, batched (max batch 32)"
+BATCHED_BF16 = "server, batched, --amp bf16"
 
 
 def measure(args, model, body: bytes) -> dict:
     """{(setting, clients): [(latencies, wall seconds) per block]}, the settings' blocks alternating."""
+    import contextlib
+
+    from rocl_zoo.precision import cpu_has_native_bf16
+
     common = ["--model", args.model, "--backend", args.backend, "--threads", "1", "--device", "cpu"]
-    with launched(common + ["--max-batch-size", "32", "--batch-timeout", args.batch_timeout]) as batched, \
-            launched(common + ["--max-batch-size", "1"]) as unbatched:
-        servers = {UNBATCHED: unbatched, BATCHED: batched}
+    batched_args = common + ["--max-batch-size", "32", "--batch-timeout", args.batch_timeout]
+    bf16 = args.backend == "torch" and cpu_has_native_bf16()
+    with launched(batched_args) as batched, launched(common + ["--max-batch-size", "1"]) as unbatched, \
+            (launched(batched_args + ["--amp", "bf16"]) if bf16 else contextlib.nullcontext()) as batched_bf16:
+        servers = {UNBATCHED: unbatched, BATCHED: batched, **({BATCHED_BF16: batched_bf16} if bf16 else {})}
         for url in servers.values():
             load_test(url, body, 4, 0.5)  # warm-up: connections, first forward passes
         in_process(model, 0.5)
@@ -167,10 +175,16 @@ def main(argv=None) -> int:
         line, rate = row(BATCHED, c, runs[BATCHED, c], ref)
         say(line)
         ratios[c] = rate / ref
+        if (BATCHED_BF16, c) in runs:
+            line, rate = row(BATCHED_BF16, c, runs[BATCHED_BF16, c], ref)
+            say(line)
+            ratios[c, "bf16"] = rate / ref
     say(f"ratio = batched req/s / unbatched req/s at the same clients (forward rows: batch 32 / batch 1 images/s, "
         f"the most batching can save in compute; latencies there are per image); one image per request; "
         f"{args.rounds} blocks of {args.seconds:g} s each, alternating. Goal: >= 3x at 32 clients: "
-        f"{ratios.get(32, float('nan')):.2f}x ({'met' if ratios.get(32, 0) >= 3 else 'not met'}). Total "
+        f"{ratios.get(32, float('nan')):.2f}x in fp32 ({'met' if ratios.get(32, 0) >= 3 else 'not met'})"
+        + (f", {ratios[32, 'bf16']:.2f}x batched in bf16 ({'met' if ratios[32, 'bf16'] >= 3 else 'not met'})"
+           if (32, "bf16") in ratios else "") + ". Total "
         f"{time.perf_counter() - t_all:.0f} s, load average after: {os.getloadavg()[0]:.1f}.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

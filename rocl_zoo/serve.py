@@ -242,15 +242,18 @@ async def _reply(send, status: int, message: str) -> None:
 class TorchRunner:
     """The PyTorch model: logits or pooled features for a float batch in [0, 1]."""
 
-    def __init__(self, source, device):
+    def __init__(self, source, device, precision: str = "fp32"):
         from .hub import load
 
-        self.model, self.device = load(source, device=device), torch.device(device)
+        self.model, self.device, self.precision = load(source, device=device), torch.device(device), precision
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, output: str) -> torch.Tensor:
+        from .precision import autocast
+
         x, m = x.to(self.device), self.model
-        y = m(x) if output == "logits" else m.forward_head(m.forward_features(x), pre_logits=True)
+        with autocast(self.precision, self.device):
+            y = m(x) if output == "logits" else m.forward_head(m.forward_features(x), pre_logits=True)
         return y.float().cpu()
 
 
@@ -334,11 +337,13 @@ class RoclAPI(ls.LitAPI if ls else object):
     forward per output kind, encode_response shapes each answer."""
 
     def __init__(self, source: str, *, backend: str, device: str, threads: int | None, input_cfg: dict,
-                 labels: list, onnx_paths: dict | None, limits: dict, max_batch_size: int, batch_timeout: float):
+                 labels: list, onnx_paths: dict | None, limits: dict, max_batch_size: int, batch_timeout: float,
+                 precision: str = "fp32"):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout,
                          loop=BlockingBatchedLoop() if max_batch_size > 1 else "auto")
         self.source, self.backend, self.device_name, self.threads = source, backend, device, threads
         self.input_cfg, self.labels, self.onnx_paths, self.limits = input_cfg, labels, onnx_paths, limits
+        self.precision = precision
 
     def setup(self, device):
         if self.threads:  # this worker is a fresh process: --threads must be applied here too
@@ -346,7 +351,7 @@ class RoclAPI(ls.LitAPI if ls else object):
         # preprocessing reads the input size and dataset from the loaded model's config, whichever backend runs
         self.input = types.SimpleNamespace(**self.input_cfg)
         self.runner = (OnnxRunner(self.onnx_paths, self.device_name, self.threads) if self.backend == "onnx"
-                       else TorchRunner(self.source, self.device_name))
+                       else TorchRunner(self.source, self.device_name, self.precision))
 
     def decode_request(self, request):
         from .inference import prepare_images
@@ -441,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference processes, each with its own copy of the model (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=30.0,
                    help="seconds a request may wait before it gets a 504 (default: %(default)s)")
+    p.add_argument("--amp", default="off", choices=("off", "auto", "bf16"),
+                   help="torch backend: bf16 autocast (auto: where the GPU or CPU has native bf16). Batches run "
+                        "2-3x faster on such CPUs; answers then differ from rocl_zoo.predict's fp32 in the last "
+                        "digits (default: %(default)s, fp32)")
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
                    help="server log level; info logs every request (default: %(default)s)")
     add_runtime_args(p, data=False)
@@ -473,10 +482,15 @@ def _make_stop(main_pid: int):
 def build_server(args, model, folder):
     """The LitServer for parsed arguments and the loaded model (a CPU copy: the workers load their own); the onnx
     backend's graphs go to `folder`."""
+    from . import precision
+
     device = resolve_device(args.device)
+    if args.amp != "off" and args.backend != "torch":
+        raise ConfigError("--amp applies to the torch backend; ONNX Runtime runs the graph in fp32.")
+    prec = precision.resolve(args.amp, device)
     limits = {"max_images": args.max_images, "max_pixels": args.max_pixels}
     info = model_info(model, args.model, args.backend)
-    info["serving"] = {"max_batch_size": args.max_batch_size, "batch_timeout": args.batch_timeout,
+    info["serving"] = {"max_batch_size": args.max_batch_size, "batch_timeout": args.batch_timeout, "precision": prec,
                        "max_bytes": args.max_bytes, **limits, "outputs": list(OUTPUTS), "default_topk": DEFAULT_TOPK}
     onnx_paths = None
     if args.backend == "onnx":
@@ -487,7 +501,7 @@ def build_server(args, model, folder):
     api = RoclAPI(args.model, backend=args.backend, device=str(device), threads=args.threads, onnx_paths=onnx_paths,
                   input_cfg={"pretrained_cfg": dict(model.pretrained_cfg), "in_chans": model.in_chans},
                   labels=[str(v) for v in model.pretrained_cfg.get("label_names") or range(model.num_classes)],
-                  limits=limits, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
+                  limits=limits, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout, precision=prec)
     return ls.LitServer(api, accelerator="cuda" if device.type == "cuda" else "cpu", devices=1,
                         workers_per_device=args.workers, timeout=args.timeout, model_metadata=info,
                         middlewares=[(RequestGate, {"max_bytes": args.max_bytes, "max_images": args.max_images})])

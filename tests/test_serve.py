@@ -311,8 +311,23 @@ def test_command_line_errors_before_any_process_starts(capsys, monkeypatch):
     assert "--max-batch-size" in capsys.readouterr().err
     assert serve.main(["--model", "no_such_model.x"]) == 2
     assert "No zoo entry" in capsys.readouterr().err
+    assert serve.main(["--model", MODEL, "--backend", "onnx", "--amp", "bf16"]) == 2
+    assert "--amp applies to the torch backend" in capsys.readouterr().err
     monkeypatch.setattr(serve, "ls", None)
     assert serve.main(["--model", MODEL]) == 2
     assert 'pip install "rocl-zoo[serve]"' in capsys.readouterr().err
     for action in serve.build_parser()._actions:
         assert action.help, action.dest
+
+
+def test_bf16_autocast_runner_agrees_with_fp32_where_the_cpu_has_native_bf16():
+    from rocl_zoo.data import load_dataset
+    from rocl_zoo.precision import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16: --amp auto serves in fp32 here")
+    x = load_dataset("fashion_mnist", "test").images[:64].float() / 255
+    fp32, bf16 = serve.TorchRunner(MODEL, "cpu"), serve.TorchRunner(MODEL, "cpu", "bf16")
+    a, b = fp32(x, "logits"), bf16(x, "logits")
+    assert (a.argmax(1) == b.argmax(1)).float().mean() >= 0.95 and (a - b).abs().max() < 0.5
+    assert not torch.equal(a, b)  # it did run in bf16
