@@ -479,3 +479,31 @@ def feature_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor, eps:
                 x_adv = x_adv.detach() + alpha * grad.sign()
                 x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
     return x_adv.detach()
+
+
+def pair_attack(embed: Callable, x1: torch.Tensor, x2: torch.Tensor, eps: float, alpha: float, steps: int = 5,
+                temperature: float = 0.5, noise: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """ACL's and DynACL's training attack: l-inf PGD on both views at once, maximising NT-Xent between them.
+
+    embed(a, b) -> (z_a, z_b): the views' embeddings (DynACL: the first view through the online encoder, the
+    second through the momentum encoder), with the models in the mode the caller set (eval, adversarial BN).
+    noise: uniform [0, 1) draws shaped like cat([x1, x2]) for the start (drawn for a whole global batch).
+    Returns (x1_adv, x2_adv), detached, within eps of the views and in [0, 1].
+    """
+    from .losses import nt_xent
+
+    _check_norm_eps(eps, "linf")
+    x = torch.cat([x1, x2]).detach()
+    if noise is None:
+        noise = torch.rand(x.shape, generator=generator, device=generator.device if generator else x.device)
+    x_adv = (x + (2 * noise.to(x) - 1) * eps).clamp(0, 1)
+    n = len(x1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        z1, z2 = embed(x_adv[:n], x_adv[n:])
+        (grad,) = torch.autograd.grad(nt_xent(z1.float(), z2.float(), temperature), x_adv)
+        with torch.no_grad():
+            x_adv = x_adv.detach() + alpha * grad.sign()
+            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+    return x_adv[:n].detach(), x_adv[n:].detach()

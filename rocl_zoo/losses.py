@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["contrastive_rows", "multi_view_nt_xent", "nt_xent", "simclr_loss", "rocl_loss", "deacl_loss",
-           "trades_loss"]
+           "dynacl_loss", "trades_loss"]
 
 
 def contrastive_rows(anchors: torch.Tensor, columns: torch.Tensor, self_index: torch.Tensor,
@@ -108,6 +108,16 @@ def deacl_loss(s_clean: torch.Tensor, s_adv: torch.Tensor, t_clean: torch.Tensor
     distill = -F.cosine_similarity(s_clean.float(), t_clean.detach().float(), dim=1).mean()
     robust = -k * F.cosine_similarity(s_adv.float(), s_clean.float(), dim=1).mean()
     return distill + robust, distill, robust
+
+
+def dynacl_loss(clean: tuple[torch.Tensor, torch.Tensor], adv: tuple[torch.Tensor, torch.Tensor], weight: float,
+                temperature: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DynACL (Luo et al., ICLR 2023): [(2 - w) NT-Xent(clean pair) + w NT-Xent(adversarial pair)] / 2.
+
+    clean, adv: the two views' embeddings (N, d) each; w moves from 1 (both terms alike) to 2 (adversarial only)
+    during training. Returns (total, clean term, adversarial term), the terms before weighting."""
+    c, a = nt_xent(*clean, temperature), nt_xent(*adv, temperature)
+    return ((2 - weight) * c + weight * a) / 2, c, a
 
 
 def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float = 6.0) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""The training steps of the zoo, one function each: SimCLR, RoCL, DeACL, PGD-AT, TRADES, and the SLF and ALF
-heads.
+"""The training steps of the zoo, one function each: SimCLR, RoCL, DeACL, DynACL, PGD-AT, TRADES, and the SLF and
+ALF heads.
 
 Every trainer (training.pretrain, training.supervised, rocl_zoo.finetune, rocl_zoo.linear) calls these, so one
 method is one function wherever it trains. A step takes the model, one batch on the device and a generator for
@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
-from .attacks import feature_attack, instance_attack, pgd, trades_attack
-from .losses import deacl_loss, rocl_loss, simclr_loss, trades_loss
+from .attacks import attack_mode, feature_attack, instance_attack, pair_attack, pgd, trades_attack
+from .losses import deacl_loss, dynacl_loss, rocl_loss, simclr_loss, trades_loss
+from .models.dual_bn import bn_route
 
 NO_AMP = contextlib.nullcontext
 
@@ -139,6 +140,35 @@ def deacl_step(model: nn.Module, x: torch.Tensor, teacher: nn.Module, noise: tor
     logs = dict(loss_distill=float(distill.detach()), loss_robust=float(robust.detach()),
                 **perturbation_logs(x_adv, x, "linf"))
     return StepOut(loss, loss.detach(), x_adv=x_adv, logs=logs, batch_size=len(x) * world)
+
+
+def dynacl_step(online: nn.Module, momentum: nn.Module, x1: torch.Tensor, x2: torch.Tensor, noise: torch.Tensor, *,
+                eps: float, alpha: float, steps: int, weight: float, temperature: float = 0.5,
+                amp: Callable = NO_AMP) -> StepOut:
+    """DynACL (Luo et al., ICLR 2023), as its code does it: the first view through the online network, the second
+    through the momentum network (no gradient to its weights); the pair attack in eval mode with the adversarial
+    BN; then train-mode forwards of the adversarial pair (adversarial BN) and the clean pair (clean BN), and
+    [(2 - w) NT-Xent(clean) + w NT-Xent(adversarial)] / 2. The caller moves the momentum network afterwards.
+
+    online, momentum: encoder + projector with dual BN (rocl_zoo.models.dual_bn). noise: uniform [0, 1) draws
+    shaped like cat([x1, x2]).
+    """
+    def embed(a, b):
+        return online(a), momentum(b)
+
+    with record_function("step/attack"), amp(), attack_mode(online), attack_mode(momentum), \
+            bn_route(online, "adv"), bn_route(momentum, "adv"):
+        a1, a2 = pair_attack(embed, x1, x2, eps=eps, alpha=alpha, steps=steps, temperature=temperature, noise=noise)
+    with record_function("step/forward"), amp():
+        with bn_route(online, "adv"), bn_route(momentum, "adv"):
+            adv = (online(a1).float(), momentum(a2).float())
+        with bn_route(online, "clean"), bn_route(momentum, "clean"):
+            clean = (online(x1).float(), momentum(x2).float())
+    with record_function("step/loss"):
+        loss, c, a = dynacl_loss(clean, adv, weight, temperature)
+    logs = dict(loss_clean=float(c.detach()), loss_adv=float(a.detach()), adv_weight=float(weight),
+                **perturbation_logs(torch.cat([a1, a2]), torch.cat([x1, x2]), "linf"))
+    return StepOut(loss, loss.detach(), x_adv=a1, logs=logs, batch_size=len(x1))
 
 
 # --------------------------------------------------------------------------------------------- classifiers

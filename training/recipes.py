@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from rocl_zoo.errors import ConfigError
 from rocl_zoo.threat import parse_eps
 
-KINDS = ("rocl", "simclr", "deacl", "at", "trades")
+KINDS = ("rocl", "simclr", "deacl", "dynacl", "at", "trades")
 
 
 @dataclass
 class Recipe:
     name: str
-    kind: str                       # rocl | simclr | deacl (training.pretrain) | at | trades (training.supervised)
+    kind: str                       # rocl | simclr | deacl (training.pretrain) | dynacl (training.dynacl) |
+                                    # at | trades (training.supervised)
     dataset: str
     arch: str
     epochs: int
@@ -55,6 +56,10 @@ class Recipe:
     # DeACL: the frozen clean SSL teacher (zoo name, hf-hub:ORG/NAME or folder) the student starts from, and k
     teacher: str = ""
     deacl_k: float = 2.0
+    # DynACL: augmentation strength and adversarial weight change every `reload_every` epochs; momentum network EMA
+    reload_every: int = 1
+    adv_swap: float = 2 / 3
+    ema: float = 0.99
     # the training attack (instance-wise for rocl, feature attack for deacl, PGD / TRADES for the supervised ones)
     eps: float = 8 / 255
     alpha: float = 0.007
@@ -126,6 +131,11 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     # until its held-out curve exists (issue #19's method): the paper runs 100 epochs where RoCL runs 1000.
     _r(name="fmnist_deacl", kind="deacl", description="DeACL from the SimCLR teacher, Fashion-MNIST, cnn4_rocl",
        teacher="cnn4_rocl.fmnist_simclr", **{**_FMNIST, "attack_steps": 5}),
+    # DynACL (Luo et al., ICLR 2023) with RoCL's Fashion-MNIST schedule: PGD-5 pair attack at eps 0.1, step 0.025
+    # (2/255 at 8/255), strength and weight moved every epoch (the paper: every 50 of 1000). About 2 x (1 + 5 x 3)
+    # attack + 4 x 3 train = 44 forward-equivalents an image (RoCL: 24): two networks see every batch.
+    _r(name="fmnist_dynacl", kind="dynacl", description="DynACL, Fashion-MNIST, cnn4_rocl",
+       **{**_FMNIST, "attack_steps": 5}),
     # Supervised baselines, same data and architectures: PGD-AT (Madry) and TRADES (beta 6), 10-step attacks.
     # Fashion-MNIST: ~23-27 forward-equivalents per image, like RoCL, so the same 3-epoch (~1.5 h) budget.
     # Measured for the shipped fmnist_trades: 24 img/s on 1 torch thread (the other core busy), 2.1 h in all.
@@ -204,6 +214,7 @@ def validate(r: Recipe) -> Recipe:
         (0 <= r.eps <= 1 and r.alpha >= 0 and r.attack_steps >= 0, "0 <= eps <= 1, alpha >= 0, attack_steps >= 0"),
         (r.temperature > 0 and r.lam >= 0, "temperature > 0 and lam >= 0"),
         (r.kind != "deacl" or bool(r.teacher), "deacl needs a teacher (--set teacher=ZOO_NAME|FOLDER)"),
+        (r.reload_every >= 1 and 0 <= r.ema < 1 and r.adv_swap >= 0, "reload_every >= 1, 0 <= ema < 1, adv_swap >= 0"),
     ]
     for ok, msg in checks:
         if not ok:
