@@ -120,3 +120,47 @@ def test_resume_is_exact_momentum_network_included(tmp_path):
     part = dynacl.train(pretrain_args([*argv, "--out", str(tmp_path / "part"), "--resume"]))
     a, b = load_file(full / "encoder/model.safetensors"), load_file(part / "encoder/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------------ DynACL++
+
+
+def test_kmeans_finds_well_separated_clusters_and_the_labels_are_kept_for_a_resume(tmp_path, monkeypatch):
+    from rocl_zoo.data import ImageTensorDataset
+    from training import pseudo
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.eye(3, 8) * 10
+    feats = torch.cat([c + 0.1 * torch.randn(20, 8, generator=g) for c in centres])
+    labels = pseudo.kmeans_labels(feats, 3, seed=0)
+    groups = [set(labels[i * 20:(i + 1) * 20].tolist()) for i in range(3)]
+    assert all(len(s) == 1 for s in groups) and len(set.union(*groups)) == 3  # one cluster per blob
+    ds = ImageTensorDataset(torch.zeros(60, 1, 4, 4, dtype=torch.uint8), torch.arange(60) % 3, ["a", "b", "c"])
+    monkeypatch.setattr(pseudo, "_encoder", lambda source: nn.Flatten())
+    monkeypatch.setattr(pseudo, "features", lambda encoder, images: feats)
+    first = pseudo.relabel(ds, "enc", tmp_path, seed=0)
+    assert torch.equal(first.labels, labels) and first.classes == ["cluster 0", "cluster 1", "cluster 2"]
+    monkeypatch.setattr(pseudo, "kmeans_labels", lambda *a: pytest.fail("clustered again on resume"))
+    assert torch.equal(pseudo.relabel(ds, "enc", tmp_path, seed=0).labels, labels)
+
+
+def test_dynacl_pp_trains_on_pseudo_labels_from_the_dynacl_run_and_releases_an_encoder(tmp_path):
+    from training import supervised
+
+    tiny = ["--threads", "1", "--quiet", "--subset", "64", "--batch-size", "16", "--epochs", "1",
+            "--set", "dataset=digits", "--set", "attack_steps=1"]
+    run = dynacl.train(pretrain_args(["--recipe", "fmnist_dynacl", *tiny, "--out", str(tmp_path / "dynacl")]))
+    assert (run / "encoder_clean" / "model.safetensors").is_file()
+    out = supervised.train(pretrain_args(["--recipe", "fmnist_dynacl_pp", *tiny, "--set", "pseudo_probe_epochs=1",
+                                          "--set", f"start={run / 'encoder'}",
+                                          "--set", f"pseudo_labels={run / 'encoder_clean'}",
+                                          "--out", str(tmp_path / "pp")]))
+    labels = torch.load(out / "pseudo_labels.pt", weights_only=True)
+    assert len(labels) == 64 and 0 <= labels.min() and labels.max() < 10
+    encoder = rocl_zoo.load(out / "encoder")
+    assert encoder.num_classes == 0 and not (out / "model").exists()
+    start = load_file(run / "encoder" / "model.safetensors")
+    trained = load_file(out / "encoder" / "model.safetensors")
+    assert trained.keys() == start.keys() and any(not torch.equal(trained[k], start[k]) for k in start)
+    config = json.loads((out / "encoder" / "config.json").read_text())["rocl_zoo"]["training"]
+    assert config["pseudo_labels"] == str(run / "encoder_clean") and config["kind"] == "trades"

@@ -10,8 +10,9 @@ What the authors' code does, step by step (rocl_zoo.steps.dynacl_step):
      weights, no gradient); each network is encoder + ACL's 3-layer projector with dual BN (clean / adversarial);
   3. PGD-`attack_steps` on both views at once, maximising their NT-Xent (eval mode, adversarial BN);
   4. loss [(2 - w) NT-Xent(clean pair) + w NT-Xent(adversarial pair)] / 2, w = min(1 + (e // R) (R / E) 2/3, 2).
-The released encoder is the momentum network's, with its adversarial BN, as the authors evaluate it. DynACL++'s
-label-free post-processing (k-means pseudo-labels, then TRADES on them) is not here yet. One process only.
+The released encoder is the momentum network's, with its adversarial BN, as the authors evaluate it (`encoder/`);
+`encoder_clean/` has its clean BN, whose features DynACL++'s pseudo-labels cluster (recipe fmnist_dynacl_pp,
+training/pseudo.py). One process only.
 """
 from __future__ import annotations
 
@@ -71,9 +72,10 @@ class MomentumPair(nn.Module):
         for q, k in zip(self.online.parameters(), self.momentum.parameters()):
             k.mul_(self.ema).add_(q.detach(), alpha=1 - self.ema)
 
-    def released(self) -> nn.Module:
-        """The encoder DynACL evaluates: the momentum network's, with its adversarial BN, as a plain architecture."""
-        return single_bn(copy.deepcopy(self.momentum[0]), "adv").eval()
+    def released(self, route: str = "adv") -> nn.Module:
+        """The encoder DynACL evaluates: the momentum network's, with its adversarial BN (DynACL++ clusters the
+        clean-BN one's features), as a plain architecture."""
+        return single_bn(copy.deepcopy(self.momentum[0]), route).eval()
 
 
 def make_step(setup: C.RunSetup, pair: MomentumPair, seed: int):
@@ -110,8 +112,10 @@ def train(args) -> Path:
     pair, _ = C.prepare(MomentumPair(encoder, recipe.ema), setup)
 
     def export(folder="encoder"):
-        return C.export_model(pair.released().state_dict(), setup, folder, 0,
-                              ("temperature", "reload_every", "adv_swap", "ema"))
+        keys = ("temperature", "reload_every", "adv_swap", "ema")
+        if folder == "encoder":  # DynACL++'s pseudo-labels come from the clean-BN encoder's features
+            C.export_model(pair.released("clean").state_dict(), setup, "encoder_clean", 0, keys)
+        return C.export_model(pair.released().state_dict(), setup, folder, 0, keys)
 
     curve = None if setup.held is None else H.tracker(
         setup, setup.held, lambda: H.probe(pair.released(), setup.ds, recipe), lambda: export("best"))

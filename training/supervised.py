@@ -1,4 +1,5 @@
-"""Supervised adversarial-training baselines with the same data and architectures: PGD-AT and TRADES.
+"""Supervised adversarial-training baselines with the same data and architectures: PGD-AT and TRADES; and, with
+`pseudo_labels`, DynACL++'s label-free TRADES on k-means pseudo-labels from `start` (training/pseudo.py).
 
     python -m training.supervised --recipe fmnist_at --out runs/fmnist_at
     python -m training.supervised --recipe fmnist_trades --out runs/fmnist_trades --resume
@@ -29,6 +30,7 @@ from rocl_zoo.data import crop_flip, crop_pad
 
 from . import common as C
 from . import heldout as H
+from . import pseudo as P
 
 KINDS = ("at", "trades")
 
@@ -73,13 +75,29 @@ def lr_schedule(setup: C.RunSetup):
 def train(args) -> Path:
     setup = C.start_run(args, KINDS)
     torch.manual_seed(args.seed)
+    recipe, labelled = setup.recipe, setup.ds
+    if recipe.pseudo_labels:  # DynACL++: no true label trains anything from here on (training/pseudo.py)
+        setup.ds = P.relabel(setup.ds, recipe.pseudo_labels, setup.run.path, args.seed)
     classes = len(setup.ds.classes)
-    net, model = C.prepare(build(setup.recipe, setup.info, classes), setup)
-    def export(folder="model"):
-        return C.export_model(net.state_dict(), setup, folder, classes, ("trades_beta",))
+    net = build(recipe, setup.info, classes)
+    if recipe.start and setup.ckpt is None:
+        P.start_from(net, recipe.start, setup.ds, recipe.pseudo_probe_epochs, args.seed)
+    net, model = C.prepare(net, setup)
+    folder, num_classes = ("encoder", 0) if recipe.pseudo_labels else ("model", classes)
 
-    curve = None if setup.held is None else H.tracker(setup, setup.held, lambda: net, lambda: export("best"))
-    return C.fit(args, setup, net, model, make_optimizer(net, setup.recipe), make_step(setup, net, model, args.seed),
+    def export(name=folder):
+        state = net.state_dict()
+        if not num_classes:  # the encoder: a head over clusters means nothing to a user
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        return C.export_model(state, setup, name, num_classes, ("trades_beta", "start", "pseudo_labels"))
+
+    if setup.held is None:
+        curve = None
+    else:
+        # with pseudo-labels the curve reads the encoder out as the zoo's heads do: a probe on the true labels
+        classifier = (lambda: H.probe(P.encoder_of(net), labelled, recipe)) if recipe.pseudo_labels else (lambda: net)
+        curve = H.tracker(setup, setup.held, classifier, lambda: export("best"))
+    return C.fit(args, setup, net, model, make_optimizer(net, recipe), make_step(setup, net, model, args.seed),
                  lr_schedule(setup), export, curve)
 
 

@@ -1,0 +1,82 @@
+"""Label-free post-processing (DynACL++, Luo et al., ICLR 2023): labels no human gave, for supervised AT.
+
+k-means (k = the dataset's number of classes) on an encoder's features of the training images gives pseudo-labels;
+a linear probe on them starts the head; TRADES (training.supervised) then trains the whole network on them. No
+true label is read: `relabel` replaces them before training, and the held-out curve reads the encoder out through
+its own probe. The pseudo-labels are written to the run folder once (pseudo_labels.pt) so a resumed run trains on
+the same ones.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rocl_zoo.data import ImageTensorDataset
+from rocl_zoo.errors import ConfigError
+
+LABELS = "pseudo_labels.pt"
+
+
+def _encoder(source: str) -> nn.Module:
+    """An encoder (pooled features out) from a zoo name, hf-hub: name or folder."""
+    from rocl_zoo.hub import load
+
+    model = load(source)
+    model.reset_classifier(0)
+    return model.eval()
+
+
+def encoder_of(net: nn.Module) -> nn.Module:
+    """A copy of a classifier without its head: what the held-out curve reads out with true labels."""
+    import copy
+
+    encoder = copy.deepcopy(net)
+    encoder.reset_classifier(0)
+    return encoder.eval()
+
+
+@torch.no_grad()
+def features(encoder: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    device = next(encoder.parameters()).device
+    return torch.cat([encoder(images[i:i + batch_size].to(device).float().div_(255)).float().cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+def kmeans_labels(feats: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """Cluster indices of L2-normalised features (scikit-learn's k-means, 10 starts, seeded)."""
+    try:
+        from sklearn.cluster import KMeans
+    except ImportError as e:
+        raise ImportError('pseudo-labels need scikit-learn: pip install "rocl-zoo[eval]"') from e
+    x = nn.functional.normalize(feats, dim=1).numpy()
+    return torch.as_tensor(KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x), dtype=torch.long)
+
+
+def relabel(ds: ImageTensorDataset, source: str, run_path, seed: int) -> ImageTensorDataset:
+    """`ds` with k-means pseudo-labels of `source`'s features instead of its labels (read from the run folder
+    when an earlier start of the run made them)."""
+    from rocl_zoo.utils import atomic_write
+
+    path = run_path / LABELS
+    if path.is_file():
+        labels = torch.load(path, weights_only=True)
+        if len(labels) != len(ds):
+            raise ConfigError(f"{path} holds {len(labels)} labels for {len(ds)} images: a run of other data; "
+                              f"start it again with --overwrite.")
+    else:
+        labels = kmeans_labels(features(_encoder(source), ds.images), len(ds.classes), seed)
+        with atomic_write(path) as f:
+            torch.save(labels, f)
+    return ImageTensorDataset(ds.images, labels, [f"cluster {i}" for i in range(len(ds.classes))],
+                              f"{ds.name} pseudo-labelled by {source}")
+
+
+def start_from(net: nn.Module, start: str, ds: ImageTensorDataset, probe_epochs: int, seed: int) -> nn.Module:
+    """`net` (in place) with `start`'s encoder weights and a linear probe on `ds`'s (pseudo-)labels as its head."""
+    from rocl_zoo.linear import train_linear_head
+
+    encoder = _encoder(start)
+    head = train_linear_head(encoder, ds, epochs=probe_epochs, progress=False, seed=seed).get_classifier()
+    state = {**encoder.state_dict(), **{f"fc.{k}": v for k, v in head.state_dict().items()}}
+    net.load_state_dict(state)
+    return net
