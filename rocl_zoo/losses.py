@@ -24,17 +24,18 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["contrastive_rows", "multi_view_nt_xent", "nt_xent", "simclr_loss", "rocl_loss", "deacl_loss",
-           "dynacl_loss", "trades_loss"]
+           "dynacl_loss", "inferior_positive_weights", "trades_loss"]
 
 
 def contrastive_rows(anchors: torch.Tensor, columns: torch.Tensor, self_index: torch.Tensor,
                      positive_index: torch.Tensor, temperature: float = 0.5,
-                     detach_other_side: bool = False) -> torch.Tensor:
+                     detach_other_side: bool = False, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per-anchor sum of the -log terms of its positives. The building block of every loss here.
 
     anchors (A, d); columns (K, d): the rows an anchor is compared with (the anchors themselves among them);
     self_index (A,): the column of each anchor (excluded from its denominator); positive_index (A, P): the
-    columns of its P positives. Returns (A,) losses (float32).
+    columns of its P positives; weights (A, P): each -log term's weight (default 1). Returns (A,) losses
+    (float32).
     """
     a = F.normalize(anchors.float(), dim=1)
     c = F.normalize(columns.float(), dim=1)
@@ -43,13 +44,15 @@ def contrastive_rows(anchors: torch.Tensor, columns: torch.Tensor, self_index: t
     logits = a @ c.t() / temperature
     logits = logits.masked_fill(F.one_hot(self_index, logits.shape[1]).bool(), float("-inf"))
     log_denominator = torch.logsumexp(logits, dim=1, keepdim=True)
-    return (log_denominator - logits.gather(1, positive_index)).sum(dim=1)
+    terms = log_denominator - logits.gather(1, positive_index)
+    return (terms if weights is None else terms * weights).sum(dim=1)
 
 
 def multi_view_nt_xent(z: torch.Tensor, n_views: int, temperature: float = 0.5,
-                       detach_other_side: bool = False) -> torch.Tensor:
+                       detach_other_side: bool = False, view_weights: torch.Tensor | None = None) -> torch.Tensor:
     """NT-Xent over V = n_views stacked views: every row has V-1 positives, each its own -log term over all
-    V*N-1 other rows; the sum is divided by V*N. V=2 is SimCLR's loss, V=3 RoCL's contrastive term."""
+    V*N-1 other rows; the sum is divided by V*N. V=2 is SimCLR's loss, V=3 RoCL's contrastive term.
+    view_weights (V, V): the weight of the term of an anchor in view a with its positive in view b (default 1)."""
     rows = z.shape[0]
     if n_views < 2 or rows % n_views:
         raise ValueError(f"z has {rows} rows, not a multiple of n_views={n_views} (>= 2).")
@@ -57,7 +60,8 @@ def multi_view_nt_xent(z: torch.Tensor, n_views: int, temperature: float = 0.5,
     idx = torch.arange(rows, device=z.device)
     image, view = idx % n, idx // n
     others = torch.stack([((view + k) % n_views) * n + image for k in range(1, n_views)], dim=1)
-    return contrastive_rows(z, z, idx, others, temperature, detach_other_side).sum() / rows
+    weights = None if view_weights is None else view_weights.to(z.device, torch.float32)[view[:, None], others // n]
+    return contrastive_rows(z, z, idx, others, temperature, detach_other_side, weights).sum() / rows
 
 
 def nt_xent(z_anchor: torch.Tensor, z_positive: torch.Tensor, temperature: float = 0.5,
@@ -73,8 +77,18 @@ def simclr_loss(z: torch.Tensor, temperature: float = 0.5, detach_other_side: bo
     return multi_view_nt_xent(z, 2, temperature, detach_other_side)
 
 
+def inferior_positive_weights(degree: float = 0.2, adv_weight: float = 1.0) -> torch.Tensor:
+    """A-InfoNCE's inferior positives for RoCL (Yu et al., ECCV 2022), as view weights over [t(x); t'(x); adv]:
+    a clean anchor's term with the adversarial view weighs adv_weight x degree, the adversarial anchor's terms
+    with the clean views adv_weight x (1 - degree); clean-clean terms weigh 1. degree 0.5 with adv_weight 2 is
+    plain RoCL; the authors' RoCL-IP uses 0.2 and 1."""
+    d, w = degree, adv_weight
+    return torch.tensor([[0.0, 1.0, w * d], [1.0, 0.0, w * d], [w * (1 - d), w * (1 - d), 0.0]])
+
+
 def rocl_loss(z: torch.Tensor, temperature: float = 0.5, lam: float = 256.0, detach_other_side: bool = False,
-              z_reg: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              z_reg: tuple[torch.Tensor, torch.Tensor] | None = None,
+              view_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The RoCL loss. z = cat([t(x), t'(x), t(x)_adv]) of shape (3N, d).
 
     Returns (total, contrastive, regulariser) with total = contrastive + regulariser:
@@ -82,11 +96,12 @@ def rocl_loss(z: torch.Tensor, temperature: float = 0.5, lam: float = 256.0, det
     - regulariser: (1/lam) * NT-Xent(t(x)_adv, t'(x)). By default its embeddings are the adversarial and the
       t'(x) rows of z itself (the fused form: no extra forward pass, BN statistics of the 3N batch). Pass
       `z_reg=(z_adv, z_other)` from a separate train-mode pass on the 2N batch for the original's exact form.
-    `lam=0` or `lam=inf` turns the regulariser off.
+    `lam=0` or `lam=inf` turns the regulariser off. view_weights: the contrastive term's weights per (anchor view,
+    positive view), e.g. `inferior_positive_weights()` (A-InfoNCE).
     """
     if z.shape[0] % 3:
         raise ValueError(f"RoCL needs 3N rows (t(x), t'(x), adversarial), got {z.shape[0]}.")
-    contrastive = multi_view_nt_xent(z, 3, temperature, detach_other_side)
+    contrastive = multi_view_nt_xent(z, 3, temperature, detach_other_side, view_weights)
     if not lam or lam == float("inf"):
         return contrastive, contrastive, torch.zeros_like(contrastive)
     if z_reg is None:

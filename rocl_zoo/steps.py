@@ -91,9 +91,10 @@ def rocl_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, noise: torch
               alpha: float, steps: int, temperature: float = 0.5, lam: float = 256.0,
               detach_other_side: bool = True, reg_pass: str = "fused", net: nn.Module | None = None,
               gather: Callable | None = None, attack_gather: Callable | None = None, world: int = 1,
-              amp: Callable = NO_AMP) -> StepOut:
+              view_weights: torch.Tensor | None = None, amp: Callable = NO_AMP) -> StepOut:
     """RoCL (Kim, Tack & Hwang, NeurIPS 2020): the instance-wise attack on t(x) against t'(x), then 3-view
-    NT-Xent over [t(x); t'(x); t(x)_adv] + (1/lam) NT-Xent(t(x)_adv, t'(x)).
+    NT-Xent over [t(x); t'(x); t(x)_adv] + (1/lam) NT-Xent(t(x)_adv, t'(x)). view_weights: the 3-view term's
+    weights (A-InfoNCE's inferior positives: rocl_zoo.losses.inferior_positive_weights).
 
     noise: uniform [0, 1) draws for the attack's random start, shaped like x1 (drawn by the caller for the whole
     global batch so that a DDP run starts where one process would). reg_pass="fused" takes the regulariser's
@@ -110,7 +111,7 @@ def rocl_step(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, noise: torch
     with record_function("step/loss"):
         if gather is not None:
             z = torch.cat([gather(v) for v in z.chunk(3)])
-        loss, con, reg = rocl_loss(z, temperature, lam, detach_other_side, z_reg)
+        loss, con, reg = rocl_loss(z, temperature, lam, detach_other_side, z_reg, view_weights)
     # the gathered term is scaled by the world size (see simclr_step); a separate-pass regulariser is local
     objective = con * world + reg if z_reg is not None else loss * world
     logs = dict(loss_contrastive=float(con.detach()), loss_reg=float(reg.detach()))

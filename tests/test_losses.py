@@ -166,3 +166,34 @@ def test_feature_attack_pushes_features_from_the_target_within_budget():
     assert attacked < random - 0.01 and attacked < 0.99
     again = feature_attack(model, x, target, eps=eps, alpha=0.025, steps=5, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again, x_adv)  # seeded start: the same examples
+
+
+# ---------------------------------------------------------------------------------- A-InfoNCE (RoCL-IP)
+
+
+def _term(z, anchor, positive, temperature=0.5):
+    """One -log term by hand: anchor row against one positive row, the denominator over every other row."""
+    zn = torch.nn.functional.normalize(z, dim=1)
+    s = zn @ zn.t() / temperature
+    others = [k for k in range(len(z)) if k != anchor]
+    return -(s[anchor, positive] - torch.logsumexp(s[anchor, others], 0))
+
+
+def test_inferior_positives_weigh_each_term_as_the_authors_do():
+    from rocl_zoo.losses import inferior_positive_weights, multi_view_nt_xent
+
+    g = torch.Generator().manual_seed(0)
+    n, z = 3, torch.randn(9, 4, generator=g)  # [t(x); t'(x); adv] for 3 images
+    d, w = 0.2, 1.0
+    want = 0.0
+    for i in range(n):
+        c1, c2, a = i, n + i, 2 * n + i
+        want += _term(z, c1, c2) + _term(z, c2, c1)
+        want += w * ((_term(z, c1, a) + _term(z, c2, a)) * d + (_term(z, a, c1) + _term(z, a, c2)) * (1 - d))
+    got = multi_view_nt_xent(z, 3, view_weights=inferior_positive_weights(d, w))
+    assert got.item() == pytest.approx(want.item() / (3 * n), rel=1e-5)
+    # degree 0.5 with weight 2 is plain RoCL's contrastive term
+    plain = rocl_loss(z, lam=0)[1]
+    assert rocl_loss(z, lam=0, view_weights=inferior_positive_weights(0.5, 2.0))[1].item() == pytest.approx(plain.item())
+    # the regulariser is untouched
+    assert rocl_loss(z, view_weights=inferior_positive_weights())[2].item() == pytest.approx(rocl_loss(z)[2].item())

@@ -30,6 +30,7 @@ import rocl_zoo.models  # noqa: F401  (registers the architectures)
 from rocl_zoo import loop as L
 from rocl_zoo import steps as S
 from rocl_zoo.data import RoclAugment, crop_flip, crop_pad
+from rocl_zoo.losses import inferior_positive_weights
 from rocl_zoo.models import ProjectionHead
 
 from . import common as C
@@ -110,6 +111,7 @@ def make_step(setup: C.RunSetup, net: nn.Module, model: nn.Module, seed: int):
     multi = dict(gather=gather, world=dist.world) if dist.world > 1 else {}
     common = dict(temperature=recipe.temperature, detach_other_side=recipe.detach_other_side, amp=setup.amp, **multi)
     global_negatives = recipe.attack_negatives == "global" and dist.world > 1
+    weights = inferior_positive_weights(recipe.ip_degree, recipe.ip_adv_weight) if recipe.inferior_positives else None
 
     def step_fn(step, g):
         """Two views of this process's rows (augmentations drawn for the whole global batch), then the step."""
@@ -124,7 +126,7 @@ def make_step(setup: C.RunSetup, net: nn.Module, model: nn.Module, seed: int):
         noise = torch.rand((B, *ds.input_size), generator=g)[rows].to(x1)
         return S.rocl_step(model, x1, x2, noise, eps=recipe.eps, alpha=recipe.alpha, steps=recipe.attack_steps,
                            lam=recipe.lam, reg_pass=recipe.reg_pass, net=net,
-                           attack_gather=attack_gather if global_negatives else None, **common)
+                           attack_gather=attack_gather if global_negatives else None, view_weights=weights, **common)
 
     return step_fn
 
@@ -141,7 +143,8 @@ def train(args) -> Path:
     recipe = setup.recipe
     teacher = load_teacher(recipe, setup.info) if recipe.kind == "deacl" else None
     net, model = C.prepare(build(recipe, setup.info, teacher), setup)
-    keys = ("teacher", "deacl_k") if teacher is not None else ("temperature", "lam")
+    keys = ("teacher", "deacl_k") if teacher is not None else ("temperature", "lam", "inferior_positives", "ip_degree",
+                                                                 "ip_adv_weight")
 
     def export(folder="encoder"):
         return C.export_model(net.encoder.state_dict(), setup, folder, 0, keys)

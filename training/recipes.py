@@ -53,6 +53,10 @@ class Recipe:
     attack_negatives: str = "local"  # local | global
     proj_hidden: int = 2048
     proj_out: int = 128
+    # A-InfoNCE (RoCL-IP): adversarial views as inferior positives (rocl_zoo.losses.inferior_positive_weights)
+    inferior_positives: bool = False
+    ip_degree: float = 0.2
+    ip_adv_weight: float = 1.0
     # DeACL: the frozen clean SSL teacher (zoo name, hf-hub:ORG/NAME or folder) the student starts from, and k
     teacher: str = ""
     deacl_k: float = 2.0
@@ -129,6 +133,10 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
        **{**_FMNIST, "arch": "cnn4w_rocl"}),  # ~4x the cost: GPU or a long CPU run
     _r(name="fmnist_resnet18_rocl", kind="rocl", description="RoCL, Fashion-MNIST, ResNet-18 (GPU)",
        **{**_FMNIST, "arch": "resnet18_rocl", "epochs": 200, "warmup_epochs": 10.0}),
+    # RoCL-IP (A-InfoNCE, Yu et al., ECCV 2022): RoCL with the adversarial view as an inferior positive, the
+    # authors' degree 0.2 and weight 1; the same cost as RoCL.
+    _r(name="fmnist_rocl_ip", kind="rocl", description="RoCL with A-InfoNCE's inferior positives, Fashion-MNIST",
+       inferior_positives=True, **_FMNIST),
     # DeACL (Zhang et al., ECCV 2022) from the zoo's SimCLR encoder: PGD-5 feature attack at eps 0.1 with the
     # paper's step/eps ratio (2/255 at 8/255), k = 2, weak augmentation (crop and flip). A DeACL image costs about
     # 1 teacher + 5 x 2 attack + 2 x 3 train = 17 forward-equivalents, RoCL's 24. The epochs are a first guess
@@ -225,6 +233,8 @@ def validate(r: Recipe) -> Recipe:
         (0 <= r.eps <= 1 and r.alpha >= 0 and r.attack_steps >= 0, "0 <= eps <= 1, alpha >= 0, attack_steps >= 0"),
         (r.temperature > 0 and r.lam >= 0, "temperature > 0 and lam >= 0"),
         (r.kind != "deacl" or bool(r.teacher), "deacl needs a teacher (--set teacher=ZOO_NAME|FOLDER)"),
+        (not r.inferior_positives or (0 <= r.ip_degree <= 1 and r.ip_adv_weight >= 0 and r.kind == "rocl"),
+         "inferior_positives: a rocl kind, 0 <= ip_degree <= 1, ip_adv_weight >= 0"),
         (r.reload_every >= 1 and 0 <= r.ema < 1 and r.adv_swap >= 0, "reload_every >= 1, 0 <= ema < 1, adv_swap >= 0"),
         (not r.pseudo_labels or r.kind in ("at", "trades"), "pseudo_labels train a supervised kind (at or trades)"),
     ]
