@@ -502,6 +502,12 @@ def build_server(args, model, folder):
                   input_cfg={"pretrained_cfg": dict(model.pretrained_cfg), "in_chans": model.in_chans},
                   labels=[str(v) for v in model.pretrained_cfg.get("label_names") or range(model.num_classes)],
                   limits=limits, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout, precision=prec)
+    # LitServe 0.2 mounts its MCP bridge when the `mcp` package is installed (the demo's mcp extra brings it) but
+    # builds it only when `fastmcp` is too: without fastmcp it fails at start with a NameError. This server exposes
+    # no MCP tools, so the bridge stays off.
+    import litserve.server
+
+    litserve.server._MCP_AVAILABLE = False
     return ls.LitServer(api, accelerator="cuda" if device.type == "cuda" else "cpu", devices=1,
                         workers_per_device=args.workers, timeout=args.timeout, model_metadata=info,
                         middlewares=[(RequestGate, {"max_bytes": args.max_bytes, "max_images": args.max_images})])
