@@ -3,12 +3,14 @@
 Kept apart from the UI so tests and `benchmarks/bench_demo.py` call it directly. Everything here raises
 `rocl_zoo.errors.RoclZooError` subclasses with messages meant for the page; app.py turns them into `gr.Error`.
 
-Two models are compared throughout: the robust one (RoCL, `--model`) and a standard, non-robust one of the same
-architecture (`--baseline`). Images are float tensors in [0, 1] at each model's input size, quantised to 8 bits
-so that what the page shows (and lets users download) is exactly what the models classify.
+Two models are compared throughout: the model under test (`--model`, or any zoo entry the page lists; by default
+the zoo's most robust by its registry numbers) and a standard one (`--baseline`; by default the least robust).
+Images are float tensors in [0, 1] at each model's input size, quantised to 8 bits so that what the page shows
+(and lets users download) is exactly what the models classify.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -28,10 +30,12 @@ from PIL import Image, ImageOps
 from torch import nn
 
 import rocl_zoo
-from rocl_zoo import attacks
-from rocl_zoo.errors import ConfigError, DataError, WeightsUnavailableError
+from rocl_zoo import attacks, results
+from rocl_zoo.errors import ConfigError, DataError, ModelNotFoundError, WeightsUnavailableError
 from rocl_zoo.hub import parse_source
-from rocl_zoo.threat import madry_step
+from rocl_zoo.results import Accuracy
+from rocl_zoo.threat import THREAT_MODELS, default_eps, madry_step
+from rocl_zoo.zoo import ZOO, ZooEntry, get_entry
 from rocl_zoo.inference import extract_features, predict, prepare_images
 
 ASSETS = Path(rocl_zoo.__file__).parent / "assets"
@@ -58,18 +62,129 @@ INSTANCE_TEMPERATURE = 0.5               # RoCL's
 
 # ------------------------------------------------------------------------------------------------ models
 
+DEMO_DATASET = "fashion_mnist"  # the bundled examples' data: the page offers the zoo entries trained on it
+DEMO_NORM = "linf"
+DEMO_EPS = default_eps(DEMO_DATASET, DEMO_NORM)  # the zoo's headline threat model is also the page's default attack
+DEMO_STEPS = 20                                  # PGD-20, the attack the zoo's tables report
+# Before any entry is measured (a fresh tree, weights not released) the page falls back to these two.
+FALLBACK_MODEL, FALLBACK_BASELINE = "cnn4_rocl.fmnist", "cnn4_rocl.fmnist_simclr"
+
+# Each zoo entry's short name and what it is, in the page's words (the registry's descriptions are written for
+# tables). An entry missing here shows its name and registry description.
+KINDS = {
+    "cnn4_rocl.fmnist": ("RoCL", "RoCL encoder (self-supervised, no labels) + standard linear head"),
+    "cnn4_rocl.fmnist_simclr": ("SimCLR", "SimCLR encoder + standard linear head: no adversarial training"),
+    "cnn4_rocl.fmnist_at": ("PGD-AT", "PGD adversarial training: the supervised baseline"),
+    "cnn4_rocl.fmnist_trades": ("TRADES", "TRADES adversarial training: supervised"),
+    "cnn4_rocl.fmnist_rocl_at": ("RoCL+AT", "RoCL encoder fine-tuned with PGD adversarial training"),
+    "cnn4_rocl.fmnist_simclr_at": ("SimCLR+AT", "SimCLR encoder fine-tuned with PGD adversarial training"),
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the page says about a model: a short name, what it is, and its measured accuracy, each with its n."""
+    key: str                                # the page's value for it: the zoo name or the --model/--baseline source
+    title: str
+    kind: str
+    clean: Accuracy | None = None
+    pgd20: Accuracy | None = None
+    autoattack: Accuracy | None = None
+    threat: tuple[str, float] | None = None  # (norm, eps) of the robust numbers
+    recipe: str = ""
+    description: str = ""
+    files: tuple[str, ...] = ()             # where the numbers come from
+
+    @property
+    def robust(self) -> Accuracy | None:
+        """The lowest robust accuracy measured: the strongest attack tried is the best bound on robustness."""
+        return min((a for a in (self.autoattack, self.pgd20) if a), key=lambda a: a.pct, default=None)
+
+    def at_demo_threat(self) -> bool:
+        return self.threat is not None and self.threat[0] == DEMO_NORM and math.isclose(self.threat[1], DEMO_EPS)
+
+
+def zoo_profile(entry: ZooEntry) -> Profile:
+    """A zoo entry's profile from the registry (rocl_zoo/weights/registry.json, via rocl_zoo.zoo)."""
+    m = entry.metrics
+    n = int(m.get("n_examples", 0))
+
+    def acc(key, n_key=None):
+        return None if m.get(key) is None else Accuracy(float(m[key]), int(m.get(n_key, n) if n_key else n))
+
+    title, kind = KINDS.get(entry.name, (entry.name, entry.description))
+    threat = (str(m["norm"]).lower(), float(m["eps"])) if "norm" in m and "eps" in m else None
+    files = tuple(f"rocl_zoo/weights/{m[k]}" for k in ("results", "autoattack_results") if m.get(k))
+    return Profile(entry.name, title, kind, acc("clean_acc"), acc("pgd20_acc"),
+                   acc("autoattack_acc", "autoattack_n_examples"), threat, entry.recipe, entry.description, files)
+
+
+def source_profile(source: str, role: str) -> Profile:
+    """The profile of a model given by path or Hub id: a zoo entry's from the registry, a folder's from the results
+    files inside it (rocl_zoo.results), anything else's without numbers."""
+    kind, where, _ = parse_source(source)
+    if kind == "zoo":
+        try:
+            return dataclasses.replace(zoo_profile(get_entry(where)), key=source)
+        except ModelNotFoundError:
+            pass
+    found = []
+    if kind == "folder" and Path(where).is_dir():
+        try:
+            found = results.read_all(Path(where))
+        except (ConfigError, DataError):  # an unreadable results file: show no numbers rather than fail
+            found = []
+    threat = THREAT_MODELS[DEMO_NORM]
+
+    def best(attack):
+        return results.most_examples(*(r.accuracy(attack, threat=threat, eps=DEMO_EPS) for r in found))
+
+    return Profile(source, ROLE_NAMES[role], f"your model, `{source}`", best("clean"), best("pgd20"),
+                   best("autoattack"), (DEMO_NORM, DEMO_EPS), files=tuple(str(r.path) for r in found))
+
+
+def _rank(p: Profile) -> tuple:
+    """Most robust first: the robust accuracy, then PGD-20, then clean accuracy."""
+    return tuple(a.pct if a else -1.0 for a in (p.robust, p.pgd20, p.clean))
+
+
+def by_robustness(profiles) -> list[Profile]:
+    """Measured at the page's threat model, most robust first; the unmeasured after them, in their order."""
+    measured = [p for p in profiles if p.robust and p.at_demo_threat()]
+    return sorted(measured, key=_rank, reverse=True) + [p for p in profiles if p not in measured]
+
+
+def zoo_catalogue() -> list[ZooEntry]:
+    """The entries the page offers: released, trained on the examples' data, their weights in the package (so the
+    page needs no network)."""
+    return [e for e in ZOO.values() if e.published and e.dataset == DEMO_DATASET
+            and (e.embedded_dir / e.filename).is_file()]
+
+
+def default_sources(entries: list[ZooEntry] | None = None) -> tuple[str, str]:
+    """The page's default pair, computed from the registry: the most robust of `entries` (the zoo's catalogue) is
+    the model under test and the least robust the standard model; FALLBACK_* while fewer than two are measured."""
+    profiles = [zoo_profile(e) for e in (zoo_catalogue() if entries is None else entries)]
+    ranked = [p for p in by_robustness(profiles) if p.robust and p.at_demo_threat()]
+    if len(ranked) < 2:
+        return FALLBACK_MODEL, FALLBACK_BASELINE
+    return ranked[0].key, ranked[-1].key
+
 
 @dataclass
 class DemoModel:
-    """A model the demo shows, with where it came from and, if it is untrained, why (shown as a banner)."""
+    """A model the demo shows, with where it came from, what the page says about it and, if it is untrained, why
+    (shown as a banner). `bank` holds its view and features of the bundled examples, filled by Demo."""
     role: str
     source: str
     model: nn.Module
     warning: str | None = None
+    profile: Profile | None = None
+    bank: tuple = field(default=(), repr=False, compare=False)
 
     @property
     def name(self) -> str:
-        return ROLE_NAMES[self.role]
+        return self.profile.title if self.profile else ROLE_NAMES[self.role]
 
     @property
     def labels(self) -> list[str]:
@@ -78,20 +193,12 @@ class DemoModel:
         return [str(n) for n in names] if names else [str(i) for i in range(self.model.num_classes)]
 
     def describe(self) -> str:
-        """One markdown line: role, source, architecture, dataset and recorded metrics."""
-        cfg = getattr(self.model, "pretrained_cfg", None) or {}
-        rz = cfg.get("rocl_zoo") or {}
-        bits = [f"**{self.name}**: `{self.source}`", f"architecture `{cfg.get('architecture', '?')}`"]
-        if rz.get("dataset"):
-            bits.append(f"dataset {rz['dataset']}")
-        metrics = rz.get("metrics") or {}
-        shown = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
-                          if isinstance(v, (int, float, str)))
-        if shown:
-            bits.append(shown)
-        if self.warning:
-            bits.append("**UNTRAINED (random weights)**")
-        return "; ".join(bits)
+        """One plain line: name, what it is, and clean / PGD-20 / AutoAttack accuracy, each with its n."""
+        p = self.profile or source_profile(self.source, self.role)
+        numbers = ", ".join(f"{label} {accuracy_text(a, with_n=True)}" for label, a in
+                            (("clean", p.clean), ("PGD-20", p.pgd20), ("AutoAttack", p.autoattack)) if a)
+        line = f"{self.name}: {p.kind}" + (f"; {numbers}" if numbers else "; not measured")
+        return line + (" (UNTRAINED: random weights)" if self.warning else "")
 
 
 def load_demo_model(source: str, role: str, allow_untrained: bool = True) -> DemoModel:
@@ -99,7 +206,7 @@ def load_demo_model(source: str, role: str, allow_untrained: bool = True) -> Dem
     architecture (with a warning the page shows), so the demo starts before the zoo is trained. Any other
     failure (a bad folder, corrupt weights) raises: silently showing something else would mislead."""
     try:
-        return DemoModel(role, str(source), rocl_zoo.load(source))
+        return DemoModel(role, str(source), rocl_zoo.load(source), profile=source_profile(str(source), role))
     except WeightsUnavailableError as e:
         if not allow_untrained or parse_source(source)[0] != "zoo":
             raise
@@ -107,7 +214,75 @@ def load_demo_model(source: str, role: str, allow_untrained: bool = True) -> Dem
         warning = (f"No trained weights for `{source}` ({e}) The {ROLE_NAMES[role]} slot shows the UNTRAINED "
                    f"architecture with random weights: its predictions and robustness mean nothing. Pass a "
                    f"trained model with `{'--model' if role == ROBUST else '--baseline'} FOLDER`.")
-        return DemoModel(role, str(source), model, warning)
+        return DemoModel(role, str(source), model, warning, source_profile(str(source), role))
+
+
+# ------------------------------------------------------------------------------------------------ the page's words
+
+
+def accuracy_text(a: Accuracy | None, with_n: bool = False, interval: bool = False) -> str:
+    """84.3 %, or 84.3 % (n = 10,000), or 84.3 % [83.6, 85.0] (n = 10,000); a dash when not measured."""
+    if a is None:
+        return "–"
+    text = f"{a.pct:.1f} %"
+    if interval:
+        lo, hi = a.interval()
+        text += f" [{lo:.1f}, {hi:.1f}]"
+    return text + (f" (n = {a.n:,})" if with_n else "")
+
+
+def _same_n(profiles, column: str) -> int | None:
+    ns = {getattr(p, column).n for p in profiles if getattr(p, column)}
+    return ns.pop() if len(ns) == 1 else None
+
+
+def _kind(p: Profile) -> str:
+    if p.robust and p.threat and not p.at_demo_threat():
+        return f"{p.kind} (attacked at {p.threat[0]} eps {p.threat[1]:g})"
+    return p.kind
+
+
+COLUMNS = {"clean": "clean", "pgd20": "PGD-20", "autoattack": "AutoAttack"}
+
+
+def _columns(profiles: list[Profile]) -> tuple[dict, str]:
+    """Each accuracy column's shared n (None where rows differ) and the columns' titles, n in them when shared."""
+    same = {c: _same_n(profiles, c) for c in COLUMNS}
+    return same, " | ".join(f"{t} (n = {same[c]:,})" if same[c] else t for c, t in COLUMNS.items())
+
+
+def zoo_table(profiles: list[Profile], chosen: str, baseline: str) -> str:
+    """The page's header: one row per model (name, what it is, clean / PGD-20 / AutoAttack accuracy), n in the
+    column's title when every row shares it, else in each cell; ▶ marks the model under test, ○ the standard one."""
+    same, head = _columns(profiles)
+    rows = [f"| | model | what it is | {head} |", "|:-:|---|---|--:|--:|--:|"]
+    for p in profiles:
+        mark = ("▶" if p.key == chosen else "") + ("○" if p.key == baseline else "")
+        cells = " | ".join(accuracy_text(getattr(p, c), with_n=not same[c]) for c in COLUMNS)
+        rows.append(f"| {mark} | **{p.title}** | {_kind(p)} | {cells} |")
+    return "\n".join(rows)
+
+
+def zoo_caption() -> str:
+    return (f"Accuracy on Fashion-MNIST test images, clean and under attacks that change each pixel by at most "
+            f"{DEMO_EPS:g} (on a 0–1 scale). ▶ the model under test: the most robust unless you pick another. "
+            f"○ the standard model beside it.")
+
+
+def zoo_details(profiles: list[Profile]) -> str:
+    """The detail on demand: each number with its 95 % interval and n, how each model was made, where its numbers
+    come from."""
+    same, head = _columns(profiles)
+    rows = [f"| model | zoo entry | {head} | made by |", "|---|---|---|---|---|---|"]
+    for p in profiles:
+        cells = " | ".join(accuracy_text(getattr(p, c), with_n=not same[c], interval=True) for c in COLUMNS)
+        rows.append(f"| **{p.title}** | `{p.key}` | {cells} | {f'`{p.recipe}`' if p.recipe else '–'} |")
+    notes = [f"- **{p.title}**: {p.description or p.kind}. Measured in "
+             + (", ".join(f"`{f}`" for f in p.files) or "no results file") + "." for p in profiles]
+    return "\n".join(rows + ["", *notes, "", f"l-inf threat model, eps = {DEMO_EPS:g} on [0, 1] pixels. Brackets: "
+                              "95 % Wilson score interval for n test images. The zoo's numbers come from its registry "
+                              "(`rocl_zoo/weights/registry.json`, written by `python -m training.release`); "
+                              "AutoAttack runs on a fixed subset of the test set."])
 
 
 # ------------------------------------------------------------------------------------------------ images
@@ -308,105 +483,144 @@ def probabilities(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
 
 
 class Demo:
-    """The robust and the standard model, the bundled examples and their features (the neighbour bank)."""
+    """The models the page offers (one under test, chosen in the page; `robust` by default), the standard model
+    beside it, and the bundled examples, with each model's features of them (the neighbour bank)."""
 
-    def __init__(self, robust: DemoModel, baseline: DemoModel, examples: ExampleSet | None = None, topk: int = 5):
-        self.models = {ROBUST: robust, BASELINE: baseline}
+    def __init__(self, robust: DemoModel, baseline: DemoModel, examples: ExampleSet | None = None, topk: int = 5,
+                 choices: tuple[DemoModel, ...] | list[DemoModel] = ()):
+        self.choices = {m.source: m for m in (robust, *choices)}  # the page's list, keyed by its values
+        self.default = robust.source
+        self.baseline = baseline
+        self.models = {ROBUST: robust, BASELINE: baseline}  # the default pair
         self.examples = examples or ExampleSet.load()
         self.topk = topk
         bank = [ex.path for ex in self.examples.fashion]
-        self.bank_images = {r: quantize(prepare_images(bank, m.model)) for r, m in self.models.items()}
-        self.bank_features = {r: nn.functional.normalize(extract_features(m.model, self.bank_images[r]), dim=1)
-                              for r, m in self.models.items()}
+        for m in (*self.choices.values(), baseline):
+            if not m.bank:
+                images = quantize(prepare_images(bank, m.model))
+                m.bank = (images, nn.functional.normalize(extract_features(m.model, images), dim=1))
 
     @property
     def warnings(self) -> list[str]:
-        return [m.warning for m in self.models.values() if m.warning]
+        return list(dict.fromkeys(m.warning for m in (*self.choices.values(), self.baseline) if m.warning))
 
-    def _view(self, role: str, img) -> torch.Tensor:
-        return quantize(prepare_images(img, self.models[role].model))
+    def pair(self, model: str | None = None) -> dict[str, DemoModel]:
+        """{ROBUST: the model under test (`model`, a key of `choices`; the default if None), BASELINE: the standard
+        model}."""
+        key = model or self.default
+        if key not in self.choices:
+            raise ConfigError(f"Unknown model {key!r}; choose one of {', '.join(self.choices)}.")
+        return {ROBUST: self.choices[key], BASELINE: self.baseline}
 
-    def true_label(self, path, role: str = ROBUST) -> int | None:
+    def profiles(self) -> list[Profile]:
+        """Every model of the page, the one from the command line first, then the zoo's by robustness."""
+        models = [*self.choices.values(), self.baseline]
+        profiles = list({p.key: p for p in (m.profile or source_profile(m.source, m.role) for m in models)}.values())
+        zoo = by_robustness([p for p in profiles if p.key in ZOO])
+        return [p for p in profiles if p.key not in ZOO] + zoo
+
+    def table(self, model: str | None = None) -> str:
+        return zoo_table(self.profiles(), model or self.default, self.baseline.source)
+
+    def _view(self, role: str, img, model: str | None = None) -> torch.Tensor:
+        return quantize(prepare_images(img, self.pair(model)[role].model))
+
+    def true_label(self, path, m: DemoModel | None = None) -> int | None:
         """The label of a bundled Fashion-MNIST example, if the model classifies Fashion-MNIST's classes."""
         ex = self.examples.lookup(path)
-        if ex is None or ex.label is None or self.models[role].labels != self.examples.classes:
+        if ex is None or ex.label is None or (m or self.models[ROBUST]).labels != self.examples.classes:
             return None
         return ex.label
 
-    def predict(self, path) -> dict:
-        """Class probabilities of both models, the robust model's view of the image, and the true class."""
-        img = read_image(path)
-        out = {"view": to_uint8(self._view(ROBUST, img)[0])}
-        for role, m in self.models.items():
-            out[role] = probabilities(m.model, self._view(role, img))
-        label = self.true_label(path)
+    def predict(self, path, model: str | None = None) -> dict:
+        """Class probabilities of both models, the model under test's view of the image, and the true class."""
+        img, pair = read_image(path), self.pair(model)
+        out = {"view": to_uint8(self._view(ROBUST, img, model)[0]), "names": {r: m.name for r, m in pair.items()}}
+        for role, m in pair.items():
+            out[role] = probabilities(m.model, self._view(role, img, model))
+        label = self.true_label(path, pair[ROBUST])
         out["true"] = self.examples.classes[label] if label is not None else None
         return out
 
-    def _negatives(self, role: str, x: torch.Tensor) -> torch.Tensor:
+    def _negatives(self, m: DemoModel, x: torch.Tensor) -> torch.Tensor:
         """One clean bundled image per class, minus the attacked image itself (it cannot be its own negative)."""
         imgs, seen = [], set()
-        for ex, img in zip(self.examples.fashion, self.bank_images[role]):
+        for ex, img in zip(self.examples.fashion, m.bank[0]):
             if ex.label not in seen and not torch.equal(img, x[0]):
                 seen.add(ex.label)
                 imgs.append(img)
         return torch.stack(imgs[:INSTANCE_NEGATIVES]) if imgs else x[:0]
 
-    def _reference(self, role: str, path, x: torch.Tensor) -> int:
+    def _reference(self, m: DemoModel, path, x: torch.Tensor) -> int:
         """The class whose confidence we track: the true one when known, else the model's clean prediction."""
-        label = self.true_label(path, role)
+        label = self.true_label(path, m)
         if label is None:
             with torch.no_grad():
-                label = int(self.models[role].model(x).argmax(1))
+                label = int(m.model(x).argmax(1))
         return label
 
-    def attack(self, path, method: str, eps, steps, target: str = ROBUST) -> dict:
-        """Attack `target` (white-box) and show both models before and after (the other one sees a transfer)."""
+    def _adversarial(self, m: DemoModel, path, x: torch.Tensor, method: str, eps: float, steps: int) -> tuple:
+        """(x_adv on the 8-bit grid, tracked class): `m` attacked white-box at `x`, its view of the image."""
+        ref = self._reference(m, path, x)
+        x_adv = run_attack(m.model, x, torch.tensor([ref]), method, eps, steps,
+                           self._negatives(m, x) if method == "instance" else None)
+        return quantize_toward(x, x_adv), ref
+
+    def attack(self, path, method: str, eps, steps, target: str = ROBUST, model: str | None = None) -> dict:
+        """Attack `target` (white-box) and show both models before and after (the other one sees a transfer). The
+        other model is also attacked on its own ("own"), so the page can say what a direct attack does to it."""
         method, eps, steps = check_attack_args(method, eps, steps)
-        if target not in self.models:
-            raise ConfigError(f"target must be one of {', '.join(self.models)}, got {target!r}.")
+        pair = self.pair(model)
+        if target not in pair:
+            raise ConfigError(f"target must be one of {', '.join(pair)}, got {target!r}.")
         img = read_image(path)
-        model = self.models[target].model
-        x = self._view(target, img)
-        ref = self._reference(target, path, x)
-        x_adv = quantize_toward(x, run_attack(model, x, torch.tensor([ref]), method, eps, steps,
-                                              self._negatives(target, x) if method == "instance" else None))
+        x = self._view(target, img, model)
+        x_adv, ref = self._adversarial(pair[target], path, x, method, eps, steps)
         delta = x_adv - x
         out = {"adversarial": to_uint8(x_adv[0]), "perturbation": perturbation_image(delta[0]),
                "linf": float(delta.abs().max()), "l2": float(delta.flatten().norm()),
-               "reference": self.models[target].labels[ref], "reference_is_true": self.true_label(path) is not None,
-               "before": {}, "after": {}}
-        for role, m in self.models.items():
-            out["before"][role] = probabilities(m.model, self._view(role, x))
-            out["after"][role] = probabilities(m.model, self._view(role, x_adv))
+               "reference": pair[target].labels[ref],
+               "reference_is_true": self.true_label(path, pair[ROBUST]) is not None,
+               "names": {r: p.name for r, p in pair.items()}, "before": {}, "after": {}, "own": {}}
+        for role, p in pair.items():
+            out["before"][role] = probabilities(p.model, self._view(role, x, model))
+            out["after"][role] = probabilities(p.model, self._view(role, x_adv, model))
+            if role != target:
+                own = self._view(role, img, model)
+                out["own"][role] = probabilities(p.model, self._adversarial(p, path, own, method, eps, steps)[0])
+        out["words"] = attack_in_words(method, eps, steps, out["names"], target, out["before"], out["after"],
+                                       out["own"])
         out["summary"] = self._summary(out, method, eps, steps, target)
         return out
 
     def _summary(self, out: dict, method: str, eps: float, steps: int, target: str) -> str:
-        ref = out["reference"]
+        """The plain-words sentence, then the numbers: the perturbation's size and each model before and after."""
+        ref, names = out["reference"], out["names"]
         kind = "true class" if out["reference_is_true"] else "clean prediction of the attacked model"
-        lines = [f"**{METHODS[method][0]}** on **{ROLE_NAMES[target]}**, eps = {eps:g}"
+        lines = [out["words"], "",
+                 f"**{METHODS[method][0]}** on **{names[target]}**, eps = {eps:g}"
                  f"{'' if method == 'fgsm' else f', {steps} steps'}: perturbation l-inf {out['linf']:.3f}, "
                  f"l2 {out['l2']:.3f}. Tracked class: **{ref}** ({kind}).", "",
                  "| model | attack | before | after | confidence in tracked class |", "|---|---|---|---|---|"]
-        for role in self.models:
-            before, after = out["before"][role], out["after"][role]
+        rows = [(role, "white-box" if role == target else "transfer", out["after"][role]) for role in out["before"]]
+        rows += [(role, "white-box, its own attack", after) for role, after in out["own"].items()]
+        for role, how, after in rows:
+            before = out["before"][role]
             b, a = next(iter(before)), next(iter(after))
-            how = "white-box" if role == target else "transfer"
-            lines.append(f"| {ROLE_NAMES[role]} | {how} | {b} ({before[b]:.0%}) | {a} ({after[a]:.0%}) | "
+            lines.append(f"| {names[role]} | {how} | {b} ({before[b]:.0%}) | {a} ({after[a]:.0%}) | "
                          f"{before.get(ref, 0):.0%} -> {after.get(ref, 0):.0%} |")
         return "\n".join(lines)
 
-    def curve(self, path, method: str, eps, steps) -> list[dict]:
+    def curve(self, path, method: str, eps, steps, model: str | None = None) -> list[dict]:
         """Confidence in the tracked class against eps, each model attacked white-box with the chosen method at
         CURVE_FACTORS x eps. Rows {eps, confidence, model} for a line plot."""
         method, eps, steps = check_attack_args(method, eps, steps)
         img = read_image(path)
         rows = []
-        for role, m in self.models.items():
-            x = self._view(role, img)
-            ref = self._reference(role, path, x)
-            negatives = self._negatives(role, x) if method == "instance" else None
+        for role, m in self.pair(model).items():
+            x = self._view(role, img, model)
+            ref = self._reference(m, path, x)
+            negatives = self._negatives(m, x) if method == "instance" else None
             for f in CURVE_FACTORS:
                 e = min(f * eps, EPS_MAX[METHODS[method][1]])
                 x_e = x if e == 0 else quantize_toward(x, run_attack(m.model, x, torch.tensor([ref]), method, e,
@@ -416,34 +630,75 @@ class Demo:
                 rows.append({"eps": round(e, 6), "confidence": conf, "model": m.name})
         return rows
 
-    def neighbours(self, path, adv_path=None, k: int = 5) -> dict:
+    def neighbours(self, path, adv_path=None, k: int = 5, model: str | None = None) -> dict:
         """Nearest bundled Fashion-MNIST examples (cosine similarity of pooled features) of the image and of its
         attacked version, per model, with the cosine similarity between the clean and attacked features."""
         img = read_image(path)
         adv = read_image(adv_path) if adv_path is not None else None
         out = {}
-        for role, m in self.models.items():
-            feats = [nn.functional.normalize(extract_features(m.model, self._view(role, im)), dim=1)
+        for role, m in self.pair(model).items():
+            feats = [nn.functional.normalize(extract_features(m.model, self._view(role, im, model)), dim=1)
                      for im in ([img] if adv is None else [img, adv])]
-            res = {"clean": self._nearest(role, feats[0], k), "attacked": [], "similarity": None}
+            res = {"clean": self._nearest(m, feats[0], k), "attacked": [], "similarity": None, "name": m.name}
             if adv is not None:
-                res["attacked"] = self._nearest(role, feats[1], k)
+                res["attacked"] = self._nearest(m, feats[1], k)
                 res["similarity"] = float((feats[0] * feats[1]).sum())
             out[role] = res
         return out
 
-    def _nearest(self, role: str, feat: torch.Tensor, k: int) -> list[tuple[str, str]]:
+    def _nearest(self, m: DemoModel, feat: torch.Tensor, k: int) -> list[tuple[str, str]]:
         """The k most similar bank images as (path, "similarity class"): the number first, as captions get cut."""
-        sims = (self.bank_features[role] @ feat[0]).tolist()
+        sims = (m.bank[1] @ feat[0]).tolist()
         order = sorted(range(len(sims)), key=lambda i: -sims[i])[:k]
         return [(str(self.examples.fashion[i].path), f"{sims[i]:.2f} {self.examples.fashion[i].caption}")
                 for i in order]
 
 
-def build_demo(model: str = "cnn4_rocl.fmnist", baseline: str = "cnn4_rocl.fmnist_simclr",
-               samples_dir: Path | None = None) -> Demo:
-    """Load both models (falling back to untrained zoo architectures, with warnings) and the examples."""
-    return Demo(load_demo_model(model, ROBUST), load_demo_model(baseline, BASELINE), ExampleSet.load(samples_dir))
+def attack_name(method: str, steps: int) -> str:
+    """The attack as the page says it: PGD-20, FGSM, ..."""
+    return {"fgsm": "FGSM (one gradient step)", "pgd_linf": f"PGD-{steps}", "pgd_l2": f"PGD-{steps} in l2",
+            "instance": f"RoCL's label-free instance-wise attack ({steps} steps)"}[method]
+
+
+def attack_in_words(method: str, eps: float, steps: int, names: dict, target: str, before: dict, after: dict,
+                    own: dict | None = None) -> str:
+    """What the attack did, in plain words: its budget, then each model's answer, the attacked one first; a model
+    that only saw the image (a transfer) also gets its answer when attacked itself (`own`). `names`, `before`,
+    `after`, `own`: per role; the last three hold class probabilities, best first."""
+    if METHODS[method][1] == "linf":
+        budget = f"changed each pixel by at most {eps:g} (on a 0–1 scale)"
+    else:
+        budget = f"changed the image by at most {eps:g} in l2 norm (pixels on a 0–1 scale)"
+
+    def says(probs: dict, was: str, still: bool = True) -> str:
+        top = next(iter(probs))
+        verb = "still says" if top == was and still else "says" if top == was else "now says"
+        return f"{verb} **{top}** ({100 * probs[top]:.0f} %)" + ("" if top == was else f", not {was}")
+
+    sentences = []
+    for role in sorted(before, key=lambda r: r != target):
+        was = next(iter(before[role]))
+        if role == target:
+            sentences.append(f"{names[role]} {says(after[role], was)}")
+            continue
+        text = f"{names[role]}, shown the same image, {says(after[role], was)}"
+        if own and role in own:
+            text += f"; when attacked directly the same way, it {says(own[role], was, still=False)}"
+        sentences.append(text)
+    return f"{attack_name(method, steps)}, aimed at {names[target]}, {budget}: " + ". ".join(sentences) + "."
+
+
+def build_demo(model: str | None = None, baseline: str | None = None, samples_dir: Path | None = None) -> Demo:
+    """The page's models and examples: the zoo's entries for the examples' data (the page's list), `model` under
+    test by default and `baseline` as the standard model (each computed from the registry when None; any SOURCE
+    of `rocl_zoo.load` overrides it), falling back to untrained zoo architectures with warnings."""
+    best, worst = default_sources()
+    model, baseline = str(model or best), str(baseline or worst)
+    zoo = {e.name: load_demo_model(e.name, ROBUST) for e in zoo_catalogue()}
+    robust = zoo.get(model) or load_demo_model(model, ROBUST)
+    base = dataclasses.replace(zoo[baseline], role=BASELINE) if baseline in zoo else load_demo_model(baseline,
+                                                                                                     BASELINE)
+    return Demo(robust, base, ExampleSet.load(samples_dir), choices=list(zoo.values()))
 
 
 # ------------------------------------------------------------------------------------------------ serving

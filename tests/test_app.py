@@ -5,7 +5,10 @@ trains in about a second on the bundled examples (so the robust one classifies t
 """
 from __future__ import annotations
 
+import json
 import re
+import sys
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import torch
 from PIL import Image
 
 import rocl_zoo
+from rocl_zoo.zoo import ZooEntry
 
 ROOT = Path(__file__).resolve().parents[1]
 gradio_client = pytest.importorskip("gradio_client", reason="the demo needs the `demo` extra")
@@ -179,6 +183,93 @@ def test_untrained_fallback_is_announced():
         L.load_demo_model("./no/such/folder", L.ROBUST)
 
 
+def measured(name, clean, pgd20, autoattack, eps=0.1, n_aa=200) -> ZooEntry:
+    """A released Fashion-MNIST zoo entry measured as given (None: not measured)."""
+    metrics = {"clean_acc": clean, "pgd20_acc": pgd20, "autoattack_acc": autoattack, "norm": "Linf", "eps": eps,
+               "n_examples": 10000, "autoattack_n_examples": n_aa}
+    return ZooEntry(name, "fashion_mnist", "recipe", f"{name}, described", sha256="0" * 64, metrics=metrics)
+
+
+ENTRIES = [measured("a.std", 90, 0, 0), measured("a.at", 80, 70, 65),
+           measured("a.best_pgd", 84, 76, 60),  # the best PGD-20, but AutoAttack breaks it further
+           measured("a.l2", 80, 90, 90, eps=0.5),  # another threat model: not comparable
+           measured("a.aa_only", 80, None, 66), measured("a.tie", 79, 71, 66)]  # a tie: PGD-20 decides
+
+
+def test_default_model_is_the_most_robust_by_measured_accuracy():
+    assert [p.key for p in L.by_robustness([L.zoo_profile(e) for e in ENTRIES])] == [
+        "a.tie", "a.aa_only", "a.at", "a.best_pgd", "a.std", "a.l2"]
+    assert L.default_sources(ENTRIES) == ("a.tie", "a.std")
+    assert L.default_sources(ENTRIES[:1] + [measured("a.new", None, None, None)]) == (L.FALLBACK_MODEL,
+                                                                                      L.FALLBACK_BASELINE)
+    # The shipped registry: the page opens on its most robust entry, beside its least robust one.
+    ranked = {p.key: p.robust.pct for p in map(L.zoo_profile, L.zoo_catalogue()) if p.robust}
+    if len(ranked) >= 2:
+        best, worst = L.default_sources()
+        assert ranked[best] == max(ranked.values()) and ranked[worst] == min(ranked.values())
+
+
+def test_zoo_table_is_one_readable_row_per_model_with_n():
+    profiles = L.by_robustness([L.zoo_profile(e) for e in ENTRIES])
+    table = L.zoo_table(profiles, "a.at", "a.std")
+    lines = table.splitlines()
+    assert "clean (n = 10,000)" in lines[0] and "PGD-20 (n = 10,000)" in lines[0] and "AutoAttack (n = 200)" in lines[0]
+    assert len(lines) == 2 + len(ENTRIES)
+    assert re.search(r"\| ▶ \| \*\*a.at\*\* \| a.at, described \| 80.0 % \| 70.0 % \| 65.0 % \|", table)
+    assert re.search(r"\| ○ \| \*\*a.std\*\*", table) and "– |" in table  # not measured: a dash
+    assert "attacked at linf eps 0.5" in table
+    assert not re.search(r"results_|_acc|linf_0|:clean", table)  # no raw metric keys
+    mixed = L.zoo_table([L.zoo_profile(measured("b.x", 80, 70, 65, n_aa=1000)), *profiles[:1]], "b.x", "b.x")
+    assert "65.0 % (n = 1,000)" in mixed and "▶○" in mixed  # n in each cell when the rows differ
+    details = L.zoo_details(profiles)
+    assert "AutoAttack (n = 200)" in details and "| 65.0 % [58.2, 71.3] |" in details and "`recipe`" in details
+
+
+def test_attack_in_words():
+    names = {L.ROBUST: "RoCL+AT", L.BASELINE: "SimCLR"}
+    before = {L.ROBUST: {"Trouser": 0.97, "Dress": 0.03}, L.BASELINE: {"Trouser": 0.99, "Bag": 0.01}}
+    after = {L.ROBUST: {"Trouser": 0.93, "Dress": 0.07}, L.BASELINE: {"Bag": 0.71, "Trouser": 0.29}}
+    assert L.attack_in_words("pgd_linf", 0.1, 20, names, L.ROBUST, before, after) == (
+        "PGD-20, aimed at RoCL+AT, changed each pixel by at most 0.1 (on a 0–1 scale): RoCL+AT still says "
+        "**Trouser** (93 %). SimCLR, shown the same image, now says **Bag** (71 %), not Trouser.")
+    # The standard model attacked; the robust one sees a transfer, and is then attacked directly too.
+    own = {L.ROBUST: {"Dress": 0.55, "Trouser": 0.45}}
+    text = L.attack_in_words("pgd_l2", 1.5, 10, names, L.BASELINE, before, after, own)
+    assert text.startswith("PGD-10 in l2, aimed at SimCLR, changed the image by at most 1.5 in l2 norm")
+    assert text.endswith("SimCLR now says **Bag** (71 %), not Trouser. RoCL+AT, shown the same image, still says "
+                         "**Trouser** (93 %); when attacked directly the same way, it now says **Dress** (55 %), "
+                         "not Trouser.")
+    assert L.attack_in_words("fgsm", 0.05, 1, names, L.ROBUST, before, before).startswith(
+        "FGSM (one gradient step), aimed at RoCL+AT, changed each pixel by at most 0.05")
+
+
+def test_the_model_under_test_can_be_switched(demo):
+    path = boot(demo)
+    with pytest.raises(rocl_zoo.ConfigError, match="Unknown model 'no.such'"):
+        demo.predict(path, "no.such")
+    assert demo.profiles()[0].key == demo.default  # the --model given on the command line leads the list
+    others = [k for k in demo.choices if k != demo.default]
+    if not others:
+        pytest.skip("no released zoo weights in this tree: the page offers only --model")
+    other = demo.choices[others[0]]
+    r = demo.predict(path, other.source)
+    assert r["names"] == {L.ROBUST: other.name, L.BASELINE: demo.baseline.name}
+    assert re.search(rf"\| ▶○? \| \*\*{re.escape(other.name)}\*\* \|", demo.table(other.source))
+    assert r[L.ROBUST] != demo.predict(path)[L.ROBUST] and r[L.BASELINE] == demo.predict(path)[L.BASELINE]
+    a = demo.attack(path, "fgsm", 0.1, 1, L.ROBUST, other.source)
+    assert a["words"].startswith(f"FGSM (one gradient step), aimed at {other.name},") and a["words"] in a["summary"]
+    assert "its own attack" in a["summary"] and set(a["own"]) == {L.BASELINE}
+    assert {row["model"] for row in demo.curve(path, "fgsm", 0.1, 1, other.source)} == {other.name,
+                                                                                        demo.baseline.name}
+
+
+def test_cli_mcp_without_the_extra_says_how_to_get_it(monkeypatch, capsys):
+    for name in ("mcp", "mcp.server", "mcp.server.streamable_http_manager"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    assert app.main(["--mcp"]) == 2
+    assert "pip install 'rocl-zoo[mcp]'" in capsys.readouterr().err
+
+
 def test_cli_refuses_a_bad_model_folder(capsys):
     assert app.main(["--model", "./no/such/folder"]) == 2
     assert "No folder" in capsys.readouterr().err
@@ -232,6 +323,34 @@ def test_endpoints(client, demo):
 
     inst = client.predict(file, "instance", 0.1, 5, "baseline", api_name="/attack")
     assert "Instance-wise" in inst[2]
+
+
+def test_endpoints_take_the_model_under_test(client, demo):
+    file = gradio_client.handle_file(boot(demo))
+    # Only the page's choices: anything else is a message (and no traceback in the server's log).
+    _expect_message(client, (file, "no.such.model"), "/predict", "no.such.model", "not in the list of choices")
+    _expect_message(client, (file, "cw", 0.1, 5, "robust"), "/attack", "'cw'|cw is not in the list")
+    _expect_message(client, (file, "fgsm", 0.1, 1, "both"), "/attack", "both")
+    others = [k for k in demo.choices if k != demo.default]
+    if not others:
+        pytest.skip("no released zoo weights in this tree: the page offers only --model")
+    default = client.predict(file, api_name="/predict")
+    chosen = client.predict(file, others[0], api_name="/predict")
+    assert chosen[0] != default[0] and chosen[1] == default[1]
+    summary = client.predict(file, "pgd_linf", 0.1, 5, "robust", others[0], api_name="/attack")[2]
+    assert f"aimed at {demo.choices[others[0]].name}" in summary
+
+
+def test_mcp_flag_serves_the_endpoints_as_tools(models):
+    pytest.importorskip("mcp", reason="needs the mcp extra: pip install 'rocl-zoo[mcp]'")
+    proc, url, _ = L.start_server(*models, extra_args=["--mcp"])
+    try:
+        with urllib.request.urlopen(url + "gradio_api/mcp/schema", timeout=60) as r:
+            tools = {t["name"]: t for t in json.load(r)}
+    finally:
+        log = L.stop_server(proc)
+    assert {"predict", "attack", "robustness_curve", "neighbours"} <= set(tools), log
+    assert "model" in tools["attack"]["inputSchema"]["properties"]
 
 
 def _expect_message(client, args, api_name, *patterns):

@@ -30,16 +30,14 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The app in this process (test_app.py covers `python app.py` as a subprocess): saves the 10-30 s of
-    importing torch and Gradio again on a busy machine."""
-    import app
+    """`python app.py` in its own process. (In this process, Gradio's handler threads leave native threads that
+    abort the interpreter at exit, "terminate called without an active exception", exit 134, after every test
+    passed: the test run would fail.)"""
     import app_logic as L
 
-    blocks = app.build_app(L.build_demo(*map(str, make_models(tmp_path_factory.mktemp("browser_models")))))
-    port = L.free_port()
-    app.launch(blocks, port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    blocks.close()
+    proc, url, _ = L.start_server(*make_models(tmp_path_factory.mktemp("browser_models")), timeout=240)
+    yield url
+    L.stop_server(proc)
 
 
 @pytest.fixture
@@ -113,3 +111,40 @@ def test_pick_example_attack_and_screenshot(server, page, tmp_path):
     page.locator("#eps input").fill("0.05")
     page.locator("#run-attack").click()
     playwright.expect(summary).to_contain_text("eps = 0.05")
+
+
+def test_header_reads_as_lines_and_the_model_switch_changes_the_prediction(server, page):
+    import app_logic as L
+
+    page.goto(server)
+    page.wait_for_selector("#run-attack")
+    # One row per model: the two --model/--baseline folders, then the zoo's Fashion-MNIST entries; no raw keys.
+    zoo = [L.zoo_profile(e).title for e in L.zoo_catalogue()]
+    rows = page.locator("#models tbody tr")
+    playwright.expect(rows).to_have_count(2 + len(zoo))
+    header = page.inner_text("#models")
+    assert "RoCL (robust)" in header and all(title in header for title in zoo)
+    assert not re.search(r"results_|_acc\b|linf_0|:clean|n10000", header), header
+    assert "▶" in rows.first.inner_text()  # the model under test: the --model folder
+    if not zoo:
+        pytest.skip("no released zoo weights in this tree: nothing to switch to")
+
+    page.locator(".gallery-item").first.click()
+    robust = page.locator("#pred-robust")
+    playwright.expect(robust).to_contain_text("RoCL (robust): clean")
+    playwright.expect(robust).to_contain_text("%")
+    first = robust.inner_text()
+
+    # Another entry: the header's mark, the prediction's title and its numbers follow it.
+    page.locator("#model input").click()
+    page.get_by_role("option", name=zoo[0], exact=True).click()
+    playwright.expect(robust).to_contain_text(f"{zoo[0]}: clean")
+    playwright.expect(page.locator("#models tbody tr", has_text="▶")).to_contain_text(zoo[0])
+    page.wait_for_function("([sel, old]) => document.querySelector(sel).innerText !== old && "
+                           "document.querySelector(sel).innerText.includes('%')", arg=["#pred-robust", first])
+    assert robust.inner_text() != first
+
+    page.locator("#run-attack").click()
+    summary = page.locator("#summary")
+    playwright.expect(summary).to_contain_text(f"aimed at {zoo[0]}, changed each pixel by at most 0.1")
+    playwright.expect(page.locator("#after-robust")).to_contain_text(f"{zoo[0]}: attacked")
