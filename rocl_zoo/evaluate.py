@@ -43,6 +43,7 @@ DEFAULT_ATTACKS = "clean,pgd20"
 # --------------------------------------------------------------------------------------------- attack specs
 
 _APGD = {"apgd-ce": ["apgd-ce"], "apgd": ["apgd-ce", "apgd-dlr"]}  # AutoAttack's stages run alone
+MAX_STEPS, MAX_RESTARTS = 10_000, 100  # beyond these an attack is a typo that would run for days
 _PGD_RE = re.compile(r"^pgd(?P<steps>\d+)(?:-(?P<norm>linf|l2))?(?:-(?P<loss>ce|cw))?(?:x(?P<restarts>\d+))?$")
 
 
@@ -68,10 +69,11 @@ def parse_attack(spec: str, eps: float, norm: str) -> dict:
     if name == "fgsm":
         cfg.update(attack="fgsm", norm="linf", loss="ce")
     elif m:
-        steps = int(m["steps"])
-        if steps < 1:
-            raise ConfigError(f"{spec}: PGD needs at least one step.")
-        cfg.update(attack="pgd", norm=m["norm"] or norm, steps=steps, restarts=int(m["restarts"] or 1),
+        steps, restarts = int(m["steps"]), int(m["restarts"] or 1)
+        if not (1 <= steps <= MAX_STEPS and 1 <= restarts <= MAX_RESTARTS):
+            raise ConfigError(f"{spec}: PGD takes 1 to {MAX_STEPS:,} steps and 1 to {MAX_RESTARTS} restarts (pgd20, "
+                              f"pgd100x5); got {steps} steps and {restarts} restarts.")
+        cfg.update(attack="pgd", norm=m["norm"] or norm, steps=steps, restarts=restarts,
                    loss="margin" if m["loss"] == "cw" else "ce", random_start=True, keep_best=True, early_stop=True)
     elif name in ("autoattack", "aa"):
         cfg.update(attack="autoattack", norm=norm, version="standard")
@@ -356,6 +358,22 @@ def run_sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
 # ----------------------------------------------------------------------------------------------- evaluate
 
 
+def parse_attacks(attacks, eps: float, norm: str, dims: int | None = None) -> list[dict]:
+    """--attacks (a comma-separated string or a list of specs) -> their configs, each budget checked against
+    images of `dims` values (see `rocl_zoo.threat.check_eps`)."""
+    check_eps(eps, norm, dims)
+    specs = [s for s in (attacks.split(",") if isinstance(attacks, str) else attacks) if s.strip()]
+    if not specs:
+        raise ConfigError("--attacks is empty; give e.g. clean,pgd20.")
+    cfgs = [parse_attack(s, eps, norm) for s in specs]
+    if len({c["name"] for c in cfgs}) != len(cfgs):
+        raise ConfigError(f"--attacks names an attack twice: {specs}.")
+    for c in cfgs:
+        if "eps" in c:
+            check_eps(c["eps"], c["norm"], dims)
+    return cfgs
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="clean,pgd20", eps: float = 8 / 255,
              norm: str = "linf", batch_size: int = 256, seed: int = 0, source_model: nn.Module | None = None,
              source_name: str | None = None, sanity: bool = False, sanity_examples: int = 200,
@@ -374,13 +392,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
     from .precision import describe as describe_precision
     from .utils import hardware_name
 
-    check_eps(eps, norm)
-    specs = [s for s in (attacks.split(",") if isinstance(attacks, str) else attacks) if s.strip()]
-    if not specs:
-        raise ConfigError("--attacks is empty; give e.g. clean,pgd20.")
-    cfgs = [parse_attack(s, eps, norm) for s in specs]
-    if len({c["name"] for c in cfgs}) != len(cfgs):
-        raise ConfigError(f"--attacks names an attack twice: {specs}.")
+    cfgs = parse_attacks(attacks, eps, norm, x[0].numel())
     device = next(model.parameters()).device
     with torch.no_grad(), A.attack_mode(model):
         out_dim = model(x[:1].to(device)).shape[1]
@@ -519,7 +531,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
 
 # -------------------------------------------------------------------------------------------------- table
 
-_ORDER = {"clean": 0, "fgsm": 1, "pgd": 2, "autoattack": 4}
+_ORDER = {"clean": 0, "fgsm": 1, "pgd": 2, "autoattack": 4, "corruptions": 5}
 
 
 def _column_key(cfg: dict):
@@ -542,11 +554,13 @@ def render_table(results: list[Result]) -> str:
     def column(name: str, cfg: dict) -> str:  # a transfer attack from another source is another column
         return f"{name} from {cfg['transfer_from']}" if cfg.get("transfer_from") else name
 
-    by_column = [{column(name, a["config"]): a for name, a in r.attacks.items()} for r in results]
+    by_column = [{column(name, a["config"]): a for name, a in r.attacks.items()
+                  if a["config"].get("attack") != "corruption"} for r in results]  # one corruption: its mean only
     columns = {n: a["config"] for row in by_column for n, a in row.items()}
     names = sorted(columns, key=lambda n: _column_key(columns[n]))
     label = {n: ("Clean" if columns[n]["attack"] == "clean" else "AutoAttack" if n in ("autoattack", "aa") else
-                 n.upper() if n in ("fgsm", "cw") else n) for n in names}
+                 n.upper() if n in ("fgsm", "cw") else "Corruptions (mean)" if n == "corruptions" else n)
+             for n in names}
     head = ["Model", "Dataset", "Protocol", "Threat model"] + [label[n] for n in names] + ["n", "Sanity"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(names) + 1) + [":---:"]) + "|"]
     # models on their own data first, transfer (fine-tuning) results after
@@ -555,8 +569,7 @@ def render_table(results: list[Result]) -> str:
         results[i].protocol, results[i].threat_model or "", results[i].eps or 0, -results[i].n))
     for i in order:
         r = results[i]
-        cells = [f"`{r.model}`", str(r.dataset or "–"), r.protocol,
-                 f"{r.threat_model} {r.data.get('eps_str', r.eps)}"]
+        cells = [f"`{r.model}`", str(r.dataset or "–"), r.protocol, r.threat]
         for n in names:
             a = by_column[i].get(n)
             cells.append("–" if a is None else _cell(Accuracy(a["acc"], a.get("n_examples", r.n)), r.n))
@@ -566,7 +579,9 @@ def render_table(results: list[Result]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\nAccuracy in % (higher is more robust) on `n` test examples, in brackets its 95 % " \
                               "Wilson interval. Columns name the " \
-                              "attack (`pgd20-l2` = PGD-20 in l2; `transfer-* from M` = black-box, made on M). Protocol " \
+                              "attack (`pgd20-l2` = PGD-20 in l2; `transfer-* from M` = black-box, made on M; " \
+                              "`Corruptions (mean)` = the mean accuracy over 15 common corruptions x 5 severities). " \
+                              "Protocol " \
                               "`none`: a classifier as it is; `linear` / `robust-linear`: a linear head on the " \
                               "frozen encoder (SLF / ALF), trained by that run or before it; `finetune-*`: " \
                               "`rocl_zoo.finetune` on that dataset.\n"
@@ -599,6 +614,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", default="test", choices=["train", "test"], help="split to attack (default test)")
     g.add_argument("--download", action="store_true", help="allow torchvision to download the dataset")
     g.add_argument("--norm", default="linf", choices=["linf", "l2"], help="threat model's norm (default linf)")
+    g.add_argument("--threat-model", type=str.lower, choices=["linf", "l2", "corruptions"],
+                   help="RobustBench's: Linf or L2 (the same as --norm), or corruptions: accuracy on 15 common "
+                        "corruptions x 5 severities and their mean (rocl_zoo.corruptions)")
+    g.add_argument("--corruptions", default="all", metavar="TYPES",
+                   help="with --threat-model corruptions: comma-separated types (default all)")
     g.add_argument("--eps", help="threat model's budget in [0, 1] pixel units, e.g. 8/255 or 0.5 (default: "
                                  "linf 8/255, 0.1 on fashion_mnist and digits; l2 0.5)")
     g.add_argument("--attacks", default=DEFAULT_ATTACKS,
@@ -671,8 +691,16 @@ def _model_dataset(model) -> str | None:
 def run(args: argparse.Namespace) -> dict:
     from .linear import as_tensors, train_linear_head
     from .threat import alf_step
-    from .utils import resolve_device, write_json
+    from .utils import check_output_path, remove_stale_temporaries, resolve_device, write_json
 
+    if args.threat_model == "corruptions":  # no attacks, no budget: all of it lives in rocl_zoo.corruptions
+        from .corruptions import run_cli
+
+        return run_cli(args)
+    if args.threat_model and args.threat_model != args.norm:
+        if args.norm != "linf":
+            raise ConfigError(f"--threat-model {args.threat_model} and --norm {args.norm} disagree; give one.")
+        args.norm = args.threat_model
     if not args.source:
         raise ConfigError("give a model SOURCE (zoo name, hf-hub:ORG/REPO or folder), or --table DIR.")
     for flag in ("n_examples", "train_examples", "autoattack_examples"):
@@ -684,6 +712,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.protocol_label and args.protocol != "none":
         raise ConfigError(f"--protocol-label names the protocol of a classifier evaluated as it is; with --protocol "
                           f"{args.protocol} the protocol is {args.protocol}: drop one of them.")
+    if args.out:
+        check_output_path(args.out, folder=False)
     procs = Dist(args.device)  # under torchrun: the process group; each process attacks its share of the batches
     device = procs.device if procs.world > 1 else resolve_device(args.device)
     progress = not args.quiet and procs.main
@@ -691,15 +721,15 @@ def run(args: argparse.Namespace) -> dict:
     dataset = args.dataset or _model_dataset(model)
     if not dataset:
         raise ConfigError(f"{args.source} does not record its dataset; pass --dataset NAME.")
+    if args.out and procs.main:
+        remove_stale_temporaries(args.out)
     eps = parse_eps(args.eps) if args.eps is not None else default_eps(dataset, args.norm)
-    check_eps(eps, args.norm)
-    specs = [s for s in args.attacks.split(",") if s.strip()]
-    for s in specs:  # fail on a bad attack list before any slow work
-        parse_attack(s, eps, args.norm)
+    parse_attacks(args.attacks, eps, args.norm)  # fail on a bad attack list before any slow work
     source_model = _load_model(args.transfer_from, device) if args.transfer_from else None
 
     test = _load_dataset(dataset, args.split, args.data_root, args.download)
     x, y = as_tensors(test, args.n_examples or None, args.seed)
+    parse_attacks(args.attacks, eps, args.norm, x[0].numel())  # now with the images' size: bounds l2 budgets
     in_chans = getattr(model, "in_chans", None)
     if in_chans is not None and x.shape[1] != in_chans:
         raise DataError(f"{dataset} has {x.shape[1]}-channel images but {args.source} takes {in_chans} channels; "
@@ -745,7 +775,7 @@ def run(args: argparse.Namespace) -> dict:
     from . import __version__
 
     meta["rocl_zoo_version"] = __version__
-    result = evaluate(model, x, y, attacks=specs, eps=eps, norm=args.norm, batch_size=args.batch_size,
+    result = evaluate(model, x, y, attacks=args.attacks, eps=eps, norm=args.norm, batch_size=args.batch_size,
                       seed=args.seed, source_model=source_model, source_name=args.transfer_from,
                       sanity=args.sanity, sanity_examples=args.sanity_examples,
                       num_classes=len(classes) or None, autoattack_examples=args.autoattack_examples,

@@ -42,7 +42,7 @@ from .threat import default_eps, eps_str
 from .hub import CARD_NAME, CONFIG_NAME, HF_PREFIX, WEIGHTS_NAME, architecture_of, parse_source, save_pretrained, verify_file
 from .onnx import INPUT_NAME, META_ARCHITECTURE, META_INPUT_SIZE, META_LABELS, ONNX_NAME, OUTPUT_NAME
 from .inference import model_input_size, prepare_images
-from .utils import atomic_write, current_umask, sha256_file, write_json
+from .utils import atomic_write, check_output_path, current_umask, sha256_file, write_json
 from .zoo import ZOO, get_entry
 
 DEFAULT_OPSET = 18
@@ -245,7 +245,11 @@ _NOT_SETTINGS = {"name", "attack", "norm", "eps", "threat_model"}
 
 def result_metrics(res: dict) -> list[dict]:
     """One {config, name, value (percent), attack, settings} per accuracy in a results file: clean, each attack,
-    AutoAttack, and the per-example worst case over the attacks."""
+    AutoAttack, and the per-example worst case over the attacks (corruptions: clean and their mean)."""
+    from .corruptions import is_corruptions, result_metrics as corruption_metrics
+
+    if is_corruptions(res):
+        return corruption_metrics(res)
     norm, eps = _norm_of(res), res.get("eps")
     threat = f"{norm}_{eps_str(eps)}"
     out = []
@@ -313,6 +317,8 @@ def build_card(config: dict, results: Sequence[tuple[str, dict]], *, model_name:
     """README.md: YAML metadata (ModelCardData with a model-index of the results) and the text a user needs."""
     from huggingface_hub import ModelCard, ModelCardData
 
+    from .corruptions import card_lines as corruption_card, is_corruptions
+
     rz = config.get("rocl_zoo") or {}
     arch = config["architecture"]
     dataset = rz.get("dataset") or next((r.get("dataset") for _, r in results if r.get("dataset")), None)
@@ -339,6 +345,9 @@ def build_card(config: dict, results: Sequence[tuple[str, dict]], *, model_name:
               "and re-export with `--results`.", ""]
     for fname, res in results:
         ds = res.get("dataset") or dataset
+        if is_corruptions(res):
+            L += corruption_card(fname, res, DATASET_NAMES.get(ds, ds))
+            continue
         L += [f"### {_norm_of(res)}, eps = {eps_str(res.get('eps'))} (`{fname}`)", "",
               f"- Dataset: {DATASET_NAMES.get(ds, ds)}, split `{res.get('split', 'test')}`, "
               f"n_examples = {res.get('n_examples')}",
@@ -464,7 +473,9 @@ def export(source, out, *, onnx: bool = True, opset: int = DEFAULT_OPSET, result
         if not quiet:
             print(msg, file=sys.stderr)
 
-    out = Path(out).expanduser()
+    out = check_output_path(out, folder=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):  # the staging folder of an export that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty; pass --overwrite (overwrite=True) to replace it.")
     model = source if isinstance(source, nn.Module) else load(source)
@@ -487,7 +498,7 @@ def export(source, out, *, onnx: bool = True, opset: int = DEFAULT_OPSET, result
                       f"(from `python -m rocl_zoo.evaluate`).", stacklevel=2)
     dataset = dataset or next((r.get("dataset") for _, r in parsed if r.get("dataset")), None)
     first = parsed[0][1] if parsed else {}
-    eps = float(eps if eps is not None else first.get("eps", default_eps(dataset)))
+    eps = float(eps if eps is not None else first.get("eps") or default_eps(dataset))  # corruptions: no eps
     norm = norm or (_norm_of(first) if parsed else "linf")
     if norm not in ("linf", "l2"):
         norm = "linf"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, DataError
-from .threat import THREAT_MODELS, eps_str
+from .threat import CORRUPTIONS, THREAT_MODELS, eps_str
 
 SCHEMA = "rocl_zoo.eval/2"
 INDEX_NAME = "index.json"
@@ -31,8 +31,10 @@ INDEX_SCHEMA = "rocl_zoo.index/1"  # not a results file
 _SCHEMA_PREFIX = "rocl_zoo.eval/"
 
 
-def threat_name(norm: str, eps: float) -> str:
-    """A threat model as a path segment: Linf-0.1, Linf-8_255, L2-1.5."""
+def threat_name(norm: str, eps: float | None) -> str:
+    """A threat model as a path segment: Linf-0.1, Linf-8_255, L2-1.5, or corruptions (which has no budget)."""
+    if norm.lower() == CORRUPTIONS:
+        return CORRUPTIONS
     return f"{THREAT_MODELS[norm.lower()]}-{eps_str(eps).replace('/', '_')}"
 
 
@@ -43,7 +45,7 @@ def relpath(model: str, protocol: str, threat: str, suite: str, n: int, dataset:
     return Path(*(re.sub(r"[^A-Za-z0-9._+=-]+", "-", p) for p in parts))
 
 
-_THREAT_SEGMENT = re.compile(r"^(Linf|L2)-[0-9._]+$")
+_THREAT_SEGMENT = re.compile(rf"^((Linf|L2)-[0-9._]+|{CORRUPTIONS})$")
 
 
 def folder_name(path) -> str:
@@ -124,11 +126,18 @@ class Result:
             cfg = a.get("config") or {}
             if name.split("@")[0] != attack or a.get("acc") is None or cfg.get("transfer_from") != transfer_from:
                 continue
-            if cfg.get("attack") != "clean" and (cfg.get("threat_model") != threat
-                                                 or abs(cfg.get("eps", -1) - eps) > 1e-9):
+            if cfg.get("attack") != "clean" and (cfg.get("threat_model") != threat or (
+                    eps is not None and abs(cfg.get("eps", -1) - eps) > 1e-9)):  # corruptions have no eps
                 continue
             return Accuracy(a["acc"], a.get("n_examples", self.n))  # AutoAttack may have run on a subset
         return None
+
+    @property
+    def threat(self) -> str:
+        """The threat model as tables show it: Linf 0.1, L2 1.5, corruptions."""
+        if self.eps is None and self.threat_model == CORRUPTIONS:
+            return CORRUPTIONS
+        return f"{self.threat_model} {self.data.get('eps_str') or self.eps}"
 
     def relpath(self, suite: str, own_dataset: str | None = None) -> Path:
         """Where this file belongs under results/ (the module's `relpath`), its dataset named in the path unless it
@@ -139,7 +148,7 @@ class Result:
     def summary(self) -> dict:
         """The index's line for this file."""
         return {"model": self.model, "protocol": self.protocol, "dataset": self.dataset,
-                "threat": f"{self.threat_model} {self.data.get('eps_str', self.eps)}", "n_examples": self.n,
+                "threat": self.threat, "n_examples": self.n,
                 "accuracy": {name: round(a["acc"], 2) for name, a in self.attacks.items() if a.get("acc") is not None}}
 
 

@@ -1,4 +1,5 @@
-"""The threat model, in one place: norms, budgets (parsing, printing, checking, defaults) and the PGD step rules.
+"""The threat model, in one place: norms, budgets (parsing, printing, checking, defaults) and the PGD step rules;
+the common-corruptions threat model (no norm, no budget) is named here and lives in rocl_zoo.corruptions.
 
 Budgets are in pixel units of [0, 1] images (models normalise inside), so 8/255 is CIFAR's usual l-inf budget
 and 0.1 Fashion-MNIST's (Croce et al. 2019; the zoo evaluates its Fashion-MNIST models at 0.1).
@@ -12,6 +13,7 @@ from .errors import ConfigError
 
 NORMS = ("linf", "l2")
 THREAT_MODELS = {"linf": "Linf", "l2": "L2"}  # RobustBench's names
+CORRUPTIONS = "corruptions"  # RobustBench's third threat model: common corruptions (rocl_zoo.corruptions), no eps
 DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
 DATASET_DEFAULT_EPS = {("fashion_mnist", "linf"): 0.1, ("digits", "linf"): 0.1}
 # RoCL's robust linear evaluation (ALF): PGD-10 with step 0.007 at 8/255; other budgets keep that ratio
@@ -45,8 +47,9 @@ def eps_str(eps: float | None) -> str:
     return f"{round(k)}/255" if eps > 0 and abs(k - round(k)) < 1e-6 else f"{float(eps):g}"
 
 
-def check_eps(eps: float, norm: str) -> None:
-    """A budget a robustness evaluation can use: a known norm, eps > 0, an l-inf eps within the pixel range."""
+def check_eps(eps: float, norm: str, dims: int | None = None) -> None:
+    """A budget a robustness evaluation can use: a known norm, eps > 0, an l-inf eps within the pixel range and,
+    given the image's number of values `dims`, an l2 eps within the largest distance two images can be apart."""
     if norm not in THREAT_MODELS:
         raise ConfigError(f"norm must be linf or l2, got {norm!r}.")
     if eps <= 0:
@@ -54,6 +57,9 @@ def check_eps(eps: float, norm: str) -> None:
     if norm == "linf" and eps > 1:
         raise ConfigError(f"an l-inf eps of {eps} is larger than the whole [0, 1] pixel range; pixel units are "
                           f"[0, 1], so 8/255 (not 8) is the usual CIFAR budget.")
+    if norm == "l2" and dims and eps > math.sqrt(dims):
+        raise ConfigError(f"an l2 eps of {eps} is larger than any two images of {dims} values in [0, 1] can be "
+                          f"apart ({math.sqrt(dims):.4g}); the usual budgets are 0.5 (CIFAR) and 1.5 (Fashion-MNIST).")
 
 
 def madry_step(eps: float, steps: int) -> float:

@@ -153,6 +153,7 @@ SUMMARY_COLUMNS = [
     ("PGD-20, 8/255", "pgd20", {"eps": 8 / 255}),
     (f"PGD-20, l2 {EPS_L2}", "pgd20-l2", {"threat": "L2", "eps": EPS_L2}),
     ("black-box from SimCLR", "transfer-pgd20", {"transfer_from": SIMCLR}),
+    ("Corruptions (mean)", "corruptions", {"threat": "corruptions", "eps": None}),  # rocl_zoo.corruptions
 ]
 
 

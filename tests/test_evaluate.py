@@ -26,7 +26,8 @@ def test_parse_eps_and_attack_specs():
 
 
 @pytest.mark.parametrize("spec,eps,match", [("pgd", 0.1, "unknown attack"), ("bim10", 0.1, "unknown attack"),
-                                            ("pgd0", 0.1, "at least one step"), ("pgd20@x", 0.1, "not a number"),
+                                            ("pgd0", 0.1, "1 to 10,000 steps"),
+                                            ("pgd1000000", 0.1, "1 to 10,000 steps"), ("pgd20x1000", 0.1, "restarts"), ("pgd20@x", 0.1, "not a number"),
                                             ("pgd20", 8.0, "8/255"), ("pgd20", -0.1, "eps")])
 def test_bad_specs_and_eps(spec, eps, match):
     with pytest.raises(ConfigError, match=match):
@@ -322,7 +323,10 @@ def test_cli_rerun_after_an_interruption_resumes_from_the_partial_file(saved_enc
         E.main(argv)
     assert not out.exists() and len(json.loads((tmp_path / "r.json.partial").read_text())["batches"]) == 3 + 1
     monkeypatch.setattr(E, "run_attack", real)
+    (tmp_path / ".r.json.partial.k1ll3d.tmp").write_text("{half a fi")  # a kill during an atomic write
+    (tmp_path / ".other.json.x1.tmp").write_text("{")  # another file's write in progress: not ours to remove
     assert E.main(argv) == 0
+    assert not (tmp_path / ".r.json.partial.k1ll3d.tmp").exists() and (tmp_path / ".other.json.x1.tmp").exists()
     r = json.loads(out.read_text())
     assert r["resumed_batches"] == 4 and not (tmp_path / "r.json.partial").exists()
     assert E.main([*argv[:-3], "--out", str(tmp_path / "whole.json"), "--quiet"]) == 0
@@ -359,14 +363,19 @@ def test_cli_robust_linear_and_sanity(saved_encoder, tmp_path):
     (["{enc}", "--eps", "8"], "8/255"),
     (["{enc}", "--eps", "eight"], "not a number"),
     (["{enc}", "--attacks", "clean,bogus"], "unknown attack"),
+    (["{enc}", "--norm", "l2", "--eps", "100"], "larger than any two images of 64 values"),
+    (["{enc}", "--attacks", "clean,pgd20-l2@10"], "larger than any two images of 64 values"),
+    (["{enc}", "--out", "{tmp}"], "is a folder; name the file"),
+    (["{enc}", "--out", "{tmp}/file.txt/r.json"], "is a file, so nothing can be written under it"),
     (["{enc}", "--protocol", "linear", "--epochs", "1", "--transfer-from", "{enc}"], "transfer needs a classifier"),
     (["{enc}"], "encoder without a classifier head"),
     (["{enc}", "--protocol", "robust-linear", "--train-steps", "0"], "--train-steps"),
     (["{enc}", "--protocol", "linear", "--protocol-label", "robust-linear"], "--protocol-label"),
     ([], "SOURCE"),
 ])
-def test_cli_errors_are_clear(saved_encoder, capsys, argv, match):
-    argv = [a.replace("{enc}", str(saved_encoder)) for a in argv]
+def test_cli_errors_are_clear(saved_encoder, tmp_path, capsys, argv, match):
+    (tmp_path / "file.txt").write_text("")
+    argv = [a.replace("{enc}", str(saved_encoder)).replace("{tmp}", str(tmp_path)) for a in argv]
     assert E.main(argv + ["--quiet", "--n-examples", "8"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and __import__("re").search(match, err), err

@@ -145,9 +145,11 @@ def test_tampered_weights_are_refused_on_load(exported, tmp_path):
 
 
 @pytest.mark.parametrize("edit, match", [
-    (lambda c: c.update(num_classes=5), "do not fit"),
+    (lambda c: c.update(num_classes=5, label_names=c["label_names"][:5],
+                        pretrained_cfg={**c["pretrained_cfg"], "num_classes": 5}), "do not fit"),
+    (lambda c: c.update(num_classes=5), "field 'pretrained_cfg.num_classes' is 10 but num_classes is 5"),
     (lambda c: c.update(architecture="resnet18_rocl"), "do not fit"),
-    (lambda c: c.pop("architecture"), "no 'architecture'"),
+    (lambda c: c.pop("architecture"), "field 'architecture' is None"),
     (lambda c: c["rocl_zoo"]["files"]["model.safetensors"].update(size=12), "bytes but 12 were recorded"),
 ])
 def test_wrong_config_is_refused_on_load(exported, tmp_path, edit, match):
@@ -214,6 +216,7 @@ def test_cli_exports_a_run_folder_with_its_results(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.bin").write_text("old")
+    (tmp_path / ".out.partial-k1ll3d").mkdir()  # the staging folder of an export that was killed
     rc = ex.main([str(run), "--out", str(out), "--onnx", "--n-check", "4", "--pgd-steps", "1", "--overwrite",
                   "--quiet"])
     assert rc == 0
@@ -221,6 +224,7 @@ def test_cli_exports_a_run_folder_with_its_results(tmp_path, capsys):
     assert "model.onnx" in printed and "ONNX parity" in printed
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.onnx", "model.safetensors",
                                                     "results_linf_0.1.json", "results_linf_8.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]
     from huggingface_hub import ModelCard
 
     got = {r.metric_config: r.metric_value for r in ModelCard.load(out / "README.md").data.eval_results}

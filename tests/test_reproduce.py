@@ -14,14 +14,14 @@ from training.matrix import ENTRIES, Paths, items
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("pyautoattack")
-pytestmark = pytest.mark.slow  # about 3 minutes: every stage of the zoo, once
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # 4-6 minutes alone: every stage of the zoo, once
 
 
 def reproduce(tmp: Path, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "ROCL_ZOO_WEIGHTS": str(tmp / "weights"), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "training.reproduce", "--scale", "toy", "--results", str(tmp / "results"),
            "--runs", str(tmp / "runs"), "--threads", "1", "--in-process", *args]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     return out
 

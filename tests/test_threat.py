@@ -17,6 +17,9 @@ def test_budgets():
         T.check_eps(8, "linf")
     with pytest.raises(ConfigError, match="norm"):
         T.check_eps(0.1, "l1")
+    T.check_eps(28.0, "l2", dims=784)  # two 28x28 images are at most 28 apart in l2
+    with pytest.raises(ConfigError, match="larger than any two images of 784 values"):
+        T.check_eps(28.01, "l2", dims=784)
 
 
 def test_step_rules():

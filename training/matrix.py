@@ -12,7 +12,9 @@ The protocol every shipped classifier is measured with (l-inf 0.1 on Fashion-MNI
 - standard AutoAttack on a fixed 1,000 (the same images for every model: `--n-examples 1000 --seed 0`), beside
   FGSM, PGD-20 and CW, with the gradient-masking checks on the same 1,000;
 - PGD-20 at l-inf 8/255 and at l2 1.5 (a threat none of them trained for) on all 10,000;
-- black-box PGD-20 transferred between models (TRANSFERS) on all 10,000.
+- black-box PGD-20 transferred between models (TRANSFERS) on all 10,000;
+- common corruptions (rocl_zoo.corruptions: MNIST-C's 15 types x 5 severities) on all 10,000, the shipped
+  classifier only: RobustBench's third threat model, no attack.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ class Entry:
     name: str                   # arch.tag in rocl_zoo/zoo.py
     method: str                 # pretrain | supervised | finetune
     recipe: str | None = None   # training/recipes.py (pretrain, supervised)
-    start: str | None = None    # finetune: the zoo entry it starts from
+    start: str | None = None    # finetune: the entry it starts from; pretrain: the one it learns from (DeACL's
+                                # teacher, DynACL++'s encoder and pseudo-labels)
     heads: tuple = ()           # pretrain: the linear protocols read out (linear = SLF, robust-linear = ALF)
 
     @property
@@ -44,6 +47,12 @@ class Entry:
 ENTRIES = (
     Entry("cnn4_rocl.fmnist", "pretrain", "fmnist_rocl", heads=("linear", "robust-linear")),
     Entry("cnn4_rocl.fmnist_simclr", "pretrain", "fmnist_simclr", heads=("linear", "robust-linear")),
+    Entry("cnn4_rocl.fmnist_rocl_ip", "pretrain", "fmnist_rocl_ip", heads=("linear", "robust-linear")),
+    Entry("cnn4_rocl.fmnist_deacl", "pretrain", "fmnist_deacl", start="cnn4_rocl.fmnist_simclr",
+          heads=("linear", "robust-linear")),
+    Entry("cnn4_rocl.fmnist_dynacl", "pretrain", "fmnist_dynacl", heads=("linear", "robust-linear")),
+    Entry("cnn4_rocl.fmnist_dynacl_pp", "pretrain", "fmnist_dynacl_pp", start="cnn4_rocl.fmnist_dynacl",
+          heads=("linear", "robust-linear")),
     Entry("cnn4_rocl.fmnist_at", "supervised", "fmnist_at"),
     Entry("cnn4_rocl.fmnist_trades", "supervised", "fmnist_trades"),
     Entry("cnn4_rocl.fmnist_rocl_at", "finetune", start="cnn4_rocl.fmnist"),
@@ -75,6 +84,7 @@ PROTOCOL = (
     Eval("pgd", "clean,pgd20-l2", 10000, eps="1.5", norm="l2"),
 )
 TRANSFER = Eval("transfer", "clean,pgd20", 10000)
+CORRUPTIONS_N = 10000  # every test image under every corruption and severity (2 CPU-s per 1,000 images each)
 TRANSFERS = (  # (target, source): black-box PGD-20 made on the source classifier
     ("cnn4_rocl.fmnist", "cnn4_rocl.fmnist_simclr"), ("cnn4_rocl.fmnist_at", "cnn4_rocl.fmnist_simclr"),
     ("cnn4_rocl.fmnist", "cnn4_rocl.fmnist_at"), ("cnn4_rocl.fmnist_at", "cnn4_rocl.fmnist"),
@@ -183,8 +193,12 @@ def _trainer(recipe: str) -> tuple[str, str]:
     """(the module that trains a recipe, the run's folder its model is exported to)."""
     from training.recipes import get_recipe
 
-    pretrain = get_recipe(recipe).kind in ("rocl", "simclr")
-    return ("training.pretrain", "encoder") if pretrain else ("training.supervised", "model")
+    r = get_recipe(recipe)
+    if r.kind == "dynacl":
+        return "training.dynacl", "encoder"
+    if r.kind in ("rocl", "simclr", "deacl"):
+        return "training.pretrain", "encoder"
+    return "training.supervised", "encoder" if r.pseudo_labels else "model"  # pseudo-labels: an encoder is made
 
 
 def _train(entry: Entry, paths: Paths, scale: Scale) -> Item:
@@ -193,9 +207,17 @@ def _train(entry: Entry, paths: Paths, scale: Scale) -> Item:
     run = paths.runs / entry.recipe
     module, folder = _trainer(entry.recipe)
     recipe = get_recipe(entry.recipe).to_dict()
-    return Item(f"train/{entry.recipe}", _py(module, "--recipe", entry.recipe, "--out", run, "--quiet", *scale.train),
-                [run / folder / "model.safetensors"], spec={"recipe": recipe, "scale": list(scale.train)},
-                partial=[run / "checkpoint.pt"], kind="train",
+    sets, needs, inputs = [], [], []
+    if entry.start:  # what it learns from: its start entry's run (a shipped encoder stands in for a missing one)
+        start = paths.runs / BY_NAME[entry.start].recipe
+        froms = {"teacher": start / "encoder"} if recipe["kind"] == "deacl" else \
+            {"start": start / "encoder", "pseudo_labels": start / "encoder_clean"}
+        sets = [a for k, v in froms.items() for a in ("--set", f"{k}={v}")]
+        needs, inputs = [f"train/{BY_NAME[entry.start].recipe}"], [v / "model.safetensors" for v in froms.values()]
+    return Item(f"train/{entry.recipe}",
+                _py(module, "--recipe", entry.recipe, *sets, "--out", run, "--quiet", *scale.train),
+                [run / folder / "model.safetensors"], needs=needs, inputs=inputs,
+                spec={"recipe": recipe, "scale": list(scale.train)}, partial=[run / "checkpoint.pt"], kind="train",
                 cost={"recipe": entry.recipe, "epochs": recipe["epochs"], "name": entry.name})
 
 
@@ -265,6 +287,23 @@ def _eval(entry: Entry, protocol: str, ev: Eval, paths: Paths, scale: Scale, sou
                 cost={"attacks": ev.attacks.split(","), "n": n, "name": entry.name})
 
 
+def _corruptions(entry: Entry, paths: Paths, scale: Scale) -> Item:
+    """Accuracy on the corrupted test set (`rocl_zoo.evaluate --threat-model corruptions`) of the shipped classifier."""
+    from rocl_zoo import corruptions as C
+
+    protocol, n = entry.protocols[0], scale.images(CORRUPTIONS_N)
+    out = paths.results / relpath(entry.name, protocol, threat_name(C.THREAT, None), "corruptions", n)
+    clf = classifier(entry, protocol, paths)
+    label = [] if protocol == "none" else ["--protocol-label", protocol]
+    return Item(f"eval/{out.relative_to(paths.results).with_suffix('')}",
+                _py("rocl_zoo.evaluate", clf, "--name", entry.name, "--dataset", DATASET, *label, "--threat-model",
+                    C.THREAT, "--n-examples", n, "--batch-size", 1000, "--quiet", "--out", out),
+                [out], needs=[make_item(entry, protocol)], inputs=[clf / "model.safetensors"],
+                spec={"corruptions": {"version": C.VERSION, "seed": C.SEED, "types": list(C.CORRUPTIONS)}, "n": n},
+                partial=[Path(f"{out}.partial")], kind="eval",
+                cost={"attacks": [C.THREAT], "n": n, "name": entry.name})
+
+
 def _release(entry: Entry, evals: list, paths: Paths) -> Item:
     protocol = entry.protocols[0]
     clf = classifier(entry, protocol, paths)
@@ -309,7 +348,7 @@ def items(paths: Paths, scale: str = "full") -> dict[str, Item]:
         shipped = []
         for protocol in entry.protocols:
             evals = [add(_eval(entry, protocol, ev, paths, sc)) for ev in PROTOCOL]
-            shipped = shipped or evals
+            shipped = shipped or evals + [add(_corruptions(entry, paths, sc))]  # its card shows them too
         add(_release(entry, shipped, paths))
     for target, source in TRANSFERS:
         add(_eval(BY_NAME[target], BY_NAME[target].protocols[0], TRANSFER, paths, sc, source=source))
@@ -338,12 +377,14 @@ def entry_items(all_items: dict[str, Item], name: str) -> list[str]:
 
 def markdown() -> str:
     """The matrix as the README shows it: the entries, then the protocol every classifier is measured with."""
-    made = {"pretrain": "pretraining, recipe `{r}`", "supervised": "supervised, recipe `{r}`",
+    made = {"pretrain": "pretraining, recipe `{r}`", "distil": "pretraining, recipe `{r}`, from `{s}`",
+            "supervised": "supervised, recipe `{r}`",
             "finetune": "PGD-AT fine-tuning of `{s}` (`rocl_zoo.finetune`, fmnist_at's budget)"}
     lines = ["| Entry | Made by | Measured as |", "|---|---|---|"]
     for e in ENTRIES:
         heads = ", ".join(f"{p} head" + (" (shipped)" if i == 0 else "") for i, p in enumerate(e.heads))
-        lines.append(f"| `{e.name}` | {made[e.method].format(r=e.recipe, s=e.start)} | {heads or 'as it is'} |")
+        how = made["distil" if e.method == "pretrain" and e.start else e.method]
+        lines.append(f"| `{e.name}` | {how.format(r=e.recipe, s=e.start)} | {heads or 'as it is'} |")
     lines += ["", "Every classifier above, on Fashion-MNIST's test split (n images in a fixed random order, seed 0: "
                   "the same images for every model):"]
     names = {"apgd": "APGD-CE + APGD-DLR (100 iterations each)", "autoattack": "AutoAttack (standard)",
@@ -355,6 +396,8 @@ def markdown() -> str:
                      f"images{checks}")
     pairs = "; ".join(f"`{s}` -> `{t}`" for t, s in TRANSFERS)
     lines.append(f"- `transfer`: black-box PGD-20 on {TRANSFER.n:,} images, made on the source: {pairs}")
+    lines.append(f"- `corruptions` (the shipped classifier): accuracy under 15 common corruptions x 5 severities "
+                 f"(MNIST-C's types, `rocl_zoo.corruptions`) on {CORRUPTIONS_N:,} images, and their mean")
     lines.append("- fine-tuning on digits (`rocl_zoo.finetune --mode at`, 5 epochs of PGD-5): "
                  + ", ".join(f"`{enc}`" for enc, _ in DIGITS))
     return "\n".join(lines) + "\n"

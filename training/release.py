@@ -26,7 +26,7 @@ from rocl_zoo import zoo
 from rocl_zoo.cli import run
 from rocl_zoo.errors import ConfigError
 from rocl_zoo.results import Result, folder_name, read
-from rocl_zoo.threat import default_eps
+from rocl_zoo.threat import CORRUPTIONS, default_eps
 from rocl_zoo.utils import sha256_file, write_json
 
 CHECK_EXAMPLES, CHECK_SEED = 500, 0
@@ -89,6 +89,9 @@ def release(name: str, classifier, results: list[Path] = (), weights_dir: Path |
         if metrics["autoattack_acc"] is None:
             best_autoattack(metrics, first, others)
         eps, norm = first.eps, first.threat_model.lower()
+        for shipped, other in others:  # the corruptions threat model: its mean beside the headline numbers
+            if other.threat_model == CORRUPTIONS:
+                metrics.update(corruptions_acc=other.data.get("corruptions_acc"), corruptions_results=shipped)
     metrics["check"] = quick_check(load(out), entry.dataset, eps, norm)
     record = {"sha256": sha256_file(out / entry.filename), "metrics": metrics}
     registry_path = Path(weights_dir) / zoo.REGISTRY_NAME

@@ -73,8 +73,12 @@ class Matrix:
 
     def resolve(self, item: Item) -> tuple[list, list]:
         """(argv, inputs) with each absent run folder replaced by the shipped entry that stands in for it."""
-        argv = [a if not (name := self.stand_in(Path(a))) else
-                str(self.paths.weights / name) if item.kind == "release" else name for a in item.argv]
+        def swap(arg: str) -> str:  # a folder, or a `field=folder` setting
+            key, eq, value = arg.rpartition("=") if "=" in arg and not arg.startswith("-") else ("", "", arg)
+            name = self.stand_in(Path(value))
+            return arg if not name else key + eq + (str(self.paths.weights / name) if item.kind == "release" else name)
+
+        argv = [swap(a) for a in item.argv]
         inputs = [self.paths.weights / name / p.name if (name := self.stand_in(Path(p).parent)) else Path(p)
                   for p in item.inputs]
         return argv, inputs
@@ -379,7 +383,7 @@ def cost_markdown(results_root: Path = ROOT / "results", arch: str = "cnn4_rocl"
 
     measured = measured_rates(results_root)
     rates, counts = measured["attack"], measured["attack_files"]
-    pieces = dict.fromkeys(a for ev in (*PROTOCOL, TRANSFER) for a in ev.attacks.split(","))
+    pieces = dict.fromkeys([*(a for ev in (*PROTOCOL, TRANSFER) for a in ev.attacks.split(",")), "corruptions"])
     lines = ["| Attack | CPU time per 1,000 images | Measured in |", "|---|---:|---:|"]
     for attack in [*pieces, "sanity"]:
         per = rates.get((arch, attack))
