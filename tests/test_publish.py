@@ -107,7 +107,7 @@ def _extra_results(folder):
 @pytest.mark.parametrize("damage, error, match", [
     (_broken, IntegrityError, "incomplete: README.md missing"),
     (_tampered, IntegrityError, "sha256"),
-    (_wrong_config, IntegrityError, "do not fit"),
+    (_wrong_config, IntegrityError, "field 'pretrained_cfg.num_classes' is 10 but num_classes is 3"),
     (_extra_results, IntegrityError, "does not record"),
 ])
 def test_incomplete_or_broken_folders_are_refused(exported, tmp_path, api, damage, error, match):
