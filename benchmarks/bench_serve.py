@@ -190,5 +190,6 @@ def main(argv=None) -> int:
     args.out.write_text("\n".join(lines) + "\n")
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())
