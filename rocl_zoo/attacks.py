@@ -469,15 +469,14 @@ def feature_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor, eps:
     if delta_init is None:
         noise = torch.rand(x.shape, generator=generator, device=generator.device if generator else x.device)
         delta_init = (2 * noise.to(x) - 1) * eps
-    x_adv = (x + delta_init.to(x).clamp(-eps, eps)).clamp(0, 1)
+    x_adv = project(x + delta_init.to(x), x, eps)
     with attack_mode(model, eval_mode):
         for _ in range(steps):
             x_adv.requires_grad_(True)
             loss = -F.cosine_similarity(model(x_adv).float(), target, dim=1).sum()
             (grad,) = torch.autograd.grad(loss, x_adv)
             with torch.no_grad():
-                x_adv = x_adv.detach() + alpha * grad.sign()
-                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+                x_adv = project(x_adv.detach() + alpha * grad.sign(), x, eps)
     return x_adv.detach()
 
 
@@ -497,13 +496,12 @@ def pair_attack(embed: Callable, x1: torch.Tensor, x2: torch.Tensor, eps: float,
     x = torch.cat([x1, x2]).detach()
     if noise is None:
         noise = torch.rand(x.shape, generator=generator, device=generator.device if generator else x.device)
-    x_adv = (x + (2 * noise.to(x) - 1) * eps).clamp(0, 1)
+    x_adv = project(x + (2 * noise.to(x) - 1) * eps, x, eps)
     n = len(x1)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         z1, z2 = embed(x_adv[:n], x_adv[n:])
         (grad,) = torch.autograd.grad(nt_xent(z1.float(), z2.float(), temperature), x_adv)
         with torch.no_grad():
-            x_adv = x_adv.detach() + alpha * grad.sign()
-            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+            x_adv = project(x_adv.detach() + alpha * grad.sign(), x, eps)
     return x_adv[:n].detach(), x_adv[n:].detach()
