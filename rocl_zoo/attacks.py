@@ -3,12 +3,14 @@ model in the train/eval mode it found it in.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
+from .losses import contrastive_rows, nt_xent
 from .threat import NORMS, madry_step
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -50,8 +52,6 @@ class attack_mode:
 
 
 def _check_norm_eps(eps: float, norm: str) -> None:
-    from .errors import ConfigError
-
     if norm not in NORMS:
         raise ConfigError(f"norm must be one of {NORMS}, got {norm!r}.")
     if not (isinstance(eps, (int, float)) and eps >= 0 and eps == eps and eps != float("inf")):
@@ -59,8 +59,6 @@ def _check_norm_eps(eps: float, norm: str) -> None:
 
 
 def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
-    from .errors import ConfigError
-
     if x.dim() < 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
         raise ConfigError(f"expected images (B, ...) and labels (B,), got {tuple(x.shape)} and {tuple(y.shape)}.")
     if x.numel() and (x.min() < 0 or x.max() > 1):
@@ -74,8 +72,6 @@ def per_example_loss(logits: torch.Tensor, y: torch.Tensor, loss: str = "ce", ta
     margin: Carlini-Wagner margin, max_{j != y} z_j - z_y (targeted: z_t - max_{j != t} z_j); positive means
     misclassified (targeted: classified as the target).
     """
-    from .errors import ConfigError
-
     if loss == "ce":
         value = F.cross_entropy(logits, y, reduction="none")
         return -value if targeted else value
@@ -180,8 +176,6 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
     loss: "ce" (cross-entropy) or "margin" (Carlini-Wagner). targeted: y holds target classes and the attack
     pulls towards them. generator: draws the random starts (default: the global RNG).
     """
-    from .errors import ConfigError
-
     _check_norm_eps(eps, norm)
     _check_inputs(x, y)
     if steps < 0 or restarts < 1:
@@ -263,16 +257,6 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return (predict_labels(model, x, batch_size) == y.to(x.device)).float().mean().item() if len(y) else float("nan")
 
 
-class TransferResult(NamedTuple):
-    x_adv: torch.Tensor            # examples made on the source model
-    source_correct: torch.Tensor   # bool per example: the source still classifies them correctly
-    target_correct: torch.Tensor   # bool per example: the target still classifies them correctly
-
-    @property
-    def target_acc(self) -> float:
-        return self.target_correct.float().mean().item()
-
-
 def trades_attack(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, steps: int = 10, norm: str = "linf",
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """TRADES's inner maximisation (Zhang et al. 2019): PGD on KL(p(x) || p(x_adv)) from x + 0.001 N(0, 1).
@@ -295,25 +279,6 @@ def trades_attack(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, s
             step = grad.sign() if norm == "linf" else grad / _flat_norm(grad).clamp_min(1e-12)
             x_adv = project(x_adv.detach() + alpha * step, x, eps, norm)
     return x_adv.detach()
-
-
-def transfer_attack(source_model: nn.Module, target_model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                    attack: str | Callable = "pgd", **attack_kwargs) -> TransferResult:
-    """Black-box transfer: make adversarial examples on `source_model`, score them on `target_model`.
-
-    attack: "pgd", "fgsm" or a callable `attack(model, x, y, **attack_kwargs) -> x_adv`; attack_kwargs (eps,
-    steps, norm, ...) go to it. The target is only queried for predictions, never differentiated.
-    """
-    from .errors import ConfigError
-
-    attacks = {"pgd": pgd, "fgsm": fgsm}
-    if isinstance(attack, str):
-        if attack not in attacks:
-            raise ConfigError(f"transfer attack must be one of {sorted(attacks)} or a callable, got {attack!r}.")
-        attack = attacks[attack]
-    x_adv = attack(source_model, x, y, **attack_kwargs)
-    y = y.to(x_adv.device)
-    return TransferResult(x_adv, predict_labels(source_model, x_adv) == y, predict_labels(target_model, x_adv) == y)
 
 
 def _import_autoattack():
@@ -343,8 +308,6 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
     (the package's own default for custom runs is 5; standard AutoAttack's APGD-CE has 1). Models with fewer than
     10 classes get as many target classes as they have (the reference code assumes 10 or more).
     """
-    from .errors import ConfigError
-
     _check_norm_eps(eps, norm)
     _check_inputs(x, y)
     if version not in ("standard", "plus", "rand", "custom"):
@@ -408,9 +371,6 @@ def instance_attack(model: nn.Module, x: torch.Tensor, x_target: torch.Tensor, e
     local rows): with `torch.distributed` it makes the negatives come from every rank. Needs
     detach_other_side=True. Returns the adversarial images, detached.
     """
-    from .errors import ConfigError
-    from .losses import contrastive_rows, nt_xent
-
     _check_norm_eps(eps, "linf")
     if x.shape != x_target.shape:
         raise ConfigError(f"x and x_target differ in shape: {tuple(x.shape)} vs {tuple(x_target.shape)}.")
@@ -447,6 +407,8 @@ def instance_attack(model: nn.Module, x: torch.Tensor, x_target: torch.Tensor, e
             (grad,) = torch.autograd.grad(loss, x_adv)
             with torch.no_grad():
                 x_adv = x_adv.detach() + alpha * grad.sign()
+                # min/max rather than project(): the same set, but the shipped RoCL runs were made with this
+                # arithmetic, and a rounding change would stop them reproducing bit for bit
                 x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
     return x_adv.detach()
 
@@ -462,14 +424,9 @@ def feature_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor, eps:
     first step; the difference is one step's worth of the budget at the image's edges). The model runs in eval
     mode unless eval_mode=False; its mode is restored. Returns the adversarial images, detached.
     """
-    import torch.nn.functional as F
-
     _check_norm_eps(eps, "linf")
     x, target = x.detach(), target.detach().float()
-    if delta_init is None:
-        noise = torch.rand(x.shape, generator=generator, device=generator.device if generator else x.device)
-        delta_init = (2 * noise.to(x) - 1) * eps
-    x_adv = project(x + delta_init.to(x), x, eps)
+    x_adv = random_init(x, eps, "linf", generator) if delta_init is None else project(x + delta_init.to(x), x, eps)
     with attack_mode(model, eval_mode):
         for _ in range(steps):
             x_adv.requires_grad_(True)
@@ -490,8 +447,6 @@ def pair_attack(embed: Callable, x1: torch.Tensor, x2: torch.Tensor, eps: float,
     noise: uniform [0, 1) draws shaped like cat([x1, x2]) for the start (drawn for a whole global batch).
     Returns (x1_adv, x2_adv), detached, within eps of the views and in [0, 1].
     """
-    from .losses import nt_xent
-
     _check_norm_eps(eps, "linf")
     x = torch.cat([x1, x2]).detach()
     if noise is None:

@@ -20,6 +20,11 @@ class IntegrityError(RoclZooError):
     """A weights or config file that is missing, truncated, corrupt or fails its checksum."""
 
 
+class ExportError(IntegrityError):
+    """An export that failed its own verification (ONNX Runtime against PyTorch, the reloaded folder); nothing was
+    written."""
+
+
 class DataError(RoclZooError):
     """A dataset that cannot be found, read or used."""
 

@@ -22,6 +22,7 @@ from .zoo import ZooEntry, get_entry
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
+ONNX_NAME = "model.onnx"  # written by rocl_zoo.export --onnx, run by rocl_zoo.onnx
 HF_PREFIX = "hf-hub:"
 
 
@@ -88,19 +89,26 @@ def build_config(model: nn.Module, *, weights_sha256: str, weights_size: int, da
     return config
 
 
-def default_card(config: dict) -> str:
-    """A short model card; `rocl_zoo.export` writes the full one with the measured results."""
-    rz = config["rocl_zoo"]
-    return (f"---\nlibrary_name: timm\nlicense: mit\ntags:\n- image-classification\n- adversarial-robustness\n"
-            f"- rocl-zoo\n---\n# {config['architecture']}\n\nTrained with rocl-zoo recipe `{rz.get('recipe')}` on "
-            f"`{rz.get('dataset')}`. Inputs are images in [0, 1], shape {config['pretrained_cfg']['input_size']}; "
-            f"the model normalises inside.\n\n```python\nimport rocl_zoo\nmodel = rocl_zoo.load('PATH_OR_REPO')\n```\n")
+def load_encoder(source, device="cpu") -> nn.Module:
+    """`load(source)` without its classifier head (pooled features out), in eval mode: an encoder to read out,
+    distil from or cluster with."""
+    model = load(source, device=device)
+    model.reset_classifier(0)
+    return model.eval()
+
+
+def model_dataset(model: nn.Module) -> str | None:
+    """The dataset a loaded model records it was trained on (its config's rocl_zoo block), if any."""
+    return ((getattr(model, "pretrained_cfg", None) or {}).get("rocl_zoo") or {}).get("dataset")
 
 
 def save_pretrained(model: nn.Module, folder, *, dataset: str | None = None, recipe: str | None = None,
                     metrics: dict | None = None, label_names=None, extra: dict | None = None,
-                    card: str | None = None) -> Path:
+                    card: str | None = None, results=(), description: str | None = None) -> Path:
     """Write `model` as a Hub folder: model.safetensors, config.json (with checksums), README.md.
+
+    The model card is `rocl_zoo.model_card.build_card`'s, from the config, `results` ([(file name, results dict)])
+    and `description` (its opening paragraph), unless `card` gives the text.
 
     Everything is built in memory first and each file is replaced atomically, so a failure leaves the previous
     folder as it was; a crash between two files leaves weights that fail their checksum, never a silent mismatch.
@@ -116,7 +124,10 @@ def save_pretrained(model: nn.Module, folder, *, dataset: str | None = None, rec
     data = save(state, metadata={"format": "pt"})
     config = build_config(model, weights_sha256=hashlib.sha256(data).hexdigest(), weights_size=len(data),
                           dataset=dataset, recipe=recipe, metrics=metrics, label_names=label_names, extra=extra)
-    card = card if card is not None else default_card(config)
+    if card is None:
+        from .model_card import build_card  # here, not above: the card writer reads this module's names
+
+        card = build_card(config, list(results), model_name=config["architecture"], description=description)
     with atomic_write(folder / WEIGHTS_NAME) as f:
         f.write(data)
     write_json(folder / CONFIG_NAME, config)
@@ -201,9 +212,9 @@ def _resolve(source) -> tuple[dict, Path, dict, ZooEntry | None]:
         entry = get_entry(value)
         if not entry.published:
             raise WeightsUnavailableError(
-                f"{entry.name} has no published weights yet. Train them with the recipe `{entry.recipe}` "
-                f"(python -m training.pretrain --recipe {entry.recipe}, see README) and load the run's folder, "
-                f"or create the architecture untrained with rocl_zoo.create_model({entry.architecture!r}).")
+                f"{entry.name} has no published weights yet. Make them with `{entry.command}`"
+                + (f" (recipe `{entry.recipe}`)" if entry.recipe else "") + " and load its folder (see README), or "
+                f"create the architecture untrained with rocl_zoo.create_model({entry.architecture!r}).")
         if (entry.embedded_dir / CONFIG_NAME).is_file():
             folder = entry.embedded_dir
             config_path, weights = folder / CONFIG_NAME, folder / entry.filename

@@ -9,6 +9,7 @@ from PIL import Image
 from torch import nn
 
 from .errors import ConfigError, DataError, InputMismatchWarning
+from .hub import model_dataset
 
 MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding
 DARK_BACKGROUND = ("fashion_mnist", "digits")  # datasets of light objects on black
@@ -133,7 +134,7 @@ def prepare_images(images, model: nn.Module) -> torch.Tensor:
     images = list(images)
     if not images:
         raise DataError("no images given.")
-    dataset = ((getattr(model, "pretrained_cfg", None) or {}).get("rocl_zoo") or {}).get("dataset")
+    dataset = model_dataset(model)
     batch, notes = [], []
     for i, im in enumerate(images):
         t = _to_chw(im)

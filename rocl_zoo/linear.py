@@ -20,7 +20,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import steps as S
 from .errors import ConfigError, DataError
+from .loop import batch_indices, multistep_lr, train_loop
+from .precision import autocast
+from .precision import resolve as resolve_precision
 from .threat import alf_step
 
 MILESTONE_FRACTIONS = (30 / 150, 50 / 150, 100 / 150)
@@ -93,11 +97,6 @@ def train_linear_head(encoder: nn.Module, train_set, *, num_classes: int | None 
     attack's precision (auto | bf16 | off; default off, an evaluation's fp32). The encoder passed in is not
     modified.
     """
-    from . import steps as S
-    from .loop import batch_indices, multistep_lr, train_loop
-    from .precision import autocast
-    from .precision import resolve as resolve_precision
-
     check_encoder(encoder)
     alpha = alf_step(eps) if alpha is None else alpha
     if epochs < 1 or lr <= 0 or batch_size < 1:

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, DataError, IntegrityError, ModelNotFoundError
-from .hub import read_config
+from .hub import ONNX_NAME, read_config
 
-ONNX_NAME = "model.onnx"
 CONFIG_NAME = "config.json"
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"

@@ -15,6 +15,7 @@ them all with their accuracies (`python -m rocl_zoo.results results/` rewrites i
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from .errors import ConfigError, DataError
 from .threat import CORRUPTIONS, THREAT_MODELS, eps_str
+from .utils import write_json
 
 SCHEMA = "rocl_zoo.eval/2"
 INDEX_NAME = "index.json"
@@ -165,6 +167,16 @@ def read(path) -> Result:
     return Result(data, path)
 
 
+def read_results(paths) -> list[tuple[str, dict]]:
+    """[(name in a model folder, results dict in the current schema)] for results files; refuses unreadable ones and
+    two files that would take the same name."""
+    out = [(folder_name(p), read(p).data) for p in paths]
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"results files with the same name {names}; rename them (results_<threat>.json).")
+    return out
+
+
 def is_results_file(path: Path) -> bool:
     try:
         data = json.loads(Path(path).read_text())
@@ -206,13 +218,67 @@ def most_examples(*numbers: Accuracy | None) -> Accuracy | None:
 def file_result(path, root, suite: str, own_dataset: str | None = None) -> Path:
     """Copy a results file (e.g. rocl_zoo.finetune's results.json) to its place under `root`, in the current
     schema; returns where it went."""
-    from .utils import write_json
-
     r = read(path)
     dest = Path(root) / r.relpath(suite, own_dataset)
     dest.parent.mkdir(parents=True, exist_ok=True)
     write_json(dest, r.data)
     return dest
+
+
+_ORDER = {"clean": 0, "fgsm": 1, "pgd": 2, "autoattack": 4, "corruptions": 5}
+
+
+def _column_key(cfg: dict):
+    transfer = "transfer_from" in cfg
+    return (transfer, _ORDER.get(cfg["attack"], 3), cfg.get("norm", "linf") != "linf", cfg.get("steps", 0),
+            cfg["name"])
+
+
+def _cell(a: Accuracy, n: int) -> str:
+    """68.00 [64.3, 71.5]: the accuracy and its 95 % Wilson interval; (n=...) when measured on fewer images."""
+    lo, hi = a.interval()
+    return f"{a.pct:.2f} <sub>[{lo:.1f}, {hi:.1f}]</sub>" + (f" (n={a.n})" if a.n != n else "")
+
+
+def render_table(results: list[Result]) -> str:
+    """A markdown table of results files (`read_all`): one row per file, one column per attack."""
+    if not results:
+        return "_No results files._\n"
+
+    def column(name: str, cfg: dict) -> str:  # a transfer attack from another source is another column
+        return f"{name} from {cfg['transfer_from']}" if cfg.get("transfer_from") else name
+
+    by_column = [{column(name, a["config"]): a for name, a in r.attacks.items()
+                  if a["config"].get("attack") != "corruption"} for r in results]  # one corruption: its mean only
+    columns = {n: a["config"] for row in by_column for n, a in row.items()}
+    names = sorted(columns, key=lambda n: _column_key(columns[n]))
+    label = {n: ("Clean" if columns[n]["attack"] == "clean" else "AutoAttack" if n in ("autoattack", "aa") else
+                 n.upper() if n in ("fgsm", "cw") else "Corruptions (mean)" if n == "corruptions" else n)
+             for n in names}
+    head = ["Model", "Dataset", "Protocol", "Threat model"] + [label[n] for n in names] + ["n", "Sanity"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(names) + 1) + [":---:"]) + "|"]
+    # models on their own data first, transfer (fine-tuning) results after
+    order = sorted(range(len(results)), key=lambda i: (
+        results[i].protocol.startswith("finetune"), str(results[i].dataset), str(results[i].model),
+        results[i].protocol, results[i].threat_model or "", results[i].eps or 0, -results[i].n))
+    for i in order:
+        r = results[i]
+        cells = [f"`{r.model}`", str(r.dataset or "–"), r.protocol, r.threat]
+        for n in names:
+            a = by_column[i].get(n)
+            cells.append("–" if a is None else _cell(Accuracy(a["acc"], a.get("n_examples", r.n)), r.n))
+        cells.append(str(r.data.get("n_examples", "–")))
+        s = r.data.get("sanity")
+        cells.append("–" if not s else "ok" if s.get("passed") else "⚠ " + ", ".join(s.get("flags", [])))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nAccuracy in % (higher is more robust) on `n` test examples, in brackets its 95 % " \
+                              "Wilson interval. Columns name the " \
+                              "attack (`pgd20-l2` = PGD-20 in l2; `transfer-* from M` = black-box, made on M; " \
+                              "`Corruptions (mean)` = the mean accuracy over 15 common corruptions x 5 severities). " \
+                              "Protocol " \
+                              "`none`: a classifier as it is; `linear` / `robust-linear`: a linear head on the " \
+                              "frozen encoder (SLF / ALF), trained by that run or before it; `finetune-*`: " \
+                              "`rocl_zoo.finetune` on that dataset.\n"
 
 
 def build_index(root) -> dict:
@@ -222,16 +288,12 @@ def build_index(root) -> dict:
 
 
 def write_index(root) -> Path:
-    from .utils import write_json
-
     path = Path(root) / INDEX_NAME
     write_json(path, build_index(root))
     return path
 
 
 def main(argv=None) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m rocl_zoo.results", description="Rewrite (or --check) the index "
                                 "of a results folder: every results file with what it measured.")
     p.add_argument("root", nargs="?", default="results", help="the results folder (default results/)")

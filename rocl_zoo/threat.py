@@ -1,5 +1,5 @@
 """The threat model, in one place: norms, budgets (parsing, printing, checking, defaults) and the PGD step rules;
-the common-corruptions threat model (no norm, no budget) is named here and lives in rocl_zoo.corruptions.
+the common-corruptions threat model (no norm, no budget) is named here and lives in rocl_zoo.corruptions (the types) and rocl_zoo.corruption_eval.
 
 Budgets are in pixel units of [0, 1] images (models normalise inside), so 8/255 is CIFAR's usual l-inf budget
 and 0.1 Fashion-MNIST's (Croce et al. 2019; the zoo evaluates its Fashion-MNIST models at 0.1).
@@ -23,6 +23,13 @@ ALF_STEP_RATIO = 0.007 / (8 / 255)
 def default_eps(dataset: str | None, norm: str = "linf") -> float:
     """The budget a dataset is usually evaluated at: l-inf 0.1 on Fashion-MNIST and digits, else 8/255; l2 0.5."""
     return DATASET_DEFAULT_EPS.get((dataset, norm), DEFAULT_EPS[norm])
+
+
+def norm_of(record: dict) -> str:
+    """The norm a results file or attack config names ("norm", else RobustBench's "threat_model"): linf, l2 or
+    corruptions; linf when it names none."""
+    norm = str(record.get("norm") or record.get("threat_model") or "linf").lower()
+    return {"l_inf": "linf"}.get(norm, norm)
 
 
 def parse_eps(text) -> float:

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def blocks() -> dict[str, str]:
-    from rocl_zoo.evaluate import render_table
+    from rocl_zoo.results import render_table
     from rocl_zoo.results import read_all
     from rocl_zoo.zoo import zoo_table_markdown
 

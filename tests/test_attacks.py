@@ -124,17 +124,18 @@ def test_pgd_breaks_a_plain_model_and_targeted_hits_target():
     assert (hit == target).float().mean() >= 0.9
 
 
-def test_transfer_attack_self_equals_white_box():
+def test_transfer_from_the_model_itself_equals_white_box():
+    """Black-box transfer (examples made on a source, scored on the target) is the suite's `source_model`."""
+    from rocl_zoo.attack_suite import correct_under, parse_attack
+
     model, x = linear_model(k=4), interior_batch(n=32)
     y = attacks.predict_labels(model, x)
-    torch.manual_seed(3)
-    res = attacks.transfer_attack(model, model, x, y, attack="pgd", eps=0.02, steps=10)
-    assert torch.equal(res.source_correct, res.target_correct)
+    cfg = parse_attack("pgd10@0.02", 0.02, "linf")
+    white = correct_under(model, x, y, cfg, batch_size=16)
+    assert torch.equal(correct_under(model, x, y, cfg, batch_size=16, source_model=model), white)
     other = linear_model(k=4, seed=5)
-    res2 = attacks.transfer_attack(model, other, x, y, attack="fgsm", eps=0.02)
-    assert res2.x_adv.shape == x.shape and res2.target_correct.dtype == torch.bool
-    with pytest.raises(ConfigError, match="transfer attack"):
-        attacks.transfer_attack(model, model, x, y, attack="nope")
+    transferred = correct_under(other, x, y, parse_attack("fgsm", 0.02, "linf"), source_model=model)
+    assert transferred.shape == (32,) and transferred.dtype == torch.bool
 
 
 @pytest.mark.parametrize("k", [10, 3])

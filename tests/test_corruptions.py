@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from rocl_zoo import corruption_eval as CE
 from rocl_zoo import corruptions as C
 from rocl_zoo import data as D
 from rocl_zoo import results as R
@@ -46,7 +47,7 @@ def test_the_set_is_seeded_per_image_and_its_bytes_are_fixed(test_split):
 @needs_fmnist
 def test_every_type_and_severity_changes_every_image_and_stays_an_image(test_split):
     images, labels = test_split.images[:8], test_split.labels[:8]
-    cset = C.CorruptedSet(images, labels)
+    cset = CE.CorruptedSet(images, labels)
     assert len(C.CORRUPTIONS) >= 10 and C.SEVERITIES == (1, 2, 3, 4, 5)
     for c in C.CORRUPTIONS:
         arr = cset.images(c)
@@ -77,35 +78,35 @@ def test_bad_names_severities_and_images_are_refused():
     with pytest.raises(C.DataError, match="28x28"):
         C.corrupt(np.zeros((2, 32, 32), np.uint8), "fog", 1)
     with pytest.raises(C.DataError, match="grey"):
-        C.CorruptedSet(torch.zeros(2, 3, 28, 28, dtype=torch.uint8), torch.zeros(2))
-    assert C.parse_names("fog,shear") == ["shear", "fog"] and C.parse_names("all") == list(C.CORRUPTIONS)
+        CE.CorruptedSet(torch.zeros(2, 3, 28, 28, dtype=torch.uint8), torch.zeros(2))
+    assert CE.parse_names("fog,shear") == ["shear", "fog"] and CE.parse_names("all") == list(C.CORRUPTIONS)
     with pytest.raises(C.ConfigError, match="known"):
-        C.parse_names("fog,frost")
+        CE.parse_names("fog,frost")
 
 
 def test_the_cache_is_checked_and_a_corrupt_file_regenerated(tmp_path):
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 1, 28, 28), dtype=np.uint8))
     labels = torch.arange(6)
-    first = C.CorruptedSet(images, labels, folder=tmp_path).images("stripe")
+    first = CE.CorruptedSet(images, labels, folder=tmp_path).images("stripe")
     data, meta = tmp_path / "stripe.npy", tmp_path / "stripe.json"
-    assert json.loads(meta.read_text())["sha256"] == C.digest(first[:, :, 0])
-    cached = C.CorruptedSet(images, labels, folder=tmp_path)
+    assert json.loads(meta.read_text())["sha256"] == CE.digest(first[:, :, 0])
+    cached = CE.CorruptedSet(images, labels, folder=tmp_path)
     assert (cached.images("stripe") == first).all() and cached.generated == []  # read back, not made again
     raw = bytearray(data.read_bytes())
     raw[-1] ^= 0xFF  # one pixel
     data.write_bytes(bytes(raw))
-    again = C.CorruptedSet(images, labels, folder=tmp_path)
+    again = CE.CorruptedSet(images, labels, folder=tmp_path)
     with pytest.warns(UserWarning, match="sha256"):
         assert (again.images("stripe") == first).all()
     assert again.generated == ["stripe"]
-    assert C.CorruptedSet(images, labels, folder=tmp_path)._cached("stripe") is not None  # written anew
+    assert CE.CorruptedSet(images, labels, folder=tmp_path)._cached("stripe") is not None  # written anew
     data.write_bytes(data.read_bytes()[:100])  # truncated
     with pytest.warns(UserWarning, match="unreadable"):
-        assert (C.CorruptedSet(images, labels, folder=tmp_path).images("stripe") == first).all()
+        assert (CE.CorruptedSet(images, labels, folder=tmp_path).images("stripe") == first).all()
     # a subset reads the whole set's cache; other images never do (the cache records what it was made from)
-    sub = C.CorruptedSet(images, labels, folder=tmp_path, select=[1, 4])
+    sub = CE.CorruptedSet(images, labels, folder=tmp_path, select=[1, 4])
     assert (sub.images("stripe") == first[:, [1, 4]]).all() and sub.generated == []
-    other = C.CorruptedSet(255 - images, labels, folder=tmp_path)
+    other = CE.CorruptedSet(255 - images, labels, folder=tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert other._cached("stripe") is None
@@ -152,8 +153,8 @@ def test_evaluate_cli_refuses_what_belongs_to_lp_threats(capsys):
 def test_table_summary_and_card_read_the_corruptions_file(cli_result):
     import sys
 
-    from rocl_zoo.evaluate import render_table
-    from rocl_zoo.export import build_card, result_metrics
+    from rocl_zoo.results import render_table
+    from rocl_zoo.model_card import build_card, result_metrics
 
     r = cli_result
     table = render_table([r])

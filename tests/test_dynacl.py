@@ -136,7 +136,7 @@ def test_kmeans_finds_well_separated_clusters_and_the_labels_are_kept_for_a_resu
     groups = [set(labels[i * 20:(i + 1) * 20].tolist()) for i in range(3)]
     assert all(len(s) == 1 for s in groups) and len(set.union(*groups)) == 3  # one cluster per blob
     ds = ImageTensorDataset(torch.zeros(60, 1, 4, 4, dtype=torch.uint8), torch.arange(60) % 3, ["a", "b", "c"])
-    monkeypatch.setattr(pseudo, "_encoder", lambda source: nn.Flatten())
+    monkeypatch.setattr(pseudo, "load_encoder", lambda source: nn.Flatten())
     monkeypatch.setattr(pseudo, "features", lambda encoder, images: feats)
     first = pseudo.relabel(ds, "enc", tmp_path, seed=0)
     assert torch.equal(first.labels, labels) and first.classes == ["cluster 0", "cluster 1", "cluster 2"]

@@ -1,10 +1,12 @@
-"""Evaluation: attack specs, gradient-masking checks, linear probes, the CLI, results files and tables."""
+"""Evaluation: attack specs (attack_suite), masking checks (sanity), linear probes, the CLI, results files, tables."""
 import json
 
 import pytest
 import torch
 from torch import nn
 
+from rocl_zoo import attack_suite as suite
+from rocl_zoo import attacks, results, sanity, threat
 from rocl_zoo import evaluate as E
 from rocl_zoo.errors import ConfigError
 from rocl_zoo.results import SCHEMA, Result
@@ -13,16 +15,16 @@ from rocl_zoo.results import SCHEMA, Result
 # ------------------------------------------------------------------------------------------ attack specs
 
 def test_parse_eps_and_attack_specs():
-    assert E.parse_eps("8/255") == pytest.approx(8 / 255) and E.parse_eps("0.5") == 0.5
-    assert E.eps_str(8 / 255) == "8/255" and E.eps_str(0.1) == "0.1"
-    c = E.parse_attack("pgd20", 8 / 255, "linf")
+    assert threat.parse_eps("8/255") == pytest.approx(8 / 255) and threat.parse_eps("0.5") == 0.5
+    assert threat.eps_str(8 / 255) == "8/255" and threat.eps_str(0.1) == "0.1"
+    c = suite.parse_attack("pgd20", 8 / 255, "linf")
     assert (c["attack"], c["steps"], c["norm"], c["loss"], c["restarts"]) == ("pgd", 20, "linf", "ce", 1)
     assert c["alpha"] == pytest.approx(8 / 255 / 10)  # the protocol: PGD-20 at step eps/10
-    c = E.parse_attack("pgd20-l2", 8 / 255, "linf")  # an unseen norm gets that norm's usual budget
+    c = suite.parse_attack("pgd20-l2", 8 / 255, "linf")  # an unseen norm gets that norm's usual budget
     assert (c["norm"], c["eps"], c["threat_model"]) == ("l2", 0.5, "L2")
-    assert E.parse_attack("pgd50-cwx3@0.2", 0.1, "linf")["restarts"] == 3
-    assert E.parse_attack("cw", 0.1, "linf")["loss"] == "margin"
-    assert E.parse_attack("autoattack", 0.1, "l2")["norm"] == "l2"
+    assert suite.parse_attack("pgd50-cwx3@0.2", 0.1, "linf")["restarts"] == 3
+    assert suite.parse_attack("cw", 0.1, "linf")["loss"] == "margin"
+    assert suite.parse_attack("autoattack", 0.1, "l2")["norm"] == "l2"
 
 
 @pytest.mark.parametrize("spec,eps,match", [("pgd", 0.1, "unknown attack"), ("bim10", 0.1, "unknown attack"),
@@ -31,7 +33,7 @@ def test_parse_eps_and_attack_specs():
                                             ("pgd20", 8.0, "8/255"), ("pgd20", -0.1, "eps")])
 def test_bad_specs_and_eps(spec, eps, match):
     with pytest.raises(ConfigError, match=match):
-        E.parse_attack(spec, eps, "linf")
+        suite.parse_attack(spec, eps, "linf")
 
 
 # ------------------------------------------------------------------------------- gradient-masking checks
@@ -64,8 +66,8 @@ def teacher_data(n=96, d=64, k=10, seed=0):
 def test_sanity_checks_fire_on_a_gradient_masked_model():
     plain, x, y = teacher_data()
     masked = Quantised(plain)
-    assert E.A.accuracy(masked, x, y) == 1.0
-    out = E.run_sanity_checks(masked, x, y, eps=0.05, norm="linf", num_classes=10, source_model=plain,
+    assert attacks.accuracy(masked, x, y) == 1.0
+    out = sanity.run_sanity_checks(masked, x, y, eps=0.05, norm="linf", num_classes=10, source_model=plain,
                               source_name="plain")
     assert not out["passed"]
     assert {"large_eps_chance", "black_box_not_stronger"} <= set(out["flags"]), out
@@ -75,19 +77,19 @@ def test_sanity_checks_fire_on_a_gradient_masked_model():
 
 def test_sanity_checks_stay_quiet_on_a_plain_model():
     plain, x, y = teacher_data()
-    out = E.run_sanity_checks(plain, x, y, eps=0.05, norm="linf", num_classes=10, source_model=plain,
+    out = sanity.run_sanity_checks(plain, x, y, eps=0.05, norm="linf", num_classes=10, source_model=plain,
                               source_name="plain")
     assert out["passed"], out
-    out = E.run_sanity_checks(plain, x, y, eps=1.0, norm="l2", num_classes=10)
+    out = sanity.run_sanity_checks(plain, x, y, eps=1.0, norm="l2", num_classes=10)
     assert out["passed"], out
     assert {c["name"]: c["ok"] for c in out["checks"]}["black_box_not_stronger"] is None  # skipped, not failed
 
 
 def test_autoattack_and_eps_checks_fire():
-    assert E.check_autoattack(pgd_acc=0.40, aa_acc=0.45, n=1000)["ok"] is False  # AA weaker than PGD: a bug
-    assert E.check_autoattack(pgd_acc=0.60, aa_acc=0.20, n=1000)["ok"] is False  # PGD far above AA: masking
-    assert E.check_autoattack(pgd_acc=0.42, aa_acc=0.40, n=1000)["ok"] is True
-    assert E.check_black_box(0.3, 0.1, n=1000)["ok"] is False
+    assert sanity.check_autoattack(pgd_acc=0.40, aa_acc=0.45, n=1000)["ok"] is False  # AA weaker than PGD: a bug
+    assert sanity.check_autoattack(pgd_acc=0.60, aa_acc=0.20, n=1000)["ok"] is False  # PGD far above AA: masking
+    assert sanity.check_autoattack(pgd_acc=0.42, aa_acc=0.40, n=1000)["ok"] is True
+    assert sanity.check_black_box(0.3, 0.1, n=1000)["ok"] is False
 
     class RisingWithEps(nn.Module):  # accuracy that grows with the perturbation: must be flagged
         def __init__(self):
@@ -99,7 +101,7 @@ def test_autoattack_and_eps_checks_fire():
             return torch.stack([far.float(), 1 - far.float()], 1) + 0 * self.w
 
     x = torch.full((32, 1, 4, 4), 0.5)
-    out = E.check_eps_monotone(RisingWithEps(), x, torch.zeros(32, dtype=torch.long), eps=0.4, norm="linf")
+    out = sanity.check_eps_monotone(RisingWithEps(), x, torch.zeros(32, dtype=torch.long), eps=0.4, norm="linf")
     assert out["ok"] is False
 
 
@@ -119,12 +121,12 @@ def test_autoattack_on_a_subset_reports_pgd_on_the_same_images():
     check = next(c for c in r["sanity"]["checks"] if c["name"] == "autoattack_vs_pgd")
     assert check["ok"] is not None  # compared on AutoAttack's own 12 images, not the sanity checks' 30
     assert 100 * check["values"]["pgd_acc"] == pytest.approx(sub["pgd_acc"], abs=0.01)
-    assert "(n=12)" in E.render_table([Result(r)])
+    assert "(n=12)" in results.render_table([Result(r)])
     with pytest.raises(ConfigError, match="autoattack_examples"):
         E.evaluate(plain, x, y, attacks="clean", autoattack_examples=-1, progress=False)
 
 def test_apgd_is_autoattacks_two_untargeted_attacks_with_one_restart(monkeypatch):
-    cfg = E.parse_attack("apgd", 0.1, "linf")
+    cfg = suite.parse_attack("apgd", 0.1, "linf")
     assert (cfg["attacks"], cfg["iterations"], cfg["restarts"]) == (["apgd-ce", "apgd-dlr"], 100, 1)
     pyaa = pytest.importorskip("pyautoattack")
     seen = {}
@@ -163,7 +165,7 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(tmp_path, monkeypatc
               progress=False)
     whole = E.evaluate(plain, x, y, **kw)
     partial = tmp_path / "r.json.partial"
-    calls, real, stop_at = [], E.run_attack, [7]
+    calls, real, stop_at = [], suite.run_attack, [7]
 
     class Interrupted(Exception):
         pass
@@ -174,7 +176,7 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(tmp_path, monkeypatc
             raise Interrupted
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(E, "run_attack", count_and_stop)
+    monkeypatch.setattr(suite, "run_attack", count_and_stop)
     with pytest.raises(Interrupted):
         E.evaluate(plain, x, y, resume=partial, **kw)
     assert len(json.loads(partial.read_text())["batches"]) == 5 + 5 + 1  # clean's 5 batches, pgd10's, fgsm's first
@@ -244,7 +246,7 @@ def test_linear_head_learns_and_leaves_the_encoder_alone():
     before = {k: v.clone() for k, v in enc.state_dict().items()}
     clf = train_linear_head(enc, blobs(256, 0), num_classes=2, epochs=15, batch_size=32, progress=False)
     x, y = blobs(128, 1)
-    assert E.A.accuracy(clf, x, y) > 0.9
+    assert attacks.accuracy(clf, x, y) > 0.9
     assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items())
     assert enc.num_classes == 0 and clf.num_classes == 2 and not clf.training
     assert all(p.requires_grad for p in clf.parameters())
@@ -296,7 +298,7 @@ def test_cli_linear_protocol_writes_results_classifier_and_table(saved_encoder, 
     clf = rocl_zoo.load(r["classifier"])  # encoder + head in the Hub layout
     assert clf.num_classes == 2 and clf.pretrained_cfg["label_names"] == ("dark", "bright")
     x, y = blobs(48, 1)
-    assert E.A.accuracy(clf, x, y) * 100 == pytest.approx(r["clean_acc"], abs=5)
+    assert attacks.accuracy(clf, x, y) * 100 == pytest.approx(r["clean_acc"], abs=5)
 
     rc = E.main(["--table", str(tmp_path / "results")])
     table = capsys.readouterr().out
@@ -311,18 +313,18 @@ def test_cli_rerun_after_an_interruption_resumes_from_the_partial_file(saved_enc
     out = tmp_path / "r.json"
     argv = [str(tmp_path / "clf.classifier"), "--attacks", "clean,pgd5", "--eps", "0.05", "--n-examples", "48",
             "--batch-size", "16", "--out", str(out), "--quiet"]
-    real = E.run_attack
+    real = suite.run_attack
 
     def power_cut(model, x, y, cfg, seed=0, verbose=False):
         if seed == 16:  # the second batch
             raise SystemExit("killed")
         return real(model, x, y, cfg, seed, verbose)
 
-    monkeypatch.setattr(E, "run_attack", power_cut)
+    monkeypatch.setattr(suite, "run_attack", power_cut)
     with pytest.raises(SystemExit):
         E.main(argv)
     assert not out.exists() and len(json.loads((tmp_path / "r.json.partial").read_text())["batches"]) == 3 + 1
-    monkeypatch.setattr(E, "run_attack", real)
+    monkeypatch.setattr(suite, "run_attack", real)
     (tmp_path / ".r.json.partial.k1ll3d.tmp").write_text("{half a fi")  # a kill during an atomic write
     (tmp_path / ".other.json.x1.tmp").write_text("{")  # another file's write in progress: not ours to remove
     assert E.main(argv) == 0
@@ -393,7 +395,7 @@ def test_table_keeps_transfer_sources_apart():
         return Result({"schema": SCHEMA, "model": model, "dataset": "d", "protocol": "none", "threat_model": "Linf",
                        "eps": 0.1, "n_examples": 10, "attacks": {"transfer-pgd20": {"config": cfg, "acc": acc}}})
 
-    table = E.render_table([res("a", "src1", 50.0), res("b", "src2", 25.0)])
+    table = results.render_table([res("a", "src1", 50.0), res("b", "src2", 25.0)])
     head = table.splitlines()[0]
     assert "transfer-pgd20 from src1" in head and "transfer-pgd20 from src2" in head
     assert "| `a` | d | none | Linf 0.1 | 50.00 <sub>[23.7, 76.3]</sub> | – | 10 |" in table  # Wilson, n=10

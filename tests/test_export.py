@@ -7,7 +7,8 @@ import torch
 
 import rocl_zoo
 from rocl_zoo import export as ex
-from rocl_zoo.errors import ConfigError, IntegrityError
+from rocl_zoo import model_card
+from rocl_zoo.errors import ConfigError, ExportError, IntegrityError
 from rocl_zoo.hub import save_pretrained
 from rocl_zoo.results import SCHEMA
 
@@ -185,7 +186,7 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
         return real_export(other, path, **kw)
 
     monkeypatch.setattr(ex, "export_onnx", drifting_export)
-    with pytest.warns(UserWarning), pytest.raises(ex.ExportError, match=r"max \|logit difference\| on random inputs is 0\.001"):
+    with pytest.warns(UserWarning), pytest.raises(ExportError, match=r"max \|logit difference\| on random inputs is 0\.001"):
         ex.export(model, tmp_path / "out", n_check=4, pgd_steps=1)
     assert list(tmp_path.iterdir()) == []
 
@@ -247,10 +248,10 @@ def test_an_attack_run_on_a_subset_says_so_in_the_card():
     res = dict(RESULTS, attacks={**RESULTS["attacks"], "autoattack": {
         "acc": 55.0, "n_examples": 100, "config": {"name": "autoattack", "attack": "autoattack", "norm": "linf",
                                                    "eps": 0.1, "version": "standard"}}})
-    aa = next(m for m in ex.result_metrics(res) if m["kind"] == "autoattack")
+    aa = next(m for m in model_card.result_metrics(res) if m["kind"] == "autoattack")
     assert "on 100 of the examples" in aa["name"] and aa["settings"]["n_examples"] == 100
-    assert all("n_examples" not in m["settings"] for m in ex.result_metrics(RESULTS))
-    worst = next(m for m in ex.result_metrics(dict(res, robust_acc=60.0)) if m["kind"] == "worst_case")
+    assert all("n_examples" not in m["settings"] for m in model_card.result_metrics(RESULTS))
+    worst = next(m for m in model_card.result_metrics(dict(res, robust_acc=60.0)) if m["kind"] == "worst_case")
     assert worst["settings"]["over"] == "pgd20, fgsm"  # the per-example worst case leaves the subset out
 
 

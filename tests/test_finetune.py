@@ -14,7 +14,9 @@ import torch
 from PIL import Image
 
 import rocl_zoo
+from rocl_zoo import adapt
 from rocl_zoo import finetune as ft
+from rocl_zoo import finetune_modes as modes
 from rocl_zoo.errors import ConfigError, DataError, IntegrityError
 from rocl_zoo.results import SCHEMA
 
@@ -104,14 +106,16 @@ def test_mode_end_to_end(runs, encoder_dir, mode):
     assert mode in card and "digits" in card and "Clean" in card
     # one unit in the results file and the card: percent (the validation's fractions of metrics.jsonl too)
     pgd = results["attacks"]["pgd20"]["acc"]
-    assert round(pgd, 2) == results["pgd_acc"] and f"| pgd20 | {pgd:.2f} |" in card
+    row = next(line for line in card.splitlines() if line.startswith("| pgd20 |"))
+    assert round(pgd, 2) == results["pgd_acc"] and row.endswith(f"| {pgd:.2f} |")
+    assert f"--mode {mode}" in card and "Protocol: finetune-" + mode in card  # one card writer: rocl_zoo.model_card
     assert f"validation: clean {100 * metrics[-1]['val_clean_acc']:.2f} %" in card
     assert clf.pretrained_cfg["rocl_zoo"]["finetune"]["mode"] == mode
     # Linear modes: the encoder (weights and BN statistics) is bit-identical; full fine-tuning changes it.
     enc = _encoder_state(rocl_zoo.load(encoder_dir))
     trained = _encoder_state(clf)
     identical = all(torch.equal(enc[k], trained[k]) for k in enc)
-    assert identical == (mode in ft.LINEAR_MODES)
+    assert identical == (mode in modes.LINEAR_MODES)
 
 
 @pytest.mark.parametrize("mode", ["robust-linear", "at", "trades"])
@@ -176,7 +180,9 @@ def test_resume_is_exact(encoder_dir, tmp_path, monkeypatch):
     assert r["autoattack_subset"]["n_examples"] == 6 and r["n_examples"] == 40 and r["autoattack_acc"] is not None
     assert (r["clean_acc"], r["pgd_acc"]) == (resumed.results["clean_acc"], resumed.results["pgd_acc"])
     assert with_aa.results["autoattack_acc"] == r["autoattack_acc"]
-    assert "on 6 of the 40 images" in (tmp_path / "cut" / "classifier" / "README.md").read_text()
+    aa_row = next(line for line in (tmp_path / "cut" / "classifier" / "README.md").read_text().splitlines()
+                  if line.startswith("| autoattack |"))
+    assert "n_examples=6" in aa_row and aa_row.endswith(f"| {r['autoattack_acc']:.2f} |")
 
 
 def test_corrupt_checkpoint_is_a_clear_error(encoder_dir, tmp_path):
@@ -233,14 +239,14 @@ def test_errors_lose_nothing(runs, encoder_dir, tmp_path):
 def test_adapt_in_chans_keeps_the_function():
     torch.manual_seed(0)
     grey = rocl_zoo.create_model("cnn4_rocl", num_classes=0, in_chans=1, mean=0.3, std=0.4).eval()
-    rgb = ft.adapt_in_chans(__import__("copy").deepcopy(grey), 3).eval()
+    rgb = adapt.adapt_in_chans(__import__("copy").deepcopy(grey), 3).eval()
     assert rgb.in_chans == 3 and rgb.normalize.mean.shape == (1, 3, 1, 1)
     x = torch.rand(2, 1, 12, 12)
     with torch.no_grad():
         assert torch.allclose(rgb(x.expand(-1, 3, -1, -1)), grey(x), atol=1e-5)
     colour = rocl_zoo.create_model("cnn4_rocl", num_classes=0, in_chans=3, mean=(0.5, 0.5, 0.5),
                                    std=(0.2, 0.2, 0.2)).eval()
-    back = ft.adapt_in_chans(__import__("copy").deepcopy(colour), 1).eval()
+    back = adapt.adapt_in_chans(__import__("copy").deepcopy(colour), 1).eval()
     with torch.no_grad():
         assert torch.allclose(back(x), colour(x.expand(-1, 3, -1, -1)), atol=1e-5)
 
@@ -248,7 +254,7 @@ def test_adapt_in_chans_keeps_the_function():
 def test_channel_and_size_adaptation_end_to_end(encoder_dir, tmp_path):
     """RGB 10x12 images into a grey 28x28 encoder: the data are converted (default), or the model is (in_chans)."""
     folder = _imagefolder(tmp_path / "pets", n=10)
-    data = ft.load_data(f"imagefolder:{folder}", in_chans=1, size=(28, 28), val_fraction=0.1)
+    data = adapt.load_data(f"imagefolder:{folder}", in_chans=1, size=(28, 28), val_fraction=0.1)
     assert data["train"][0].shape[1:] == (1, 28, 28) and data["test"][0].shape[1:] == (1, 28, 28)
     assert len(data["test"][1]) == 4 and len(data["train"][1]) + len(data["val"][1]) == 16  # test held out
     assert data["classes"] == ["cat", "dog"]
@@ -266,18 +272,18 @@ def test_channel_and_size_adaptation_end_to_end(encoder_dir, tmp_path):
 
 
 def test_settings_defaults():
-    at = ft.resolve_settings("at", "cifar10")
+    at = modes.resolve_settings("at", "cifar10")
     assert (at["epochs"], at["lr"], at["milestones"], at["weight_decay"]) == (25, 0.1, [15, 20], 2e-4)
     assert at["eps"] == pytest.approx(8 / 255) and at["alpha"] == pytest.approx(2 / 255) and at["steps"] == 10
-    trades = ft.resolve_settings("trades", "digits")
+    trades = modes.resolve_settings("trades", "digits")
     assert trades["beta"] == 6 and trades["eps"] == 0.1
-    rlin = ft.resolve_settings("robust-linear", "fashion_mnist")
+    rlin = modes.resolve_settings("robust-linear", "fashion_mnist")
     assert rlin["alpha"] == pytest.approx(0.007 * 0.1 / (8 / 255))  # RoCL's ALF step, as evaluate's
-    lin = ft.resolve_settings("linear", "cifar10")
+    lin = modes.resolve_settings("linear", "cifar10")
     assert (lin["epochs"], lin["milestones"], lin["weight_decay"]) == (150, [30, 50, 100], 5e-4)
-    assert [ft.lr_at(at, e) for e in (0, 14, 15, 19, 20, 24)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert [modes.lr_at(at, e) for e in (0, 14, 15, 19, 20, 24)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
     with pytest.raises(ConfigError):
-        ft.resolve_settings("at", "digits", eps="8")
+        modes.resolve_settings("at", "digits", eps="8")
 
 
 def test_cli(encoder_dir, tmp_path, capsys):

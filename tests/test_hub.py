@@ -66,7 +66,7 @@ def test_unknown_name_suggests_close_matches():
 def test_unpublished_tag_names_its_recipe():
     with pytest.raises(WeightsUnavailableError, match="cifar10_wrn34_10_rocl"):
         rocl_zoo.load("wrn34_10_rocl.cifar10")
-    with pytest.raises(WeightsUnavailableError, match="recipe"):
+    with pytest.raises(WeightsUnavailableError, match="training.reproduce wrn34_10_rocl.cifar10"):
         rocl_zoo.create_model("wrn34_10_rocl", pretrained=True)
 
 
@@ -187,7 +187,7 @@ def test_writes_are_atomic(model, folder, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("rocl_zoo.hub.default_card", boom)
+    monkeypatch.setattr("rocl_zoo.model_card.build_card", boom)
     with torch.no_grad():
         model.fc.weight.add_(1.0)
     with pytest.raises(RuntimeError):

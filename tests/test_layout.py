@@ -26,6 +26,14 @@ def test_the_library_never_imports_training_scripts_or_the_demo():
     assert not {k: v for k, v in offenders.items() if v}
 
 
+def test_model_files_never_import_the_zoo_catalogue():
+    """timm's direction: the model files own their configs and tags; the zoo reads them, never the reverse."""
+    offenders = {p.name: sorted(m for m in imported_modules(p) if m in ("rocl_zoo.zoo", "rocl_zoo.hub"))
+                 for p in (ROOT / "rocl_zoo" / "models").glob("*.py")}
+    assert not {k: v for k, v in offenders.items() if v}
+
+
 def test_the_check_sees_relative_absolute_and_function_level_imports():
-    assert "rocl_zoo.zoo" in imported_modules(ROOT / "rocl_zoo" / "models" / "convnet.py")  # from ..zoo import
+    assert "rocl_zoo.data" in imported_modules(ROOT / "rocl_zoo" / "models" / "_cfg.py")  # from ..data import
+    assert "rocl_zoo.models._cfg" in imported_modules(ROOT / "rocl_zoo" / "models" / "convnet.py")  # from ._cfg
     assert {"rocl_zoo.hub", "torch"} <= imported_modules(ROOT / "rocl_zoo" / "inference.py")  # in a function too

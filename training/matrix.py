@@ -21,8 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rocl_zoo import corruptions as C
 from rocl_zoo.results import relpath, threat_name
-from rocl_zoo.threat import parse_eps
+from rocl_zoo.threat import CORRUPTIONS as CORRUPTIONS_THREAT, parse_eps
 
 DATASET = "fashion_mnist"
 TRAIN_IMAGES = 60000  # its training split
@@ -31,7 +32,7 @@ TRAIN_IMAGES = 60000  # its training split
 @dataclass(frozen=True)
 class Entry:
     """A zoo entry and how it is made."""
-    name: str                   # arch.tag in rocl_zoo/zoo.py
+    name: str                   # arch.tag: a zoo entry (the model files' TAGS)
     method: str                 # pretrain | supervised | finetune
     recipe: str | None = None   # training/recipes.py (pretrain, supervised)
     start: str | None = None    # finetune: the entry it starts from; pretrain: the one it learns from (DeACL's
@@ -289,19 +290,17 @@ def _eval(entry: Entry, protocol: str, ev: Eval, paths: Paths, scale: Scale, sou
 
 def _corruptions(entry: Entry, paths: Paths, scale: Scale) -> Item:
     """Accuracy on the corrupted test set (`rocl_zoo.evaluate --threat-model corruptions`) of the shipped classifier."""
-    from rocl_zoo import corruptions as C
-
     protocol, n = entry.protocols[0], scale.images(CORRUPTIONS_N)
-    out = paths.results / relpath(entry.name, protocol, threat_name(C.THREAT, None), "corruptions", n)
+    out = paths.results / relpath(entry.name, protocol, threat_name(CORRUPTIONS_THREAT, None), "corruptions", n)
     clf = classifier(entry, protocol, paths)
     label = [] if protocol == "none" else ["--protocol-label", protocol]
     return Item(f"eval/{out.relative_to(paths.results).with_suffix('')}",
                 _py("rocl_zoo.evaluate", clf, "--name", entry.name, "--dataset", DATASET, *label, "--threat-model",
-                    C.THREAT, "--n-examples", n, "--batch-size", 1000, "--quiet", "--out", out),
+                    CORRUPTIONS_THREAT, "--n-examples", n, "--batch-size", 1000, "--quiet", "--out", out),
                 [out], needs=[make_item(entry, protocol)], inputs=[clf / "model.safetensors"],
                 spec={"corruptions": {"version": C.VERSION, "seed": C.SEED, "types": list(C.CORRUPTIONS)}, "n": n},
                 partial=[Path(f"{out}.partial")], kind="eval",
-                cost={"attacks": [C.THREAT], "n": n, "name": entry.name})
+                cost={"attacks": [CORRUPTIONS_THREAT], "n": n, "name": entry.name})
 
 
 def _release(entry: Entry, evals: list, paths: Paths) -> Item:

@@ -63,14 +63,13 @@ def build(recipe, info, teacher: nn.Module | None = None) -> ContrastiveNet:
 def load_teacher(recipe, info) -> nn.Module:
     """DeACL's teacher: the recipe's clean SSL encoder, verified, without its head, frozen in eval mode."""
     from rocl_zoo.errors import ConfigError
-    from rocl_zoo.hub import architecture_of, load
+    from rocl_zoo.hub import architecture_of, load_encoder
 
-    teacher = load(recipe.teacher)
+    teacher = load_encoder(recipe.teacher)
     if architecture_of(teacher) != recipe.arch or teacher.in_chans != info.input_size[0]:
         raise ConfigError(f"teacher {recipe.teacher} is a {teacher.in_chans}-channel {architecture_of(teacher)}; "
                           f"recipe {recipe.name} trains a {info.input_size[0]}-channel {recipe.arch}.")
-    teacher.reset_classifier(0)
-    return teacher.eval().requires_grad_(False)
+    return teacher.requires_grad_(False)
 
 
 def make_optimizer(net: nn.Module, recipe) -> torch.optim.Optimizer:

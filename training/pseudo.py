@@ -13,17 +13,9 @@ from torch import nn
 
 from rocl_zoo.data import ImageTensorDataset
 from rocl_zoo.errors import ConfigError
+from rocl_zoo.hub import load_encoder
 
 LABELS = "pseudo_labels.pt"
-
-
-def _encoder(source: str) -> nn.Module:
-    """An encoder (pooled features out) from a zoo name, hf-hub: name or folder."""
-    from rocl_zoo.hub import load
-
-    model = load(source)
-    model.reset_classifier(0)
-    return model.eval()
 
 
 def encoder_of(net: nn.Module) -> nn.Module:
@@ -64,7 +56,7 @@ def relabel(ds: ImageTensorDataset, source: str, run_path, seed: int) -> ImageTe
             raise ConfigError(f"{path} holds {len(labels)} labels for {len(ds)} images: a run of other data; "
                               f"start it again with --overwrite.")
     else:
-        labels = kmeans_labels(features(_encoder(source), ds.images), len(ds.classes), seed)
+        labels = kmeans_labels(features(load_encoder(source), ds.images), len(ds.classes), seed)
         with atomic_write(path) as f:
             torch.save(labels, f)
     return ImageTensorDataset(ds.images, labels, [f"cluster {i}" for i in range(len(ds.classes))],
@@ -75,7 +67,7 @@ def start_from(net: nn.Module, start: str, ds: ImageTensorDataset, probe_epochs:
     """`net` (in place) with `start`'s encoder weights and a linear probe on `ds`'s (pseudo-)labels as its head."""
     from rocl_zoo.linear import train_linear_head
 
-    encoder = _encoder(start)
+    encoder = load_encoder(start)
     head = train_linear_head(encoder, ds, epochs=probe_epochs, progress=False, seed=seed).get_classifier()
     state = {**encoder.state_dict(), **{f"fc.{k}": v for k, v in head.state_dict().items()}}
     net.load_state_dict(state)

@@ -103,7 +103,7 @@ def release(name: str, classifier, results: list[Path] = (), weights_dir: Path |
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.release", description=__doc__.split("\n")[0])
-    p.add_argument("name", help="zoo entry, arch.tag (see rocl_zoo/zoo.py)")
+    p.add_argument("name", help="zoo entry, arch.tag (`rocl_zoo.list_models()`)")
     p.add_argument("classifier", help="the trained classifier: a Hub-layout folder")
     p.add_argument("--results", nargs="+", type=Path, default=[],
                    help="results files of rocl_zoo.evaluate; the first gives the registry's headline metrics "

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..zoo import timm_default_cfgs
+from ._cfg import Tag, pretrained_cfgs
 from ._base import ClassifierBase, Normalize, check_in_chans, init_weights
 
 __all__ = ["ConvNet"]
@@ -51,9 +51,30 @@ def _create(variant: str, pretrained: bool, widths, **kwargs) -> ConvNet:
                                 widths=widths, **kwargs)
 
 
+TAGS = {
+    "cnn4_rocl.fmnist": Tag("fashion_mnist", "fmnist_rocl", "RoCL encoder (no labels) + linear head, Fashion-MNIST",
+                            default=True),
+    "cnn4_rocl.fmnist_simclr": Tag("fashion_mnist", "fmnist_simclr",
+                                   "SimCLR encoder + linear head, Fashion-MNIST: the non-robust baseline"),
+    "cnn4_rocl.fmnist_rocl_ip": Tag("fashion_mnist", None, "RoCL-IP encoder (A-InfoNCE's inferior positives; no "
+                                    "labels) + linear head, Fashion-MNIST"),
+    "cnn4_rocl.fmnist_deacl": Tag("fashion_mnist", None, "DeACL encoder (no labels; distilled from the SimCLR encoder "
+                                  "under attack) + linear head, Fashion-MNIST"),
+    "cnn4_rocl.fmnist_dynacl": Tag("fashion_mnist", None, "DynACL encoder (no labels; annealed augmentations, dual BN) "
+                                   "+ linear head, Fashion-MNIST"),
+    "cnn4_rocl.fmnist_dynacl_pp": Tag("fashion_mnist", None, "DynACL++ encoder (DynACL, then TRADES on k-means "
+                                      "pseudo-labels: no labels) + linear head, Fashion-MNIST"),
+    "cnn4_rocl.fmnist_at": Tag("fashion_mnist", "fmnist_at", "Supervised PGD adversarial training, Fashion-MNIST"),
+    "cnn4_rocl.fmnist_trades": Tag("fashion_mnist", "fmnist_trades", "Supervised TRADES, Fashion-MNIST"),
+    "cnn4_rocl.fmnist_rocl_at": Tag("fashion_mnist", None, "RoCL+AT: the RoCL encoder fine-tuned with PGD-AT (python "
+                                    "-m rocl_zoo.finetune --mode at), Fashion-MNIST"),
+    "cnn4_rocl.fmnist_simclr_at": Tag("fashion_mnist", None, "SimCLR+AT: the SimCLR encoder fine-tuned with PGD-AT, "
+                                      "RoCL+AT's budget, Fashion-MNIST"),
+    "cnn4w_rocl.fmnist": Tag("fashion_mnist", "fmnist_rocl_wide",
+                             "RoCL encoder + linear head, Fashion-MNIST, double-width CNN", default=True),
+}
 # Three 2x2 max-pools, which floor: 28x28 -> 3x3.
-default_cfgs = generate_default_cfgs(timm_default_cfgs("cnn4_rocl", "cnn4w_rocl", first_conv="stem.0",
-                                                       pool_size=lambda s: s // 8))
+default_cfgs = generate_default_cfgs(pretrained_cfgs(TAGS, first_conv="stem.0", pool_size=lambda s: s // 8))
 
 
 @register_model

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..zoo import timm_default_cfgs
+from ._cfg import Tag, pretrained_cfgs
 from ._base import ClassifierBase, Normalize, check_in_chans, init_weights
 
 __all__ = ["CifarResNet"]
@@ -97,9 +97,15 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> CifarResNet:
                                 **kwargs)
 
 
+TAGS = {
+    "resnet18_rocl.cifar10": Tag("cifar10", "cifar10_resnet18_rocl",
+                                 "RoCL encoder + linear head, CIFAR-10 (the paper's setting)", default=True),
+    "resnet18_rocl.cifar10_simclr": Tag("cifar10", "cifar10_resnet18_simclr", "SimCLR baseline, CIFAR-10"),
+    "resnet18_rocl.fmnist": Tag("fashion_mnist", "fmnist_resnet18_rocl", "RoCL ResNet-18, Fashion-MNIST"),
+    "resnet50_rocl.cifar10": Tag("cifar10", "cifar10_resnet50_rocl", "RoCL ResNet-50, CIFAR-10", default=True),
+}
 # Three stride-2 3x3 convolutions with padding 1, which round up: 28x28 -> 4x4.
-default_cfgs = generate_default_cfgs(timm_default_cfgs("resnet18_rocl", "resnet50_rocl", first_conv="conv1",
-                                                       pool_size=lambda s: -(-s // 8)))
+default_cfgs = generate_default_cfgs(pretrained_cfgs(TAGS, first_conv="conv1", pool_size=lambda s: -(-s // 8)))
 
 
 @register_model

@@ -10,7 +10,7 @@ from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..errors import ConfigError
-from ..zoo import timm_default_cfgs
+from ._cfg import Tag, pretrained_cfgs
 from ._base import ClassifierBase, Normalize, check_in_chans, init_weights
 
 __all__ = ["WideResNet"]
@@ -69,9 +69,11 @@ class WideResNet(ClassifierBase):
         return self.act(self.bn1(x))
 
 
+TAGS = {
+    "wrn34_10_rocl.cifar10": Tag("cifar10", "cifar10_wrn34_10_rocl", "RoCL WideResNet-34-10, CIFAR-10", default=True),
+}
 # Two stride-2 3x3 convolutions with padding 1, which round up: 32x32 -> 8x8.
-default_cfgs = generate_default_cfgs(timm_default_cfgs("wrn34_10_rocl", first_conv="conv1",
-                                                       pool_size=lambda s: -(-s // 4)))
+default_cfgs = generate_default_cfgs(pretrained_cfgs(TAGS, first_conv="conv1", pool_size=lambda s: -(-s // 4)))
 
 
 @register_model

@@ -1,0 +1,70 @@
+"""Resumable evaluation: every finished attack batch kept on disk, keyed by a fingerprint of what was evaluated."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .distributed import world_and_rank
+from .utils import write_json
+
+
+class EvalProgress:
+    """The finished batches of one evaluation, saved after each, so that an interrupted run resumes there.
+
+    Valid only for the same weights, images, attacks, seeds and device kind (`fingerprint`): a file from any other
+    evaluation is ignored and overwritten. Batches are seeded by their position, so a resumed run's numbers equal
+    an uninterrupted one's. Under torchrun each process keeps its own file (PATH.rank<R>) and reads every sibling,
+    so a run resumes whatever the number of processes was before.
+    """
+
+    def __init__(self, path, fingerprint: str, *, progress: bool = False):
+        world, rank = world_and_rank()
+        base = Path(path)
+        self.path = base if world == 1 else base.with_name(f"{base.name}.rank{rank}")
+        self.fingerprint, self.batches = fingerprint, {}
+        siblings = [p for p in [base, *base.parent.glob(f"{base.name}.rank*")] if p.is_file()]
+        for p in siblings:
+            try:
+                state = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(state, dict) and state.get("fingerprint") == fingerprint:
+                self.batches.update(state.get("batches") or {})
+        if progress and siblings:
+            tqdm.write(f"resuming from {base}: {len(self.batches)} batches already done" if self.batches else
+                       f"{base} is from another evaluation (weights, data or attacks differ): starting over")
+        self.siblings = siblings
+
+    def get(self, key: str) -> torch.Tensor | None:
+        bits = self.batches.get(key)
+        return None if bits is None else torch.tensor([b == "1" for b in bits], dtype=torch.bool)
+
+    def put(self, key: str, correct: torch.Tensor) -> None:
+        self.batches[key] = "".join("1" if c else "0" for c in correct.tolist())
+        write_json(self.path, {"fingerprint": self.fingerprint, "batches": self.batches})
+
+    def remove(self) -> None:
+        """Called once the evaluation is whole: this process's file and those it resumed from."""
+        for p in {self.path, *self.siblings}:
+            p.unlink(missing_ok=True)
+
+
+def evaluation_fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: dict,
+                           source_model: nn.Module | None = None) -> str:
+    """sha256 over the weights (and the transfer source's), the images, the labels and the attack settings."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for m in (model, source_model):
+        for name, t in (m.state_dict() if m is not None else {}).items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for t in (x, y):
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ sanity checks

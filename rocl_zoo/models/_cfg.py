@@ -1,0 +1,52 @@
+"""The zoo's static catalogue, where timm keeps it: each model file lists its tags and builds timm's cfgs from them.
+
+A `Tag` says what a pretrained entry `arch.tag` is: its data, the recipe that trains it and a description (the
+torchvision-style record; its measured metrics and checksum are the release's, in `weights/registry.json`, read by
+`rocl_zoo.zoo` on first use). timm sees a tag as pretrained exactly when its weights ship in the package
+(`WEIGHTS_DIR/<arch.tag>/model.safetensors`), so it never tries to download weights that do not exist.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..data import DATASETS
+
+HF_ORG = "rocl-zoo"
+# $ROCL_ZOO_WEIGHTS moves the embedded weights and their registry elsewhere (a private zoo, a trial release)
+PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+WEIGHTS_DIR = Path(os.environ.get("ROCL_ZOO_WEIGHTS") or PACKAGE_WEIGHTS_DIR)
+WEIGHTS_FILE = "model.safetensors"
+PAPER = dict(license="mit", paper_ids="arXiv:2006.07589", paper_name="Adversarial Self-Supervised Contrastive Learning",
+             origin_url="https://github.com/Kim-Minseon/RoCL")
+
+
+@dataclass(frozen=True)
+class Tag:
+    dataset: str                   # a key of rocl_zoo.data.DATASETS
+    recipe: str | None             # `python -m training.pretrain --recipe <recipe>` (or training.supervised); None:
+                                   # made by several steps of training/matrix.py (`python -m training.reproduce NAME`)
+    description: str
+    default: bool = False          # the tag `create_model(arch, pretrained=True)` picks
+
+
+def pretrained_cfgs(tags: dict[str, Tag], *, first_conv: str, pool_size: Callable[[int], int]) -> dict:
+    """timm `default_cfgs` for `tags` ({"arch.tag": Tag}), the default tag of each architecture first (timm's rule).
+
+    `first_conv` names the input convolution; `pool_size` maps an input side to the side of the unpooled feature
+    map. The model normalises inside, so the timm-visible mean/std are identity: timm's transforms give [0, 1] input.
+    """
+    cfgs = {}
+    for name, tag in sorted(tags.items(), key=lambda kv: not kv[1].default):
+        info = DATASETS[tag.dataset]
+        c, h, w = info.input_size
+        cfg = dict(num_classes=len(info.classes), input_size=info.input_size, pool_size=(pool_size(h), pool_size(w)),
+                   mean=(0.0,) * c, std=(1.0,) * c, interpolation="bilinear", crop_pct=1.0, crop_mode="center",
+                   fixed_input_size=False, first_conv=first_conv, classifier="fc", label_names=info.classes, **PAPER)
+        weights = WEIGHTS_DIR / name / WEIGHTS_FILE
+        if weights.is_file():
+            cfg.update(hf_hub_id=f"{HF_ORG}/{name}", file=str(weights))
+        cfgs[name] = cfg
+    return cfgs
