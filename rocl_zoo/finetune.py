@@ -209,23 +209,10 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
               "n_train": len(data["train"][1]), "n_val": len(data["val"][1]), "n_test": len(data["test"][1]),
               "train_attack": _train_attack(s), "attacks": suite, "autoattack": autoattack,
               "autoattack_examples": autoattack_examples, "eval_examples": eval_examples,
-              "checkpoint_every": checkpoint_every, "device": str(device), "hardware": hardware_name(device),
-              **precision.describe(precision.resolve(amp, device), device),
-              "rocl_zoo_version": __version__, "torch": torch.__version__}
-
-    run, ckpt = None, None
-    if out is not None:
-        run = RunFolder(out)
-        if resume and not run.holds_run() and progress:
-            tqdm.write(f"--resume: no run in {out} yet; starting one.")
-        ckpt = run.start(config, resume=resume, overwrite=overwrite)
-        total = s["epochs"] * math.ceil(len(data["train"][1]) / s["batch_size"])
-        finished = _finished_results(out, suite) if ckpt is not None and ckpt["step"] >= total else None
-        if finished is not None:
-            if progress:
-                tqdm.write(f"{out} is finished; nothing to do (results in {out / RESULTS_NAME}).")
-            return FinetuneResult(load(out / CLASSIFIER_DIR, device=device), finished, list(ckpt["epochs"]), out,
-                                  config)
+              "checkpoint_every": checkpoint_every, **_runtime(device, amp)}
+    run, ckpt, finished = _open_run(out, config, suite, resume=resume, overwrite=overwrite, progress=progress)
+    if finished is not None:
+        return FinetuneResult(load(out / CLASSIFIER_DIR, device=device), finished, list(ckpt["epochs"]), out, config)
 
     t0 = time.time()
     metrics = train_mode(clf, data, s, device=device, run=run, ckpt=ckpt, config=config,
@@ -252,6 +239,28 @@ def _check_counts(*, resume: bool, overwrite: bool, val_fraction: float, **count
     for name, v in counts.items():
         if v < 0:
             raise ConfigError(f"{name} must be >= 0, got {v}.")
+
+
+def _runtime(device, amp: str) -> dict:
+    """Where and how the run trains, as its config records it."""
+    return {"device": str(device), "hardware": hardware_name(device),
+            **precision.describe(precision.resolve(amp, device), device),
+            "rocl_zoo_version": __version__, "torch": torch.__version__}
+
+
+def _open_run(out: Path | None, config: dict, suite: str, *, resume: bool, overwrite: bool, progress: bool):
+    """(run folder, checkpoint to resume, results of a finished run that covers `suite`), Nones without `out`."""
+    if out is None:
+        return None, None, None
+    run = RunFolder(out)
+    if resume and not run.holds_run() and progress:
+        tqdm.write(f"--resume: no run in {out} yet; starting one.")
+    ckpt = run.start(config, resume=resume, overwrite=overwrite)
+    total = config["epochs"] * math.ceil(config["n_train"] / config["batch_size"])
+    finished = _finished_results(out, suite) if ckpt is not None and ckpt["step"] >= total else None
+    if finished is not None and progress:
+        tqdm.write(f"{out} is finished; nothing to do (results in {out / RESULTS_NAME}).")
+    return run, ckpt, finished
 
 
 def _train_attack(s: dict) -> dict | None:
