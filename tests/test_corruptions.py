@@ -173,8 +173,8 @@ def test_table_summary_and_card_read_the_corruptions_file(cli_result):
 
 
 def test_matrix_measures_every_shipped_entry_and_the_zoo_ships_the_numbers():
-    """Every shipped entry has a corruptions item that its release reads; each one measured so far (on all 10,000
-    test images) is in the registry and in the shipped model card."""
+    """Every entry has a corruptions item that its release reads; every shipped entry is measured (on all 10,000
+    test images), and the number is in the registry and in the shipped model card."""
     from training.matrix import ENTRIES, Paths, items
 
     matrix = items(Paths(Path("results"), Path("runs"), Path("weights")))
@@ -185,8 +185,9 @@ def test_matrix_measures_every_shipped_entry_and_the_zoo_ships_the_numbers():
         assert name in matrix and name in matrix[f"release/{e.name}"].needs
         assert "--threat-model" in matrix[name].argv
         path = ROOT / "results" / (name.removeprefix("eval/") + ".json")
-        if not path.is_file():
-            continue  # not measured yet: `python -m training.reproduce {name}` makes it
+        if not path.is_file():  # `python -m training.reproduce {name}` makes it
+            assert not (registry.get(e.name) or {}).get("sha256"), f"{e.name} ships without its corruptions result"
+            continue
         shipped, measured = R.read(path), measured + 1
         assert shipped.n == 10000 and shipped.data["corruptions"].get("matches_reference") is True
         assert registry[e.name]["metrics"]["corruptions_acc"] == shipped.data["corruptions_acc"]
