@@ -4,7 +4,8 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from .errors import RoclZooError
+from .errors import ConfigError, RoclZooError
+from .hub import load, model_dataset
 
 
 def add_runtime_args(p, *, data: bool = True) -> None:
@@ -13,6 +14,16 @@ def add_runtime_args(p, *, data: bool = True) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     if data:
         p.add_argument("--data-root", help="dataset folder (default $ROCL_ZOO_DATA or ~/.cache/rocl_zoo/data)")
+
+
+def model_and_dataset(source: str, dataset: str | None, device):
+    """A command's model (`rocl_zoo.load`, verified) and the dataset it runs on: --dataset, else the one the model
+    records it was trained on."""
+    model = load(source, device=device)
+    dataset = dataset or model_dataset(model)
+    if not dataset:
+        raise ConfigError(f"{source} does not record its dataset; pass --dataset NAME.")
+    return model, dataset
 
 
 def run(body: Callable, args) -> int:

@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .attack_suite import DEFAULT_ATTACKS, correct_under
+from .cli import model_and_dataset
 from .corruptions import CORRUPTIONS, SEED, SET_NAME, SEVERITIES, SIZE, VERSION, corrupt
 from .data import ImageTensorDataset, default_root, load_dataset
 from .errors import ConfigError, DataError
 from .eval_progress import EvalProgress, evaluation_fingerprint
-from .hub import load, model_dataset
 from .precision import describe
 from .results import SCHEMA
 from .threat import CORRUPTIONS as THREAT
@@ -321,10 +321,7 @@ def run_cli(args) -> dict:
     _refuse_lp_options(args)
     names = parse_names(getattr(args, "corruptions", None))
     progress = not args.quiet
-    model = load(args.source, device=resolve_device(args.device))
-    dataset = args.dataset or model_dataset(model)
-    if not dataset:
-        raise ConfigError(f"{args.source} does not record its dataset; pass --dataset NAME.")
+    model, dataset = model_and_dataset(args.source, args.dataset, resolve_device(args.device))
     if getattr(model, "num_classes", 1) == 0:
         raise ConfigError(f"{args.source} is an encoder without a classifier head; evaluate a classifier (e.g. one "
                           f"saved by --protocol linear --save-classifier DIR).")

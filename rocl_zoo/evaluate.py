@@ -32,12 +32,12 @@ from tqdm.auto import tqdm
 from . import __version__, cli, precision
 from . import attacks as A
 from .attack_suite import DEFAULT_ATTACKS, correct_under, fraction, parse_attacks
-from .cli import add_runtime_args
+from .cli import add_runtime_args, model_and_dataset
 from .distributed import Dist, world_and_rank
 from .data import load_dataset
 from .errors import ConfigError, DataError
 from .eval_progress import EvalProgress, evaluation_fingerprint
-from .hub import load, model_dataset, save_pretrained
+from .hub import load, save_pretrained
 from .linear import as_tensors, train_linear_head
 from .results import SCHEMA, read_all, render_table
 from .sanity import check_autoattack, run_sanity_checks
@@ -82,18 +82,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
     resumed = len(log.batches) if log else 0
     results, per_example = _run_jobs(model, x, y, jobs, aa_idx, batch_size=batch_size, seed=seed, progress=progress,
                                      log=log, resumed=resumed)
-    out = _summary(model, results, per_example, eps=eps, norm=norm, n=len(y), seed=seed, meta=meta)
+    clean_names, white_pgd, aa_names = _names_by_role(results, norm, eps)
+    out = _summary(model, results, per_example, clean_names, white_pgd, aa_names, eps=eps, norm=norm, n=len(y),
+                   seed=seed, meta=meta)
     if source_model is not None:
         out["transfer_from"] = source_name
     if resumed:
         out["resumed_batches"] = resumed  # attacked by an earlier, interrupted run: its wall time is not in here
-    white_pgd, aa_names = _pgd_and_autoattack(results, norm, eps)
     if aa_names:
         out["autoattack_n_examples"] = len(per_example[aa_names[0]])
     if aa_names and aa_idx is not None:
-        out["autoattack_subset"] = {"n_examples": len(aa_idx), "clean_acc": _pct(_min_on(
-            per_example, [n for n, r in results.items() if r["config"]["attack"] == "clean"], aa_idx)),
-            "pgd_acc": _pct(_min_on(per_example, white_pgd, aa_idx))}
+        out["autoattack_subset"] = {"n_examples": len(aa_idx), "clean_acc": _pct(_min_on(per_example, clean_names,
+                                                                                          aa_idx)),
+                                    "pgd_acc": _pct(_min_on(per_example, white_pgd, aa_idx))}
     if sanity and world_and_rank()[1] == 0:  # under torchrun the first process runs them, and writes the file
         out["sanity"] = _sanity(model, x, y, perm[:min(sanity_examples, len(y))], results, per_example, white_pgd,
                                 aa_names, aa_idx, eps=eps, norm=norm, num_classes=num_classes,
@@ -147,13 +148,15 @@ def _in_threat(cfg: dict, norm: str, eps: float) -> bool:
     return cfg.get("norm") == norm and abs(cfg.get("eps", -1) - eps) < 1e-12
 
 
-def _pgd_and_autoattack(results: dict, norm: str, eps: float) -> tuple[list[str], list[str]]:
-    """The names of the white-box PGD attacks and of standard AutoAttack run in the threat model."""
+def _names_by_role(results: dict, norm: str, eps: float) -> tuple[list[str], list[str], list[str]]:
+    """The names of the clean pass, of the white-box PGD attacks and of standard AutoAttack run in the threat
+    model."""
+    clean = [n for n, r in results.items() if r["config"]["attack"] == "clean"]
     white_pgd = [n for n, r in results.items() if r["config"]["attack"] == "pgd" and _in_threat(r["config"], norm, eps)
                  and "transfer_from" not in r["config"]]
     aa_names = [n for n, r in results.items() if r["config"]["attack"] == "autoattack"
                 and _in_threat(r["config"], norm, eps) and r["config"].get("version") == "standard"]
-    return white_pgd, aa_names
+    return clean, white_pgd, aa_names
 
 
 def _min_on(per_example: dict, names, idx=None) -> float | None:
@@ -166,10 +169,10 @@ def _pct(frac: float | None) -> float | None:
     return None if frac is None else round(100 * frac, 2)
 
 
-def _summary(model, results: dict, per_example: dict, *, eps, norm, n, seed, meta) -> dict:
+def _summary(model, results: dict, per_example: dict, clean_names, white_pgd, aa_names, *, eps, norm, n, seed,
+             meta) -> dict:
     """The results file's body: RobustBench's keys, every attack, and how and where it ran."""
     device = next(model.parameters()).device
-    white_pgd, aa_names = _pgd_and_autoattack(results, norm, eps)
     white = [k for k, r in results.items() if (_in_threat(r["config"], norm, eps) or r["config"]["attack"] == "clean")
              and "n_examples" not in r]  # an attack run on a subset has no say on the other examples
     worst = fraction(torch.stack([per_example[k] for k in white]).all(0)) if white else None
@@ -183,7 +186,7 @@ def _summary(model, results: dict, per_example: dict, *, eps, norm, n, seed, met
         "threat_model": THREAT_MODELS[norm],
         "eps": eps,
         "eps_str": eps_str(eps),
-        "clean_acc": _pct(_min_on(per_example, [k for k, r in results.items() if r["config"]["attack"] == "clean"])),
+        "clean_acc": _pct(_min_on(per_example, clean_names)),
         "autoattack_acc": _pct(_min_on(per_example, aa_names)),
         "pgd_acc": _pct(_min_on(per_example, white_pgd)),
         "robust_acc": _pct(worst),  # per example, the worst case over every attack run in this threat model
@@ -326,10 +329,7 @@ def run(args: argparse.Namespace) -> dict:
     procs = Dist(args.device)  # under torchrun: the process group; each process attacks its share of the batches
     device = procs.device if procs.world > 1 else resolve_device(args.device)
     progress = not args.quiet and procs.main
-    model = load(args.source, device=device)
-    dataset = args.dataset or model_dataset(model)
-    if not dataset:
-        raise ConfigError(f"{args.source} does not record its dataset; pass --dataset NAME.")
+    model, dataset = model_and_dataset(args.source, args.dataset, device)
     if args.out and procs.main:
         remove_stale_temporaries(args.out)
     eps = parse_eps(args.eps) if args.eps is not None else default_eps(dataset, args.norm)

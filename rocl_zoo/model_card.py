@@ -55,7 +55,8 @@ def _summary(config: dict, model_name: str, dataset: str | None, recipe: str | N
     c, h, w = config["pretrained_cfg"]["input_size"]
     norm = rz.get("normalization", {})
     return [f"# {model_name}", "",
-            description or f"`{arch}` trained with the rocl-zoo recipe `{recipe}` on {DATASET_NAMES.get(dataset, dataset)}.",
+            description or f"`{arch}` trained with the rocl-zoo recipe `{recipe}` on "
+                           f"{DATASET_NAMES.get(dataset, dataset)}.",
             "",
             f"- Architecture: `{arch}` ({config.get('num_features')}-d features, {config.get('num_classes')} classes)",
             f"- Dataset: {DATASET_NAMES.get(dataset, dataset)} (`{dataset}`)",
@@ -82,7 +83,8 @@ def _threat_section(fname: str, res: dict, ds: str | None) -> list[str]:
     lines = [f"### {norm_of(res)}, eps = {eps_str(eps)} (`{fname}`)", "",
              f"- Dataset: {DATASET_NAMES.get(ds, ds)}, split `{res.get('split', 'test')}`, "
              f"n_examples = {res.get('n_examples')}",
-             f"- Threat model: {norm_of(res)}, eps = {eps_str(eps)}" + (f" ({eps})" if eps_str(eps) != str(eps) else "")]
+             f"- Threat model: {norm_of(res)}, eps = {eps_str(eps)}"
+             + (f" ({eps})" if eps_str(eps) != str(eps) else "")]
     for key, label in (("protocol", "Protocol"), ("seed", "Seed"), ("hardware", "Hardware")):
         if res.get(key) is not None:
             lines.append(f"- {label}: {res[key]}")
@@ -204,9 +206,13 @@ def result_metrics(res: dict) -> list[dict]:
                     "settings": {"over": ", ".join(m["attack"] for m in out  # not those run on a subset
                                                    if "n_examples" not in m["settings"])}})
     if clean is not None:
-        out.insert(0, {"config": "clean", "name": "Clean accuracy", "value": clean, "attack": "clean",
-                       "kind": "clean", "settings": {}})
+        out.insert(0, _clean_metric(clean))
     return out
+
+
+def _clean_metric(value: float) -> dict:
+    return {"config": "clean", "name": "Clean accuracy", "value": value, "attack": "clean", "kind": "clean",
+            "settings": {}}
 
 
 def eval_results(results: Sequence[tuple[str, dict]], dataset: str | None):
@@ -241,13 +247,11 @@ def _corruption_metrics(res: dict) -> list[dict]:
     clean accuracy and the mean corruption accuracy; the card's table has the rest."""
     block = res.get("corruptions") or {}
     over = f"{len(block.get('types', []))} types x {len(block.get('severities', []))} severities"
-    out = []
-    if res.get("clean_acc") is not None:
-        out.append({"config": "clean", "name": "Clean accuracy", "value": res["clean_acc"], "attack": "clean",
-                    "kind": "clean", "settings": {}})
+    out = [] if res.get("clean_acc") is None else [_clean_metric(res["clean_acc"])]
     if res.get("corruptions_acc") is not None:
-        out.append({"config": CORRUPTIONS, "name": f"Mean corruption accuracy ({over})", "value": res["corruptions_acc"],
-                    "attack": CORRUPTIONS, "kind": CORRUPTIONS, "settings": {"over": over, "version": block.get("version")}})
+        out.append({"config": CORRUPTIONS, "name": f"Mean corruption accuracy ({over})",
+                    "value": res["corruptions_acc"], "attack": CORRUPTIONS, "kind": CORRUPTIONS,
+                    "settings": {"over": over, "version": block.get("version")}})
     return out
 
 

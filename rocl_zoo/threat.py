@@ -1,5 +1,6 @@
 """The threat model, in one place: norms, budgets (parsing, printing, checking, defaults) and the PGD step rules;
-the common-corruptions threat model (no norm, no budget) is named here and lives in rocl_zoo.corruptions (the types) and rocl_zoo.corruption_eval.
+the common-corruptions threat model (no norm, no budget) is named here and lives in rocl_zoo.corruptions (the
+types) and rocl_zoo.corruption_eval (the set and accuracy on it).
 
 Budgets are in pixel units of [0, 1] images (models normalise inside), so 8/255 is CIFAR's usual l-inf budget
 and 0.1 Fashion-MNIST's (Croce et al. 2019; the zoo evaluates its Fashion-MNIST models at 0.1).

@@ -21,7 +21,7 @@ from pathlib import Path
 from .data import DATASETS
 from .errors import IntegrityError, ModelNotFoundError
 from .models import convnet, resnet, wide_resnet
-from .models._cfg import HF_ORG, PACKAGE_WEIGHTS_DIR, WEIGHTS_DIR, WEIGHTS_FILE  # noqa: F401  (the zoo's paths)
+from .models._cfg import PACKAGE_WEIGHTS_DIR, WEIGHTS_DIR, WEIGHTS_FILE, hf_hub_id  # noqa: F401  (its paths)
 
 REGISTRY_NAME = "registry.json"  # written by `python -m training.release`: each shipped entry's sha256 and metrics
 
@@ -50,7 +50,7 @@ class ZooEntry:
 
     @property
     def hf_hub_id(self) -> str:
-        return f"{HF_ORG}/{self.name}"
+        return hf_hub_id(self.name)
 
     @property
     def info(self):
@@ -180,6 +180,7 @@ def zoo_table_markdown() -> str:
         aa = _pct(m.get("autoattack_acc"))
         if aa and m.get("autoattack_n_examples"):
             aa += f" (n={m['autoattack_n_examples']})"
-        rows.append(f"| `{e.name}` | {e.dataset} | {f'`{e.recipe}`' if e.recipe else 'steps of `training/matrix.py`'} | {_pct(m.get('clean_acc'))} | "
+        recipe = f"`{e.recipe}`" if e.recipe else "steps of `training/matrix.py`"
+        rows.append(f"| `{e.name}` | {e.dataset} | {recipe} | {_pct(m.get('clean_acc'))} | "
                     f"{_pct(m.get('pgd20_acc'))} | {aa} | {threat} | {status} |")
     return "\n".join(rows)

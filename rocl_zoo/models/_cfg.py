@@ -23,6 +23,11 @@ PAPER = dict(license="mit", paper_ids="arXiv:2006.07589", paper_name="Adversaria
              origin_url="https://github.com/Kim-Minseon/RoCL")
 
 
+def hf_hub_id(name: str) -> str:
+    """The Hub repo an entry's weights are published to."""
+    return f"{HF_ORG}/{name}"
+
+
 @dataclass(frozen=True)
 class Tag:
     dataset: str                   # a key of rocl_zoo.data.DATASETS
@@ -47,6 +52,6 @@ def pretrained_cfgs(tags: dict[str, Tag], *, first_conv: str, pool_size: Callabl
                    fixed_input_size=False, first_conv=first_conv, classifier="fc", label_names=info.classes, **PAPER)
         weights = WEIGHTS_DIR / name / WEIGHTS_FILE
         if weights.is_file():
-            cfg.update(hf_hub_id=f"{HF_ORG}/{name}", file=str(weights))
+            cfg.update(hf_hub_id=hf_hub_id(name), file=str(weights))
         cfgs[name] = cfg
     return cfgs
