@@ -45,7 +45,8 @@ CORRUPT_HINT = "Delete it to restart the run from its beginning, or pass --overw
 VOLATILE = frozenset({
     "device", "threads", "progress", "quiet", "resume", "overwrite", "max_steps", "ckpt_every", "checkpoint_every",
     "log_every", "data_root", "command", "hardware", "cpu_native_bf16", "device_type", "started", "run_id",
-    "rocl_zoo_version", "torch", "encoder_source", "attacks", "autoattack", "autoattack_examples", "eval_examples"})
+    "rocl_zoo_version", "torch", "encoder_source", "attacks", "autoattack", "autoattack_examples", "eval_examples",
+    "description", "notes"})  # words about a recipe, not its settings
 
 
 class TrainingInterrupted(RoclZooError):

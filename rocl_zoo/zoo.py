@@ -21,7 +21,7 @@ from pathlib import Path
 from .data import DATASETS
 from .errors import IntegrityError, ModelNotFoundError
 from .models import convnet, resnet, wide_resnet
-from .models._cfg import PACKAGE_WEIGHTS_DIR, WEIGHTS_DIR, WEIGHTS_FILE, hf_hub_id  # noqa: F401  (its paths)
+from .models._cfg import PACKAGE_WEIGHTS_DIR, WEIGHTS_DIR, WEIGHTS_FILE, default_tags, hf_hub_id  # noqa: F401
 
 REGISTRY_NAME = "registry.json"  # written by `python -m training.release`: each shipped entry's sha256 and metrics
 
@@ -93,7 +93,9 @@ class ZooEntry:
 def _defined() -> dict[str, ZooEntry]:
     """Every entry the model files define, in their order."""
     tags = {**convnet.TAGS, **resnet.TAGS, **wide_resnet.TAGS}
-    return {name: ZooEntry(name=name, **dataclasses.asdict(tag)) for name, tag in tags.items()}
+    defaults = default_tags(tags)
+    return {name: ZooEntry(name=name, **{**dataclasses.asdict(tag), "default": name in defaults})
+            for name, tag in tags.items()}
 
 
 _REGISTRY_PROBLEM: list[str] = []  # why the registry could not be read, reported on use (never at import)

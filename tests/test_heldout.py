@@ -9,7 +9,7 @@ from training import heldout, pretrain, supervised
 from test_pretrain import TINY as PRETRAIN_TINY, pretrain_args
 from test_supervised import TINY as SUPERVISED_TINY, args as supervised_args
 
-CURVE = ["--set", "holdout=32", "--set", "probe_examples=32", "--set", "probe_epochs=2"]
+CURVE = ["--set", "holdout=32", "--set", "eval_every=1", "--set", "probe_examples=32", "--set", "probe_epochs=2"]
 
 
 def epoch_records(run):

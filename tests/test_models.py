@@ -92,3 +92,15 @@ def test_documented_cost(arch, params_m, macs_m):
         model(torch.rand(1, in_chans, SIZES[arch], SIZES[arch]))
     assert counter.get_total_flops() / 2e6 == pytest.approx(macs_m, rel=0.01)
     assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params_m, rel=0.01)
+
+
+def test_an_architecture_defaults_to_a_trained_tag_until_its_marked_one_ships(tmp_path):
+    from rocl_zoo.models._cfg import WEIGHTS_FILE, Tag, default_tags
+
+    tags = {"a.cifar10": Tag("cifar10", "r1", "the paper's", default=True), "a.fmnist": Tag("fashion_mnist", "r2", "FM"),
+            "b.cifar10": Tag("cifar10", "r3", "unmarked")}
+    assert default_tags(tags, tmp_path) == {"a.cifar10", "b.cifar10"}  # nothing trained: the marked one
+    for name in ("a.fmnist", "a.cifar10"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / WEIGHTS_FILE).write_bytes(b"x")
+        assert default_tags(tags, tmp_path) == {name, "b.cifar10"}  # the trained one, then the marked one

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Tiny runs: the digits (8x8) with the small CNN, a 64-image subset, batch 16 (4 steps an epoch).
 TINY = ["--recipe", "fmnist_rocl", "--threads", "1", "--quiet", "--subset", "64", "--batch-size", "16",
         "--epochs", "2", "--set", "dataset=digits", "--set", "proj_hidden=32", "--set", "proj_out=16",
-        "--set", "attack_steps=2", "--set", "ckpt_every=3", "--set", "log_every=1", "--set", "warmup_epochs=0.5"]
+        "--set", "attack_steps=2", "--set", "ckpt_every=3", "--set", "log_every=1", "--set", "warmup_epochs=0.5", "--set", "holdout=0"]
 
 
 def run(out, *extra):
@@ -134,7 +134,7 @@ def test_loss_falls_on_fashion_mnist(tmp_path):
         "--recipe", "fmnist_rocl", "--threads", "1", "--quiet", "--subset", "128", "--batch-size", "16",
         "--epochs", "15", "--max-steps", "80", "--data-root", str(tmp_path / "data"), "--out", str(out),
         "--set", "proj_hidden=64", "--set", "attack_steps=1", "--set", "log_every=1", "--set", "warmup_epochs=1",
-        "--set", "ckpt_every=1000"]))
+        "--set", "ckpt_every=1000", "--set", "holdout=0"]))
     losses = [m["loss"] for m in metrics(out)]
     assert len(losses) == 80
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10

@@ -60,7 +60,10 @@ def test_whole_matrix_runs_and_every_output_parses(toy):
     assert all(r["sha256"] and r["metrics"]["check"]["n_examples"] for r in registry.values())
     index = json.loads((tmp / "results" / "index.json").read_text())["results"]
     assert len(index) == sum(1 for p in (tmp / "results").rglob("*.json") if is_results_file(p))
-    assert any(k.startswith("curve/") for k in json.loads((tmp / "results" / "stamps.json").read_text()))
+    # a recipe with a held-out curve runs in results/curves/ and ships its best held-out epoch
+    curve = tmp / "results" / "curves" / "fmnist_at"
+    assert any("heldout_pgd" in line for line in (curve / "metrics.jsonl").read_text().splitlines())
+    assert "curves/fmnist_at/best" in " ".join(map(str, matrix["release/cnn4_rocl.fmnist_at"].argv))
     assert "0 items to run" in reproduce(tmp, "--dry-run").stdout
 
 
@@ -82,7 +85,7 @@ def test_a_lost_result_is_remade_with_only_what_depends_on_it(toy):
 
 def test_changed_weights_make_their_measurements_stale(toy):
     tmp, _ = toy
-    weights = tmp / "runs" / "fmnist_trades" / "model" / "model.safetensors"
+    weights = tmp / "results" / "curves" / "fmnist_trades" / "best" / "model.safetensors"
     from safetensors.torch import load_file, save_file
 
     state = load_file(str(weights))
@@ -94,3 +97,13 @@ def test_changed_weights_make_their_measurements_stale(toy):
     assert stale and all(s.startswith(("eval/cnn4_rocl.fmnist_trades/", "release/cnn4_rocl.fmnist_trades"))
                          for s in stale)
     assert any(s.startswith("eval/") for s in stale)
+
+
+def test_a_release_made_by_hand_can_be_recorded(toy):
+    tmp, _ = toy
+    stamps, item = tmp / "results" / "stamps.json", "release/cnn4_rocl.fmnist_at"
+    data = json.loads(stamps.read_text())
+    made = data.pop(item)
+    stamps.write_text(json.dumps(data))  # as `python -m training.release` run by itself leaves it
+    assert "recorded " + item in reproduce(tmp, "--record", item).stdout
+    assert json.loads(stamps.read_text())[item] == made

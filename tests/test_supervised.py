@@ -11,7 +11,7 @@ from training import common, supervised
 
 TINY = ["--threads", "1", "--quiet", "--subset", "64", "--batch-size", "16", "--epochs", "2",
         "--set", "dataset=digits", "--set", "attack_steps=2", "--set", "eps=0.1", "--set", "log_every=1",
-        "--set", "lr_milestones=1"]
+        "--set", "lr_milestones=1", "--set", "holdout=0"]
 
 
 def args(argv):

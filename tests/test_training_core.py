@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 # Digits (8x8), 64 images, batch 16: 4 steps an epoch.
 TINY = ["--threads", "1", "--quiet", "--subset", "64", "--batch-size", "16", "--set", "dataset=digits",
-        "--set", "attack_steps=2", "--set", "log_every=1"]
+        "--set", "attack_steps=2", "--set", "log_every=1", "--set", "holdout=0"]
 TINY_ROCL = [*TINY, "--set", "proj_hidden=32", "--set", "proj_out=16", "--set", "warmup_epochs=0.5"]
 
 

@@ -22,7 +22,8 @@ def split(ds: ImageTensorDataset, n: int, seed: int) -> tuple[ImageTensorDataset
     if not 0 < n < len(ds):
         from rocl_zoo.errors import ConfigError
 
-        raise ConfigError(f"holdout={n} must be between 0 and the {len(ds)} training images.")
+        raise ConfigError(f"holdout={n} must be between 0 and the {len(ds)} training images (--set holdout=0 "
+                          "trains on all of them, without a held-out curve).")
     perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(10_007 * seed + 1))
     keep, out = perm[n:].sort().values, perm[:n].sort().values
     return (ImageTensorDataset(ds.images[keep], ds.labels[keep], ds.classes, ds.name),

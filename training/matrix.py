@@ -94,22 +94,10 @@ TRANSFERS = (  # (target, source): black-box PGD-20 made on the source classifie
 DIGITS = (("cnn4_rocl.fmnist", "at"), ("cnn4_rocl.fmnist_at", "at"))
 DIGITS_N = 360  # the digits test split
 
-# Held-out curves (training/heldout.py): long runs of a recipe with 5,000 training images kept out and measured
-# every `eval_every` epochs, from which the recipes' epochs and schedules are chosen (issue #19). They run in
-# results/curves/<recipe>/, so their records (and, between sessions, their small checkpoints) are committed.
-@dataclass(frozen=True)
-class Curve:
-    recipe: str
-    epochs: int
-    eval_every: int
-    sets: tuple = ()             # recipe overrides (--set FIELD=VALUE)
-
-
-CURVES = (
-    Curve("fmnist_at", 20, 1, ("lr_milestones=10,15",)),  # constant LR, then two decays: where robust accuracy peaks
-    Curve("fmnist_rocl", 30, 2),                           # warm-up and cosine over 30 epochs, a linear probe every 2
-)
-HOLDOUT = 5000
+# A recipe with a held-out curve (`holdout` > 0: the zoo's converged recipes, issue #19) runs in
+# results/curves/<recipe>/, so its records (and, between sessions, its small checkpoint) are committed; what it
+# ships is `best/`, the epoch with the best held-out robust accuracy.
+CURVES = "curves"
 
 # Budgets of the steps that are not a recipe (the recipes' own are in training/recipes.py)
 HEAD_ARGS = {"linear": ["--epochs", "150"],  # SLF: 150 epochs on frozen features (the paper's protocol)
@@ -129,7 +117,7 @@ class Scale:
     train: tuple = ()            # appended to training commands
     head: dict | None = None     # replaces HEAD_ARGS
     finetune: tuple = ()         # appended to rocl_zoo.finetune commands
-    curve: tuple = ()            # appended to the held-out curves' commands
+    holdout: tuple = ()          # appended to the commands of recipes with a held-out curve
 
     def images(self, n: int) -> int:
         return min(n, self.n) if self.n else n
@@ -141,8 +129,7 @@ SCALES = {
                  head={"linear": ["--epochs", "1", "--train-examples", "64"],
                        "robust-linear": ["--epochs", "1", "--train-examples", "32", "--train-steps", "2"]},
                  finetune=("--epochs", "1", "--subset", "64", "--batch-size", "32", "--steps", "2"),
-                 curve=("--epochs", "2", "--subset", "64", "--batch-size", "32", "--set", "holdout=16", "--set",
-                        "probe_examples=16", "--set", "probe_epochs=1")),
+                 holdout=("--set", "holdout=16", "--set", "probe_examples=16", "--set", "probe_epochs=1")),
 }
 
 
@@ -172,12 +159,27 @@ def _py(module: str, *args) -> list:
     return ["-m", module, *map(str, args)]
 
 
+def run_folder(recipe: str, paths: Paths) -> Path:
+    """Where a recipe's run lives: results/curves/ for one with a held-out curve, runs/ for the others."""
+    from training.recipes import get_recipe
+
+    return (paths.results / CURVES if get_recipe(recipe).holdout else paths.runs) / recipe
+
+
+def product(recipe: str, paths: Paths) -> Path:
+    """The folder of what a recipe's run makes for the zoo (a classifier, or an encoder the heads read out): the
+    best held-out epoch where the recipe has a curve, else what its trainer exports at the end."""
+    from training.recipes import get_recipe
+
+    return run_folder(recipe, paths) / ("best" if get_recipe(recipe).holdout else _trainer(recipe)[1])
+
+
 def classifier(entry: Entry, protocol: str, paths: Paths) -> Path:
     """The run folder that holds the entry's classifier for `protocol` (shipped or not)."""
     if entry.method == "pretrain":
         return paths.runs / entry.recipe / protocol
     if entry.method == "supervised":
-        return paths.runs / entry.recipe / "model"
+        return product(entry.recipe, paths)
     return paths.runs / entry.name.split(".", 1)[1] / "classifier"
 
 
@@ -205,48 +207,35 @@ def _trainer(recipe: str) -> tuple[str, str]:
 def _train(entry: Entry, paths: Paths, scale: Scale) -> Item:
     from training.recipes import get_recipe
 
-    run = paths.runs / entry.recipe
+    run = run_folder(entry.recipe, paths)
     module, folder = _trainer(entry.recipe)
     recipe = get_recipe(entry.recipe).to_dict()
     sets, needs, inputs = [], [], []
     if entry.start:  # what it learns from: its start entry's run (a shipped encoder stands in for a missing one)
-        start = paths.runs / BY_NAME[entry.start].recipe
-        froms = {"teacher": start / "encoder"} if recipe["kind"] == "deacl" else \
-            {"start": start / "encoder", "pseudo_labels": start / "encoder_clean"}
+        start = BY_NAME[entry.start].recipe
+        froms = {"teacher": product(start, paths)} if recipe["kind"] == "deacl" else \
+            {"start": product(start, paths), "pseudo_labels": run_folder(start, paths) / "encoder_clean"}
         sets = [a for k, v in froms.items() for a in ("--set", f"{k}={v}")]
         needs, inputs = [f"train/{BY_NAME[entry.start].recipe}"], [v / "model.safetensors" for v in froms.values()]
+    held = scale.holdout if recipe["holdout"] else ()
+    outputs = [run / folder / "model.safetensors"] + ([run / "best" / "model.safetensors"] if recipe["holdout"] else [])
     return Item(f"train/{entry.recipe}",
-                _py(module, "--recipe", entry.recipe, *sets, "--out", run, "--quiet", *scale.train),
-                [run / folder / "model.safetensors"], needs=needs, inputs=inputs,
+                _py(module, "--recipe", entry.recipe, *sets, "--out", run, "--quiet", *scale.train, *held),
+                outputs, needs=needs, inputs=inputs,
                 spec={"recipe": recipe, "scale": list(scale.train)}, partial=[run / "checkpoint.pt"], kind="train",
                 cost={"recipe": entry.recipe, "epochs": recipe["epochs"], "name": entry.name})
 
 
-def _curve(curve: Curve, paths: Paths, scale: Scale) -> Item:
-    from training.recipes import get_recipe
-
-    recipe = get_recipe(curve.recipe)
-    module, folder = _trainer(curve.recipe)
-    run = paths.results / "curves" / curve.recipe
-    sets = [a for s in (f"holdout={HOLDOUT}", f"eval_every={curve.eval_every}", *curve.sets) for a in ("--set", s)]
-    return Item(f"curve/{curve.recipe}",
-                _py(module, "--recipe", curve.recipe, "--epochs", curve.epochs, *sets, "--out", run, "--quiet",
-                    *scale.curve),
-                [run / folder / "model.safetensors"], spec={"recipe": recipe.to_dict(), "curve": vars(curve)},
-                partial=[run / "checkpoint.pt"], kind="train",
-                cost={"recipe": curve.recipe, "epochs": curve.epochs, "name": recipe.arch})
-
-
 def _head(entry: Entry, protocol: str, paths: Paths, scale: Scale) -> Item:
-    run = paths.runs / entry.recipe
+    run, encoder = paths.runs / entry.recipe, product(entry.recipe, paths)
     args = (scale.head or HEAD_ARGS)[protocol]
     out = classifier(entry, protocol, paths)
     return Item(f"head/{entry.name}/{protocol}",
-                _py("rocl_zoo.evaluate", run / "encoder", "--name", entry.name, "--dataset", DATASET, "--protocol",
+                _py("rocl_zoo.evaluate", encoder, "--name", entry.name, "--dataset", DATASET, "--protocol",
                     protocol, *args, "--attacks", "clean", "--n-examples", scale.images(10000), "--quiet",
                     "--save-classifier", out, "--out", run / f"{protocol}.json"),
                 [out / "model.safetensors", run / f"{protocol}.json"], needs=[f"train/{entry.recipe}"],
-                inputs=[run / "encoder" / "model.safetensors"], spec={"args": args}, kind="head",
+                inputs=[encoder / "model.safetensors"], spec={"args": args}, kind="head",
                 cost={"protocol": protocol, "name": entry.name})
 
 
@@ -353,8 +342,6 @@ def items(paths: Paths, scale: str = "full") -> dict[str, Item]:
         add(_eval(BY_NAME[target], BY_NAME[target].protocols[0], TRANSFER, paths, sc, source=source))
     for encoder, mode in DIGITS:
         add(_digits(encoder, mode, paths, sc))
-    for curve in CURVES:
-        add(_curve(curve, paths, sc))
     return out
 
 
@@ -362,7 +349,7 @@ def stand_ins(paths: Paths) -> dict[Path, str]:
     """Run folders whose product ships in the zoo -> the zoo name that stands in for them on a machine without the
     run: each entry's shipped classifier, and a pretrained encoder (inside its shipped linear classifier)."""
     out = {classifier(e, e.protocols[0], paths): e.name for e in ENTRIES}
-    out.update({paths.runs / e.recipe / "encoder": e.name for e in ENTRIES if e.method == "pretrain"})
+    out.update({product(e.recipe, paths): e.name for e in ENTRIES if e.method == "pretrain"})
     return out
 
 

@@ -119,7 +119,8 @@ def _main(args) -> int:
     record = release(args.name, args.classifier, args.results, weights_dir=args.weights_dir)
     print(json.dumps(record, indent=2))
     print("the README's zoo table comes from the registry: `python scripts/update_readme.py` refreshes it "
-          "(`python -m training.reproduce` does after its runs)", file=sys.stderr)
+          "(`python -m training.reproduce` does after its runs); `python -m training.reproduce --record "
+          f"release/{args.name}` records what this release was made from", file=sys.stderr)
     return 0
 
 

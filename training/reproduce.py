@@ -9,7 +9,8 @@ An item is `done` when its outputs exist and were made from the inputs it has no
 settings changed since (the weights it measured, its recipe), `partial` when an interrupted run left a checkpoint
 or a `.partial` file (it resumes there), `missing` otherwise. An item runs when it is selected and not done, or
 when an item that runs needs it and it is not done; a classifier that is shipped in the zoo counts as made even
-where its run folder is not on this machine (evaluations then read the shipped weights: the same tensors).
+where its run folder is not on this machine and neither is the run it was made from (evaluations then read the
+shipped weights: the same tensors).
 What each item was made from is recorded in results/stamps.json. Costs are CPU-seconds (threads x wall time)
 estimated from the rates the committed results and training records measured; `?` where none was measured.
 """
@@ -104,7 +105,9 @@ class Matrix:
         if any(Path(p).exists() for p in item.partial):
             return "partial"
         made = [o for o in item.outputs if Path(o).name == "model.safetensors"]  # a classifier, shipped
-        return "done" if made and all(self.stand_in(Path(o).parent) for o in made) else "missing"
+        # ... made from what is not here either: a run product here (an encoder trained anew) means it is not
+        fresh = [p for p in item.inputs if not Path(p).is_relative_to(self.paths.weights) and Path(p).exists()]
+        return "done" if made and not fresh and all(self.stand_in(Path(o).parent) for o in made) else "missing"
 
     def plan(self, selected: list[str]) -> list[str]:
         """The items to run now, in matrix order: each selected item that is not done, and every item they need
@@ -280,6 +283,21 @@ def run_item(m: Matrix, item: Item, threads: int, in_process: bool = False, proc
     print(f"    done in {time.time() - t0:.0f} s", flush=True)
 
 
+def record_by_hand(m: Matrix, names: list[str]) -> int:
+    """`--record`: stamp each selected item whose outputs and inputs all exist; say which could not be."""
+    unmade = []
+    for name in names:
+        item = m.items[name]
+        if all(Path(o).exists() for o in item.outputs) and m.stamp(item):
+            m.record(item)
+            print(f"recorded {name}")
+        else:
+            unmade.append(name)
+    if unmade:
+        print(f"not recorded (an output or an input is missing): {', '.join(unmade)}", file=sys.stderr)
+    return 1 if unmade else 0
+
+
 def select(m: Matrix, names: list[str]) -> list[str]:
     if not names or names == ["all"]:
         return list(m.items)
@@ -325,6 +343,9 @@ def main(argv=None) -> int:
                                             "all (default)")
     p.add_argument("--dry-run", action="store_true", help="show each item's state, cost and command; run nothing")
     p.add_argument("--list", action="store_true", help="with --dry-run: every selected item, not only those to run")
+    p.add_argument("--record", action="store_true",
+                   help="run nothing: record that the selected items' outputs, made by hand (a release run by "
+                        "itself), were made from what they need now, so a later change makes them stale")
     p.add_argument("--scale", choices=sorted(SCALES), default="full",
                    help="full: the zoo; toy: every stage for a step on a few images (tests)")
     p.add_argument("--results", type=Path, default=ROOT / "results", help="results folder (default results/)")
@@ -349,6 +370,8 @@ def main(argv=None) -> int:
     if args.dry_run:
         show(m, selected if args.list else todo, todo, m.after(selected, todo))
         return 0
+    if args.record:
+        return record_by_hand(m, selected)
     done: set[str] = set()
     try:
         while todo:  # planned again after each item: what it changed may make others stale
