@@ -133,10 +133,13 @@ def autoattack_text(results: dict) -> str:
 
 
 def card_description(config: dict, metrics: list) -> str:
-    """The model card's opening (`rocl_zoo.model_card` writes the rest): what was transferred, how, and the last
-    epoch's validation."""
+    """The model card's opening (`rocl_zoo.model_card` writes the rest): what was transferred, how, and the
+    validation of the epoch it ships (the last, or with keep_best the best)."""
     mode, ds = config["mode"], config["dataset"]
     last = metrics[-1] if metrics else {}
+    which = "Last epoch's"
+    if config.get("keep_best") and last.get("best_epoch"):
+        last, which = metrics[last["best_epoch"] - 1], f"Best epoch's (epoch {last['best_epoch']}, kept)"
     # metrics.jsonl, a training log, keeps its validation accuracies as fractions; the card states percent
     val = lambda k: "–" if last.get(k) is None else f"{100 * last[k]:.2f} %"  # noqa: E731
     settings = ", ".join(f"{k}={config[k]}" for k in ("epochs", "lr", "batch_size", "weight_decay", "milestones",
@@ -144,7 +147,7 @@ def card_description(config: dict, metrics: list) -> str:
     return (f"`{config['architecture']}` fine-tuned on `{ds}` ({mode}): the encoder `{config['encoder']}` transferred "
             f"with `python -m rocl_zoo.finetune --mode {mode}`: {MODES[mode]}.\n\nSettings: {settings}. Input: images "
             f"in [0, 1] of shape {list(config['input_size'])} (the data were converted from "
-            f"{list(config['source_input_size'])}). Last epoch's validation: clean {val('val_clean_acc')}, robust "
+            f"{list(config['source_input_size'])}). {which} validation: clean {val('val_clean_acc')}, robust "
             f"{val('val_robust_acc')}.")
 
 
@@ -159,7 +162,8 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
              subset: int | None = None, eval_examples: int = 0, attacks: str | None = None,
              autoattack: bool = False, autoattack_examples: int = 0, seed: int = 0, device="auto", data_root=None,
              download: bool = False, resume: bool = False, overwrite: bool = False, checkpoint_every: int = 0,
-             max_steps: int | None = None, amp: str = "auto", progress: bool = True) -> FinetuneResult:
+             max_steps: int | None = None, amp: str = "auto", keep_best: bool = False,
+             progress: bool = True) -> FinetuneResult:
     """Transfer an encoder to a dataset in one of the modes linear, robust-linear, at, trades (see the module doc).
 
     model: a zoo name, hf-hub:ORG/NAME, a Hub folder, or a model. dataset: a name (fashion_mnist, cifar10,
@@ -167,7 +171,8 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
     data. out: the output folder (None: nothing is written, no resume). image_size / in_chans: change the model
     rather than the data. subset: train on a fixed random subset. eval_examples: evaluate on a fixed random
     subset of the test split (0 = all). attacks: the evaluation suite (default clean,pgd20; autoattack=True
-    adds AutoAttack, on a fixed random subset of autoattack_examples of them when > 0). Returns
+    adds AutoAttack, on a fixed random subset of autoattack_examples of them when > 0). keep_best (adversarial
+    modes): end with the epoch of the best validation robust accuracy rather than the last. Returns
     FinetuneResult(model, results, metrics, out, config).
     """
     _check_counts(resume=resume, overwrite=overwrite, val_fraction=val_fraction, val_examples=val_examples,
@@ -209,7 +214,7 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
               "n_train": len(data["train"][1]), "n_val": len(data["val"][1]), "n_test": len(data["test"][1]),
               "train_attack": _train_attack(s), "attacks": suite, "autoattack": autoattack,
               "autoattack_examples": autoattack_examples, "eval_examples": eval_examples,
-              "checkpoint_every": checkpoint_every, **_runtime(device, amp)}
+              "checkpoint_every": checkpoint_every, "keep_best": keep_best, **_runtime(device, amp)}
     run, ckpt, finished = _open_run(out, config, suite, resume=resume, overwrite=overwrite, progress=progress)
     if finished is not None:
         return FinetuneResult(load(out / CLASSIFIER_DIR, device=device), finished, list(ckpt["epochs"]), out, config)
@@ -217,7 +222,7 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
     t0 = time.time()
     metrics = train_mode(clf, data, s, device=device, run=run, ckpt=ckpt, config=config,
                          checkpoint_every=checkpoint_every, max_steps=max_steps, progress=progress,
-                         val_examples=val_examples, seed=seed, amp=config["precision"])
+                         val_examples=val_examples, seed=seed, amp=config["precision"], keep_best=keep_best)
     train_time = time.time() - t0
     if max_steps and (not metrics or metrics[-1]["epoch"] < s["epochs"]):
         raise TrainingInterrupted(f"stopped after {max_steps} steps (max_steps), checkpoint written; continue with "
@@ -284,6 +289,8 @@ def _test_results(clf, data: dict, s: dict, config: dict, metrics: list, *, suit
             "rocl_zoo_version": __version__}
     if s["mode"] == "trades":
         meta["protocol_config"]["beta"] = s["beta"]
+    if config["keep_best"]:  # the weights are this epoch's, not the last one's
+        meta["protocol_config"]["best_epoch"] = metrics[-1]["best_epoch"]
     return evaluate(clf, to_float(xte, "cpu"), yte, attacks=suite, eps=s["eps"], norm=s["norm"],
                     seed=config["seed"], num_classes=data["num_classes"], autoattack_examples=autoattack_examples,
                     progress=progress, meta=meta)
@@ -348,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change the model's input channels (first conv adapted) instead of converting the data")
     g.add_argument("--val-fraction", type=float, default=0.1, help="held out of the training split (default 0.1)")
     g.add_argument("--val-examples", type=int, default=500, help="validation examples scored per epoch (default 500)")
+    g.add_argument("--keep-best", action="store_true", help="adversarial modes: end with the epoch of the best "
+                                                            "validation robust accuracy, not the last")
     g.add_argument("--subset", type=int, help="train on a fixed random subset of this many training images")
     g.add_argument("--download", action="store_true", help="let torchvision download the dataset")
     g = p.add_argument_group("evaluation and run control")
@@ -396,7 +405,7 @@ def _main(args) -> int:
                    autoattack=args.autoattack, autoattack_examples=args.autoattack_examples, seed=args.seed,
                    device=args.device, data_root=args.data_root, download=args.download, resume=args.resume,
                    overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
-                   amp=args.amp, progress=not args.quiet)
+                   amp=args.amp, keep_best=args.keep_best, progress=not args.quiet)
     r = run.results
     fmt = lambda v: "–" if v is None else f"{v:.2f} %"  # noqa: E731
     print(f"{args.mode}: clean {fmt(r.get('clean_acc'))}, PGD {fmt(r.get('pgd_acc'))}, AutoAttack "

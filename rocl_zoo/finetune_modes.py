@@ -21,6 +21,7 @@ from .adapt import fixed_subset, to_float
 from .errors import ConfigError
 from .loop import RunFolder, batch_indices, multistep_lr, train_loop
 from .precision import autocast
+from .utils import atomic_write
 from .threat import alf_step, check_eps, default_eps, madry_step, parse_eps
 
 MODES = {
@@ -122,15 +123,56 @@ def _val_metrics(clf, x, y, s: dict, device, robust: bool, generator: torch.Gene
     return out
 
 
+class BestEpoch:
+    """keep_best: the weights of the epoch with the best validation robust accuracy, which the run ends with (robust
+    overfitting, Rice et al. 2020, makes the last epoch not always the best). Kept in the run folder as
+    best.safetensors, so a resumed run still has them."""
+    NAME = "best.safetensors"
+
+    def __init__(self, run: RunFolder | None, ckpt: dict | None):
+        seen = [r for r in (ckpt or {}).get("epochs", []) if "val_robust_acc" in r]
+        best = max(seen, key=lambda r: r["val_robust_acc"], default=None)  # the first of equals
+        self.acc, self.epoch = (best["val_robust_acc"], best["epoch"]) if best else (-1.0, None)
+        self.path = run.path / self.NAME if run is not None else None
+        self.state = None
+        if best and self.path is not None and self.path.is_file():
+            from safetensors.torch import load_file
+
+            self.state = load_file(str(self.path))
+
+    def update(self, clf: nn.Module, epoch: int, acc: float) -> int:
+        """Keep the weights if `acc` is the best so far; the best epoch (1-based)."""
+        if acc > self.acc:
+            from safetensors.torch import save
+
+            self.acc, self.epoch = acc, epoch
+            self.state = {k: v.detach().cpu().contiguous().clone() for k, v in clf.state_dict().items()}
+            if self.path is not None:
+                with atomic_write(self.path) as f:
+                    f.write(save(self.state))
+        return self.epoch
+
+    def restore(self, clf: nn.Module) -> None:
+        if self.state is None:
+            raise ConfigError(f"the best epoch's weights ({self.path}) are missing: start the run again "
+                              f"(--overwrite).")
+        clf.load_state_dict(self.state)
+
+
 TRAIN_ON = {"linear": "clean features", "robust-linear": "adversarial", "at": "adversarial",
             "trades": "clean+adversarial"}
 
 
 def train_mode(clf: nn.Module, data: dict, s: dict, *, device, run: RunFolder | None, ckpt: dict | None,
            config: dict, checkpoint_every: int, max_steps: int | None, progress: bool, val_examples: int,
-           seed: int, amp: str) -> list:
-    """The mode's step (rocl_zoo.steps) through the zoo's one loop (rocl_zoo.loop); the epoch records."""
+           seed: int, amp: str, keep_best: bool = False) -> list:
+    """The mode's step (rocl_zoo.steps) through the zoo's one loop (rocl_zoo.loop); the epoch records. keep_best
+    (adversarial modes): end with the best validation epoch's weights (BestEpoch)."""
     mode = s["mode"]
+    if keep_best and mode not in ADVERSARIAL_MODES:
+        raise ConfigError(f"keep_best picks by validation robust accuracy: an adversarial mode "
+                          f"({', '.join(ADVERSARIAL_MODES)}), not {mode}.")
+    best = BestEpoch(run, ckpt) if keep_best else None
     opt = torch.optim.SGD(_set_trainable(clf, mode), lr=s["lr"], momentum=s["momentum"],
                           weight_decay=s["weight_decay"])
     clf.to(device).train(mode in ("at", "trades"))  # a frozen encoder keeps its BN statistics
@@ -157,6 +199,8 @@ def train_mode(clf: nn.Module, data: dict, s: dict, *, device, run: RunFolder | 
         robust = mode in ADVERSARIAL_MODES or epoch + 1 == s["epochs"]
         g = torch.Generator().manual_seed(seed * 7_919 + epoch)
         rec = dict(train_on=TRAIN_ON[mode], **_val_metrics(clf, xva, yva, s, device, robust, g))
+        if best is not None:
+            rec["best_epoch"] = best.update(clf, epoch + 1, rec["val_robust_acc"])
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{s['epochs']}: " + ", ".join(f"{k} {v}" for k, v in rec.items()))
         return rec
@@ -166,6 +210,8 @@ def train_mode(clf: nn.Module, data: dict, s: dict, *, device, run: RunFolder | 
                         lr_at=lambda step: lr_at(s, step // steps_per_epoch), stop=max_steps, run=run, ckpt=ckpt,
                         config=config, log_every=0, ckpt_every=checkpoint_every, on_epoch_end=on_epoch_end,
                         progress=progress, desc=f"{mode} fine-tuning", precision=amp)
+    if best is not None and epochs and epochs[-1]["epoch"] == s["epochs"]:
+        best.restore(clf)
     for p in clf.parameters():
         p.requires_grad_(True)
     clf.eval()

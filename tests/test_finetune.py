@@ -348,3 +348,22 @@ def test_classifier_loads_through_torch_hub(runs):
     x = torch.rand(3, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(model.eval()(x), run.model.eval()(x))
+
+
+def test_keep_best_ends_with_the_best_validation_epoch(encoder_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    kw = dict(TINY, epochs=3, subset=100, keep_best=True)  # 90 training images: 3 steps an epoch
+    straight = ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "straight", **kw)
+    accs = [m["val_robust_acc"] for m in straight.metrics]
+    best = accs.index(max(accs)) + 1  # the first of equals
+    assert straight.metrics[-1]["best_epoch"] == best == straight.results["protocol_config"]["best_epoch"]
+    kept = load_file(str(tmp_path / "straight" / "best.safetensors"))
+    assert all(torch.equal(v, kept[k]) for k, v in straight.model.state_dict().items())
+    with pytest.raises(ft.FinetuneInterrupted):  # cut inside the last epoch: the best so far comes from disk
+        ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", max_steps=7, **kw)
+    resumed = ft.finetune(str(encoder_dir), "digits", mode="at", out=tmp_path / "cut", resume=True, **kw)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a) and resumed.metrics[-1]["best_epoch"] == best
+    with pytest.raises(ConfigError, match="adversarial mode"):
+        ft.finetune(str(encoder_dir), "digits", mode="linear", keep_best=True, **TINY)

@@ -56,3 +56,15 @@ def test_pretraining_reads_out_a_probe_and_resume_keeps_the_best(tmp_path):
     assert curve(part) == curve(full)  # exact resume: the same weights, so the same held-out numbers
     a, b = load_file(full / "best/model.safetensors"), load_file(part / "best/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_curve_table_reads_the_epoch_records(tmp_path):
+    recs = [{"record": "step", "step": 1}, {"record": "epoch", "epoch": 1, "time_s": 60.0},
+            {"record": "epoch", "epoch": 2, "time_s": 120.0, "heldout_clean": 80.0, "heldout_pgd": 70.5,
+             "heldout_best_epoch": 2},
+            {"record": "epoch", "epoch": 3, "time_s": 60.0, "heldout_clean": 81.0, "heldout_pgd": 69.0,
+             "heldout_best_epoch": 2}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert [(r["epoch"], r["minutes"]) for r in heldout.curve(tmp_path)] == [(2, 3), (3, 4)]
+    table = heldout.markdown(tmp_path).splitlines()
+    assert table[2] == "| 2 | 80.00 | 70.50 (best) | 3 |" and table[3] == "| 3 | 81.00 | 69.00 | 4 |"

@@ -107,3 +107,14 @@ def test_a_release_made_by_hand_can_be_recorded(toy):
     stamps.write_text(json.dumps(data))  # as `python -m training.release` run by itself leaves it
     assert "recorded " + item in reproduce(tmp, "--record", item).stdout
     assert json.loads(stamps.read_text())[item] == made
+
+
+def test_an_unrecorded_item_is_remade_after_what_it_needs(toy):
+    tmp, _ = toy
+    stamps, release = tmp / "results" / "stamps.json", "release/cnn4_rocl.fmnist_at"
+    victim = "eval/cnn4_rocl.fmnist_at/none/L2-1.5/pgd-n12"
+    data = json.loads(stamps.read_text())
+    data.pop(release)  # a release from before stamps were recorded
+    stamps.write_text(json.dumps(data))
+    (tmp / "results" / (victim.removeprefix("eval/") + ".json")).unlink()
+    assert ran(reproduce(tmp, "cnn4_rocl.fmnist_at")) == [victim, release]

@@ -8,9 +8,12 @@ features of `probe_examples` training images for `probe_epochs` epochs), then at
 The numbers go into the epoch's record in metrics.jsonl (`heldout_clean`, `heldout_pgd`, `heldout_best_epoch`),
 and whenever the held-out robust accuracy is the best so far the weights are exported to `<run>/best/`: robust
 overfitting (Rice et al., ICML 2020) makes the last epoch not always the best one. Recipes pick their epochs and
-schedules from these curves.
+schedules from these curves; `python -m training.heldout RUN...` prints them as tables.
 """
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 
@@ -70,3 +73,35 @@ def tracker(setup, held: ImageTensorDataset, classifier_of, export_best):
         return {**rec, "heldout_best_epoch": state["epoch"]}
 
     return on_epoch_end
+
+
+def curve(run: Path) -> list[dict]:
+    """The held-out measurements of a run folder's metrics.jsonl: epoch, clean, PGD, best so far, minutes."""
+    rows, minutes = [], 0.0
+    for line in (Path(run) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        if rec.get("record") != "epoch":
+            continue
+        minutes += rec.get("time_s", 0) / 60
+        if "heldout_pgd" in rec:
+            rows.append({"epoch": rec["epoch"], "clean": rec["heldout_clean"], "pgd": rec["heldout_pgd"],
+                         "best": rec["heldout_best_epoch"], "minutes": round(minutes)})
+    return rows
+
+
+def markdown(run: Path) -> str:
+    """A run's held-out curve as a table (what the recipes' comments and the README quote)."""
+    rows = curve(run)
+    best = rows[-1]["best"] if rows else None
+    lines = ["| Epoch | Held-out clean % | Held-out PGD-10 % | Training minutes |", "|---:|---:|---:|---:|"]
+    for r in rows:
+        star = " (best)" if r["epoch"] == best else ""
+        lines.append(f"| {r['epoch']} | {r['clean']:.2f} | {r['pgd']:.2f}{star} | {r['minutes']} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m training.heldout RUN_FOLDER...
+    import sys
+
+    for folder in sys.argv[1:] or sorted(map(str, Path("results/curves").glob("*"))):
+        print(f"{folder}\n\n{markdown(folder)}")

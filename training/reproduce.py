@@ -31,6 +31,7 @@ from training.matrix import SCALES, TRAIN_IMAGES, Item, Paths, entry_items, item
 
 ROOT = Path(__file__).resolve().parents[1]
 STAMPS = "stamps.json"
+UNRECORDED = "made before what it needs was remade"  # a stamp no digest equals: the item is stale
 
 
 # ----------------------------------------------------------------------------------------------- state
@@ -142,6 +143,9 @@ class Matrix:
         if self.stamps_path.is_file():  # another reproduce may have recorded items meanwhile
             self.stamps = {**json.loads(self.stamps_path.read_text()), **self.stamps}
         self.stamps[item.name] = self.stamp(item)
+        for other in self.items.values():  # made from what was just remade, with no record of what: remake it too
+            if item.name in other.needs and other.name not in self.stamps:
+                self.stamps[other.name] = UNRECORDED
         write_json(self.stamps_path, dict(sorted(self.stamps.items())))
 
 
@@ -196,6 +200,16 @@ def measured_rates(results_root: Path) -> dict:
             "train": med(train)}
 
 
+def trained_fraction(item: Item) -> float:
+    """How much of an interrupted training run is done: its last logged step over its steps (0 when none)."""
+    run = Path(item.partial[0]).parent if item.partial else None
+    if run is None or not (run / "checkpoint.pt").is_file() or not (run / "metrics.jsonl").is_file():
+        return 0.0
+    total = json.loads((run / "config.json").read_text()).get("total_steps") or 0
+    steps = [json.loads(line).get("step", 0) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    return min(max(steps, default=0) / total, 1.0) if total else 0.0
+
+
 def estimate(item: Item, rates: dict) -> float | None:
     """CPU-seconds the item should take here, or None where nothing comparable was measured."""
     c = item.cost
@@ -204,7 +218,7 @@ def estimate(item: Item, rates: dict) -> float | None:
         from rocl_zoo.precision import resolve
 
         per_image = rates["train"].get((c["recipe"], resolve("auto", "cpu")))
-        return per_image and per_image * c["epochs"] * TRAIN_IMAGES
+        return per_image and per_image * c["epochs"] * TRAIN_IMAGES * (1 - trained_fraction(item))
     if item.kind == "head":
         return rates["head"].get(c["protocol"])
     if item.kind == "finetune":
