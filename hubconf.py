@@ -30,7 +30,8 @@ cnn4w_rocl.__doc__ = """Double-width 4-conv CNN (512-d features) for 28x28 image
 
 Args: pretrained, tag, num_classes, in_chans."""
 resnet18_rocl = _entry_point("resnet18_rocl")
-resnet18_rocl.__doc__ = """CIFAR ResNet-18 (the RoCL paper's encoder, 512-d features); default tag `cifar10`.
+resnet18_rocl.__doc__ = """CIFAR ResNet-18 (the RoCL paper's encoder, 512-d features); default tag: `fmnist` (RoCL on
+Fashion-MNIST, the zoo's flagship) once its weights ship and until the paper's `cifar10` ones do.
 
 Args: pretrained (default True: load the zoo weights; False: the bare architecture), tag (e.g. "cifar10_simclr",
 "fmnist"), num_classes, in_chans."""

@@ -182,7 +182,7 @@ def measured_rates(results_root: Path) -> dict:
             attack.setdefault((arch, "sanity"), []).append(s["wall_time_s"] * cores / s.get("n_examples", r.n))
         pc = r.data.get("protocol_config") or {}
         if pc.get("train_time_s"):
-            head.setdefault(pc["protocol"], []).append(pc["train_time_s"] * cores)
+            head.setdefault((arch, pc["protocol"]), []).append(pc["train_time_s"] * cores)
         if r.data.get("finetune_train_time_s"):
             head.setdefault(r.protocol + "@" + str(r.dataset), []).append(r.data["finetune_train_time_s"] * cores)
     for config in results_root.rglob("config.json") if results_root.is_dir() else []:
@@ -220,7 +220,7 @@ def estimate(item: Item, rates: dict) -> float | None:
         per_image = rates["train"].get((c["recipe"], resolve("auto", "cpu")))
         return per_image and per_image * c["epochs"] * TRAIN_IMAGES * (1 - trained_fraction(item))
     if item.kind == "head":
-        return rates["head"].get(c["protocol"])
+        return rates["head"].get((arch, c["protocol"]))
     if item.kind == "finetune":
         return rates["head"].get(c["key"])
     if item.kind == "release":
