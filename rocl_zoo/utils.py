@@ -103,3 +103,10 @@ def hardware_name(device: torch.device | str | None = None) -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def hardware_threads(hardware: str | None) -> int:
+    """The torch threads a `hardware_name` line names: 'Intel Xeon, 2 cores, 2 torch threads' -> 2 (1 when it does
+    not say: CPU time is threads x wall time)."""
+    words = (hardware or "").replace(",", " ").split()
+    return next((int(words[i - 1]) for i, w in enumerate(words) if w == "torch" and i and words[i - 1].isdigit()), 1)

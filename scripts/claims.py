@@ -19,7 +19,8 @@ sys.path.insert(0, str(ROOT))
 
 from rocl_zoo.results import Accuracy, lookup, most_examples, read_all  # noqa: E402
 
-from training.matrix import BY_NAME  # noqa: E402  (the entries compared here are the matrix's)
+from training import heldout  # noqa: E402
+from training.matrix import BY_NAME, CURVES, trainer  # noqa: E402  (the entries compared here are the matrix's)
 
 ROCL, SIMCLR, AT = "cnn4_rocl.fmnist", "cnn4_rocl.fmnist_simclr", "cnn4_rocl.fmnist_at"
 TRADES = "cnn4_rocl.fmnist_trades"
@@ -45,6 +46,19 @@ def find(results, model, attack, **kw) -> Accuracy | None:
 def find_any(results, sources, attack, **kw) -> Accuracy | None:
     """`find` over several (model, protocol) sources of the same weights: the one on the most examples."""
     return most_examples(*(find(results, m, attack, protocol=p, **kw) for m, p in sources))
+
+
+def finished_curve(recipe: str, results_root: Path) -> list[dict] | None:
+    """A recipe's held-out curve (training.heldout.curve), once its run has finished; None before."""
+    run = results_root / CURVES / recipe
+    return heldout.curve(run) if (run / trainer(recipe)[1] / "model.safetensors").is_file() else None
+
+
+def equal_time(curves: list[list[dict]]) -> tuple[int, list[Accuracy]]:
+    """(the shorter run's CPU-minutes, each curve's best held-out PGD accuracy within them)."""
+    budget = min(c[-1]["minutes"] for c in curves)
+    best = [max((r for r in c if r["minutes"] <= budget), key=lambda r: r["pgd"]) for c in curves]
+    return budget, [Accuracy(r["pgd"], r["n"]) for r in best]
 
 
 def shown(a: Accuracy) -> str:
@@ -74,7 +88,18 @@ class Claim:
         return f"| {self.text} | {self.rule} | {numbers or '–'} | {verdict} |"
 
 
-def claims(results) -> list[Claim]:
+def equal_time_claim(results_root: Path) -> Claim:
+    """RoCL against PGD-AT at the same CPU time, on their held-out curves (RoCL read out by the curve's probe)."""
+    curves = [finished_curve(r, results_root) for r in ("fmnist_rocl", "fmnist_at")]
+    budget, (rocl, at) = equal_time(curves) if all(curves) else (None, (None, None))
+    when = f"within {budget} CPU-minutes" if budget else "within the shorter run's CPU time"
+    return Claim("At equal CPU time, RoCL comes close to adversarial training",
+                 f"held-out PGD-10, best epoch {when}: RoCL (linear probe) >= PGD-AT - 5 points",
+                 [("RoCL", rocl, make("train/fmnist_rocl")), ("PGD-AT", at, make("train/fmnist_at"))],
+                 lambda r, a: r >= a - 5)
+
+
+def claims(results, results_root: Path = ROOT / "results") -> list[Claim]:
     def get(model, attack="pgd20", **kw):
         return find(results, model, attack, **kw)
 
@@ -127,6 +152,7 @@ def claims(results) -> list[Claim]:
               lambda r, a: r >= a,
               [("RoCL", get(ROCL, "autoattack", dataset="digits", protocol="finetune-at")),
                ("PGD-AT", get(AT, "autoattack", dataset="digits", protocol="finetune-at"))]),
+        equal_time_claim(results_root),
     ]
     return claims_out
 

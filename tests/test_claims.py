@@ -23,8 +23,8 @@ def result(model, protocol, accs, *, dataset="fashion_mnist", threat="Linf", eps
                    "eps": eps, "n_examples": n, "attacks": attacks})
 
 
-def verdicts(results):
-    return [c.row().rsplit("|", 2)[-2].strip() for c in C.claims(results)]
+def verdicts(results, results_root=Path("/nonexistent")):  # no held-out curves unless given
+    return [c.row().rsplit("|", 2)[-2].strip() for c in C.claims(results, results_root)]
 
 
 def test_missing_files_name_the_command_that_makes_them():
@@ -92,3 +92,37 @@ def test_summary_has_a_row_per_measured_model_with_each_cells_sample_size():
     assert rocl["PGD-20"] == "43.0 <sub>[42.0, 44.0] n=10,000</sub>"  # the file on the most images wins
     assert rocl["PGD-20, 8/255"] == "60.0 <sub>[56.9, 63.0] n=1,000</sub>" and rocl["CW"] == "–"
     assert "55.0 <sub>[51.9, 58.1] n=1,000</sub>" in lines[3] and lines[3].startswith("| PGD-AT")
+
+
+def write_curve(root, recipe, rows, finished=True):
+    """A run folder in results/curves/ whose epoch records hold (minutes, held-out PGD %), one thread."""
+    import json
+
+    run = root / "curves" / recipe
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"hardware": "a CPU, 2 cores, 1 torch threads", "holdout": 5000}))
+    recs, last = [], 0
+    for epoch, (minutes, pgd) in enumerate(rows, 1):
+        recs.append({"record": "epoch", "epoch": epoch, "time_s": 60.0 * (minutes - last), "heldout_clean": 80.0,
+                     "heldout_pgd": pgd, "heldout_best_epoch": epoch})
+        last = minutes
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    if finished:  # what the trainer exports at the end
+        finish(run, recipe)
+
+
+def finish(run, recipe):
+    (run / C.trainer(recipe)[1]).mkdir()
+    (run / C.trainer(recipe)[1] / "model.safetensors").write_bytes(b"")
+
+
+def test_equal_time_claim_reads_the_curves_within_the_shorter_run(tmp_path):
+    write_curve(tmp_path, "fmnist_at", [(10, 60.0), (20, 70.0)])
+    write_curve(tmp_path, "fmnist_rocl", [(15, 50.0), (20, 66.0), (40, 69.0)], finished=False)
+    row = C.equal_time_claim(tmp_path).row()
+    assert "not measured yet" in row and "train/fmnist_rocl" in row  # RoCL's run is not finished
+    finish(tmp_path / "curves" / "fmnist_rocl", "fmnist_rocl")
+    row = C.equal_time_claim(tmp_path).row()
+    # within AT's 20 CPU-minutes RoCL's best is 66.0 (not the later 69.0): 66 >= 70 - 5
+    assert "within 20 CPU-minutes" in row and "RoCL 66.0" in row and "PGD-AT 70.0" in row
+    assert row.endswith("| **reproduced** |") and "(n=5,000)" in row

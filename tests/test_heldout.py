@@ -65,6 +65,7 @@ def test_curve_table_reads_the_epoch_records(tmp_path):
             {"record": "epoch", "epoch": 3, "time_s": 60.0, "heldout_clean": 81.0, "heldout_pgd": 69.0,
              "heldout_best_epoch": 2}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    assert [(r["epoch"], r["minutes"]) for r in heldout.curve(tmp_path)] == [(2, 3), (3, 4)]
+    (tmp_path / "config.json").write_text(json.dumps({"hardware": "a CPU, 2 cores, 2 torch threads", "holdout": 50}))
+    assert [(r["epoch"], r["minutes"], r["n"]) for r in heldout.curve(tmp_path)] == [(2, 6, 50), (3, 8, 50)]
     table = heldout.markdown(tmp_path).splitlines()
-    assert table[2] == "| 2 | 80.00 | 70.50 (best) | 3 |" and table[3] == "| 3 | 81.00 | 69.00 | 4 |"
+    assert table[2] == "| 2 | 80.00 | 70.50 (best) | 6 |" and table[3] == "| 3 | 81.00 | 69.00 | 8 |"

@@ -76,7 +76,12 @@ def tracker(setup, held: ImageTensorDataset, classifier_of, export_best):
 
 
 def curve(run: Path) -> list[dict]:
-    """The held-out measurements of a run folder's metrics.jsonl: epoch, clean, PGD, best so far, minutes."""
+    """The held-out measurements of a run folder's metrics.jsonl: epoch, clean, PGD (percent of n held-out
+    images), the best epoch so far, and the training time until then in minutes of CPU time (threads x wall)."""
+    from rocl_zoo.utils import hardware_threads
+
+    config = json.loads((Path(run) / "config.json").read_text())
+    threads, n = hardware_threads(config.get("hardware")), config.get("holdout")
     rows, minutes = [], 0.0
     for line in (Path(run) / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line) if line.strip() else {}
@@ -84,8 +89,8 @@ def curve(run: Path) -> list[dict]:
             continue
         minutes += rec.get("time_s", 0) / 60
         if "heldout_pgd" in rec:
-            rows.append({"epoch": rec["epoch"], "clean": rec["heldout_clean"], "pgd": rec["heldout_pgd"],
-                         "best": rec["heldout_best_epoch"], "minutes": round(minutes)})
+            rows.append({"epoch": rec["epoch"], "clean": rec["heldout_clean"], "pgd": rec["heldout_pgd"], "n": n,
+                         "best": rec["heldout_best_epoch"], "minutes": round(minutes * threads)})
     return rows
 
 
@@ -93,7 +98,7 @@ def markdown(run: Path) -> str:
     """A run's held-out curve as a table (what the recipes' comments and the README quote)."""
     rows = curve(run)
     best = rows[-1]["best"] if rows else None
-    lines = ["| Epoch | Held-out clean % | Held-out PGD-10 % | Training minutes |", "|---:|---:|---:|---:|"]
+    lines = ["| Epoch | Held-out clean % | Held-out PGD-10 % | Training CPU-minutes |", "|---:|---:|---:|---:|"]
     for r in rows:
         star = " (best)" if r["epoch"] == best else ""
         lines.append(f"| {r['epoch']} | {r['clean']:.2f} | {r['pgd']:.2f}{star} | {r['minutes']} |")

@@ -193,7 +193,7 @@ def run_folder(recipe: str, paths: Paths) -> Path:
 def product(recipe: str, paths: Paths) -> Path:
     """The folder of what a recipe's run makes for the zoo (a classifier, or an encoder the heads read out): the
     best held-out epoch where the recipe has a curve, else what its trainer exports at the end."""
-    return run_folder(recipe, paths) / ("best" if get_recipe(recipe).holdout else _trainer(recipe)[1])
+    return run_folder(recipe, paths) / ("best" if get_recipe(recipe).holdout else trainer(recipe)[1])
 
 
 def classifier(entry: Entry, protocol: str, paths: Paths) -> Path:
@@ -214,7 +214,7 @@ def make_item(entry: Entry, protocol: str) -> str:
     return f"finetune/{entry.name}"
 
 
-def _trainer(recipe: str) -> tuple[str, str]:
+def trainer(recipe: str) -> tuple[str, str]:
     """(the module that trains a recipe, the run's folder its model is exported to)."""
     r = get_recipe(recipe)
     if r.kind == "dynacl":
@@ -226,7 +226,7 @@ def _trainer(recipe: str) -> tuple[str, str]:
 
 def _train(entry: Entry, paths: Paths, scale: Scale) -> Item:
     run = run_folder(entry.recipe, paths)
-    module, folder = _trainer(entry.recipe)
+    module, folder = trainer(entry.recipe)
     recipe = get_recipe(entry.recipe).to_dict()
     sets, needs, inputs = [], [], []
     if entry.start:  # what it learns from: its start entry's run (a shipped encoder stands in for a missing one)

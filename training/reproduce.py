@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from rocl_zoo.utils import hardware_threads
 from training.matrix import SCALES, TRAIN_IMAGES, Item, Paths, entry_items, items as matrix_items, stand_ins
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,19 +159,13 @@ def _settings(argv: list, paths: Paths) -> list:
 
 # ------------------------------------------------------------------------------------------------ cost
 
-def _threads(hardware: str | None) -> int:
-    """'Intel Xeon, 2 cores, 2 torch threads' -> 2 (1 when it does not say)."""
-    words = (hardware or "").replace(",", " ").split()
-    return next((int(words[i - 1]) for i, w in enumerate(words) if w == "torch" and i and words[i - 1].isdigit()), 1)
-
-
 def measured_rates(results_root: Path) -> dict:
     """CPU-seconds per image of each attack, per head protocol and per training recipe, from committed records."""
     from rocl_zoo.results import read_all
 
     attack, head, train = {}, {}, {}
     for r in read_all(results_root) if results_root.is_dir() else []:
-        cores = _threads(r.data.get("hardware"))
+        cores = hardware_threads(r.data.get("hardware"))
         arch = r.data.get("architecture")
         for name, a in r.attacks.items():
             # a resumed run's wall time covers only the examples it attacked itself
@@ -194,7 +189,7 @@ def measured_rates(results_root: Path) -> dict:
                  if rec.get("images_per_s")]
         if len(rates) >= 4:  # the upper quartile: a run's rate when nothing else shared its cores
             key = (cfg["name"], cfg.get("precision", "fp32"))  # records from before precision was recorded: fp32
-            train.setdefault(key, []).append(_threads(cfg.get("hardware")) / statistics.quantiles(rates)[2])
+            train.setdefault(key, []).append(hardware_threads(cfg.get("hardware")) / statistics.quantiles(rates)[2])
     med = lambda d: {k: statistics.median(v) for k, v in d.items()}  # noqa: E731
     return {"attack": med(attack), "attack_files": {k: len(v) for k, v in attack.items()}, "head": med(head),
             "train": med(train)}
