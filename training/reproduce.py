@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from rocl_zoo.utils import hardware_threads
+from rocl_zoo.utils import hardware_threads, write_json
 from training.matrix import SCALES, TRAIN_IMAGES, Item, Paths, entry_items, items as matrix_items, stand_ins
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,14 +137,14 @@ class Matrix:
                 will.add(name)
         return [n for n in self.items if n in will and n not in todo]
 
-    def record(self, item: Item) -> None:
-        from rocl_zoo.utils import write_json
-
+    def record(self, item: Item, remade: bool = True) -> None:
+        """Stamp an item's outputs with what they were made from; `remade`: it just ran, so what was made from its
+        outputs with no record of what they were (from before stamps) is stale."""
         self.hashes.clear()  # outputs just changed: what depends on them must be hashed anew
         if self.stamps_path.is_file():  # another reproduce may have recorded items meanwhile
             self.stamps = {**json.loads(self.stamps_path.read_text()), **self.stamps}
         self.stamps[item.name] = self.stamp(item)
-        for other in self.items.values():  # made from what was just remade, with no record of what: remake it too
+        for other in self.items.values() if remade else ():
             if item.name in other.needs and other.name not in self.stamps:
                 self.stamps[other.name] = UNRECORDED
         write_json(self.stamps_path, dict(sorted(self.stamps.items())))
@@ -298,7 +298,7 @@ def record_by_hand(m: Matrix, names: list[str]) -> int:
     for name in names:
         item = m.items[name]
         if all(Path(o).exists() for o in item.outputs) and m.stamp(item):
-            m.record(item)
+            m.record(item, remade=False)
             print(f"recorded {name}")
         else:
             unmade.append(name)
