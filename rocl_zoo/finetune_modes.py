@@ -19,7 +19,7 @@ from . import attacks as A
 from . import steps as S
 from .adapt import fixed_subset, to_float
 from .errors import ConfigError
-from .loop import RunFolder, batch_indices, multistep_lr, train_loop
+from .loop import RunFolder, batch_indices, best_epoch, multistep_lr, train_loop
 from .precision import autocast
 from .utils import atomic_write
 from .threat import alf_step, check_eps, default_eps, madry_step, parse_eps
@@ -130,8 +130,7 @@ class BestEpoch:
     NAME = "best.safetensors"
 
     def __init__(self, run: RunFolder | None, ckpt: dict | None):
-        seen = [r for r in (ckpt or {}).get("epochs", []) if "val_robust_acc" in r]
-        best = max(seen, key=lambda r: r["val_robust_acc"], default=None)  # the first of equals
+        best = best_epoch((ckpt or {}).get("epochs", []), "val_robust_acc")
         self.acc, self.epoch = (best["val_robust_acc"], best["epoch"]) if best else (-1.0, None)
         self.path = run.path / self.NAME if run is not None else None
         self.state = None

@@ -128,11 +128,17 @@ class RunFolder:
                 self.checkpoint.unlink()
         return ckpt
 
+    def records(self) -> list[dict]:
+        """metrics.jsonl's records in order ([] before the first)."""
+        if not self.metrics.exists():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
     def truncate_metrics(self, step: int) -> None:
         if not self.metrics.exists():
             return
         keep = [line for line in self.metrics.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+                if line.strip() and json.loads(line).get("step", 0) <= step]  # the lines as they were written
         with atomic_write(self.metrics, "w") as f:
             f.write("".join(line + "\n" for line in keep))
 
@@ -141,6 +147,12 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             with open(self.metrics, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def best_epoch(records: list[dict], key: str) -> dict | None:
+    """The epoch record with the highest `key` (the first of equals); None when none has it. What a resumed run
+    that keeps its best epoch starts from."""
+    return max((r for r in records if key in r), key=lambda r: r[key], default=None)
 
 
 def check_resume(saved: dict, current: dict, where) -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from rocl_zoo.data import ImageTensorDataset
+from rocl_zoo.loop import RunFolder, best_epoch
+from rocl_zoo.utils import hardware_threads
 
 
 def split(ds: ImageTensorDataset, n: int, seed: int) -> tuple[ImageTensorDataset, ImageTensorDataset]:
@@ -58,8 +60,7 @@ def tracker(setup, held: ImageTensorDataset, classifier_of, export_best):
     the held-out robust accuracy is the best so far. classifier_of() -> the classifier to attack now."""
     recipe = setup.recipe
     last = setup.total // setup.steps_per_epoch
-    seen = [r for r in (setup.ckpt or {}).get("epochs", []) if "heldout_pgd" in r]
-    best = max(seen, key=lambda r: r["heldout_pgd"], default=None)
+    best = best_epoch((setup.ckpt or {}).get("epochs", []), "heldout_pgd")
     state = {"pgd": best["heldout_pgd"] if best else -1.0, "epoch": best["epoch"] if best else None}
 
     def on_epoch_end(epoch: int) -> dict:
@@ -78,13 +79,11 @@ def tracker(setup, held: ImageTensorDataset, classifier_of, export_best):
 def curve(run: Path) -> list[dict]:
     """The held-out measurements of a run folder's metrics.jsonl: epoch, clean, PGD (percent of n held-out
     images), the best epoch so far, and the training time until then in minutes of CPU time (threads x wall)."""
-    from rocl_zoo.utils import hardware_threads
-
-    config = json.loads((Path(run) / "config.json").read_text())
+    folder = RunFolder(run)
+    config = json.loads(folder.config.read_text())
     threads, n = hardware_threads(config.get("hardware")), config.get("holdout")
     rows, minutes = [], 0.0
-    for line in (Path(run) / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line) if line.strip() else {}
+    for rec in folder.records():
         if rec.get("record") != "epoch":
             continue
         minutes += rec.get("time_s", 0) / 60

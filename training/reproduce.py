@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from rocl_zoo.loop import RunFolder
 from rocl_zoo.utils import hardware_threads, write_json
 from training.matrix import SCALES, TRAIN_IMAGES, Item, Paths, entry_items, items as matrix_items, stand_ins
 
@@ -181,12 +182,10 @@ def measured_rates(results_root: Path) -> dict:
         if r.data.get("finetune_train_time_s"):
             head.setdefault(r.protocol + "@" + str(r.dataset), []).append(r.data["finetune_train_time_s"] * cores)
     for config in results_root.rglob("config.json") if results_root.is_dir() else []:
-        metrics = config.parent / "metrics.jsonl"
         cfg = json.loads(config.read_text())
-        if "name" not in cfg or "kind" not in cfg or not metrics.is_file():
+        if "name" not in cfg or "kind" not in cfg:
             continue
-        rates = [rec["images_per_s"] for rec in map(json.loads, metrics.read_text().splitlines())
-                 if rec.get("images_per_s")]
+        rates = [rec["images_per_s"] for rec in RunFolder(config.parent).records() if rec.get("images_per_s")]
         if len(rates) >= 4:  # the upper quartile: a run's rate when nothing else shared its cores
             key = (cfg["name"], cfg.get("precision", "fp32"))  # records from before precision was recorded: fp32
             train.setdefault(key, []).append(hardware_threads(cfg.get("hardware")) / statistics.quantiles(rates)[2])
@@ -197,11 +196,11 @@ def measured_rates(results_root: Path) -> dict:
 
 def trained_fraction(item: Item) -> float:
     """How much of an interrupted training run is done: its last logged step over its steps (0 when none)."""
-    run = Path(item.partial[0]).parent if item.partial else None
-    if run is None or not (run / "checkpoint.pt").is_file() or not (run / "metrics.jsonl").is_file():
+    run = RunFolder(Path(item.partial[0]).parent) if item.partial else None
+    if run is None or not run.checkpoint.is_file():
         return 0.0
-    total = json.loads((run / "config.json").read_text()).get("total_steps") or 0
-    steps = [json.loads(line).get("step", 0) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    total = json.loads(run.config.read_text()).get("total_steps") or 0
+    steps = [rec.get("step", 0) for rec in run.records()]
     return min(max(steps, default=0) / total, 1.0) if total else 0.0
 
 
