@@ -141,8 +141,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     _r(name="fmnist_rocl_wide", kind="rocl", description="RoCL, Fashion-MNIST, cnn4w_rocl (512-d features)",
        **{**_FMNIST, "arch": "cnn4w_rocl"}),  # ~4x the cost: GPU or a long CPU run
     # The flagship (issue #19): fmnist_rocl's settings with the paper's CIFAR ResNet-18, its best held-out epoch
-    # shipped. An epoch is ~50 min on 2 CPU cores in bf16 (measured: 128 img/s training, 227 attacking, batch 64) and
-    # seconds on a GPU; 10 epochs is what two CPU sessions allow. Its checkpoint (with LARS state) is ~90 MB.
+    # shipped. Not yet run: an epoch should take ~50 min on 2 CPU cores in bf16 (estimated from step rates measured
+    # on an AMD EPYC Zen 4, 2 threads, batch 64: 128 img/s training, 227 attacking), far less on a GPU; 10 epochs is
+    # what two CPU sessions allow. Its checkpoint (with LARS state) should be ~90 MB.
     _r(name="fmnist_resnet18_rocl", kind="rocl", description="RoCL, Fashion-MNIST, ResNet-18 (the flagship)",
        **{**_FMNIST, **_HELD, "arch": "resnet18_rocl", "epochs": 10, "eval_every": 2, "ckpt_every": 20}),
     # RoCL-IP (A-InfoNCE, Yu et al., ECCV 2022): RoCL with the adversarial view as an inferior positive, the
