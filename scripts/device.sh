@@ -5,7 +5,8 @@
 #   bash scripts/device.sh prepare                 # here: .device/ = Fashion-MNIST (gz), pyautoattack and timm
 #   device run: command "bash scripts/device.sh run [--budget S] ITEM...", carry [".device"], timeout_s 600
 #                                                  # there: reproduce ITEM... on the GPU for at most S seconds, then
-#                                                  # pack results/ and runs/ into $OUT/device.tar.gz.part-*
+#                                                  # pack what changed in results/ and runs/ (scripts/devpack.py:
+#                                                  # no checkpoint.pt, each tensor once) into $OUT/device.tar.gz.part-*
 #   bash scripts/device.sh unpack FILES_AT         # here: unpack what came back into results/ and runs/
 #
 # Items stop at the budget wherever they are: a training run keeps its checkpoint and an evaluation its .partial,
@@ -36,15 +37,23 @@ run() {
     nvidia-smi -L || true
     "${PY3:-python3}" -c "import torch, timm; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'timm', timm.__version__)"
     local rc=0
+    touch "$DEV/start"
     timeout --signal=INT --kill-after=30 "$budget" "${PY3:-python3}" -m training.reproduce --threads 8 "$@" || rc=$?
     echo "reproduce exited $rc after at most ${budget} s"
-    tar czf - results runs | split -b 15m - "${OUT:-/tmp}/device.tar.gz.part-"
+    # The way back holds 64 MB: a ResNet-18 is 45 MB, so a last-epoch model/ beside best/ is left out if need be.
+    local pack=/tmp/device.tar.gz
+    "${PY3:-python3}" scripts/devpack.py pack --newer "$DEV/start" --exclude "*/checkpoint.pt" results runs > $pack
+    if [ "$(stat -c %s $pack)" -gt 62000000 ]; then
+        "${PY3:-python3}" scripts/devpack.py pack --newer "$DEV/start" --exclude "*/checkpoint.pt" \
+            --exclude "results/curves/*/model/*" results runs > $pack
+    fi
+    split -b 15m $pack "${OUT:-/tmp}/device.tar.gz.part-"
     ls -la "${OUT:-/tmp}"
 }
 
 unpack() {
     local from=${1:?give the folder the device tool put the files in (files_at)}
-    cat "$from"/device.tar.gz.part-* | tar xzf -
+    cat "$from"/device.tar.gz.part-* | "$PY" scripts/devpack.py unpack
     git status --short results | head -20
 }
 

@@ -60,6 +60,9 @@ def test_reset_classifier():
     assert model(torch.rand(1, 1, 28, 28)).shape == (1, 3)
     model.reset_classifier(0)
     assert model(torch.rand(1, 1, 28, 28)).shape == (1, 256)
+    on_meta = timm.create_model("cnn4_rocl", num_classes=10).to("meta")
+    on_meta.reset_classifier(4)  # a model on the GPU keeps its new head on the GPU, not on the CPU
+    assert on_meta.fc.weight.device.type == "meta"
 
 
 def test_bad_arguments_are_clear():

@@ -36,3 +36,47 @@ def test_device_script_prepares_what_the_bare_gpu_machine_lacks_and_says_what_is
     assert len(list((dev / "fmnist").glob("*.gz"))) == 4
     assert (dev / "site" / "pyautoattack" / "autoattack.py").is_file() and (dev / "site" / "timm" / "__init__.py").is_file()
     assert not list(dev.rglob("*.pt")) and sum(f.stat().st_size for f in dev.rglob("*") if f.is_file()) < 45e6
+
+
+def test_devpack_round_trip_keeps_each_tensor_once_and_rebuilds_files_byte_for_byte(tmp_path):
+    """scripts/devpack.py: what changed after the marker travels (checkpoints excluded), a tensor two safetensors
+    files share is packed once, and unpacking rebuilds every file exactly; paths outside the tree are refused."""
+    import io
+    import os
+    import sys
+    import tarfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    old = src / "results" / "old.json"
+    old.parent.mkdir(parents=True)
+    old.write_text("{}")
+    os.utime(old, (1, 1))
+    marker = src / "start"
+    marker.touch()
+    shared = torch.randn(256, 256)
+    (src / "results" / "enc").mkdir()
+    save_file({"w": shared, "b": torch.zeros(3)}, src / "results" / "enc" / "model.safetensors")
+    (src / "runs" / "head").mkdir(parents=True)
+    save_file({"encoder.w": shared, "fc": torch.ones(10, 2)}, src / "runs" / "head" / "model.safetensors")
+    (src / "runs" / "head" / "config.json").write_text('{"a": 1}')
+    (src / "runs" / "checkpoint.pt").write_bytes(b"x" * 100)
+    tool = [sys.executable, str(ROOT / "scripts" / "devpack.py")]
+    packed = subprocess.run([*tool, "pack", "--newer", str(marker), "--exclude", "*/checkpoint.pt", "results",
+                             "runs"], cwd=src, capture_output=True, check=True).stdout
+    assert len(packed) < shared.numel() * 4 * 1.5  # the shared 256 KB tensor once, not twice
+    dst.mkdir()
+    subprocess.run([*tool, "unpack"], cwd=dst, input=packed, capture_output=True, check=True)
+    got = sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
+    assert got == ["results/enc/model.safetensors", "runs/head/config.json", "runs/head/model.safetensors"]
+    for rel in got:
+        assert (dst / rel).read_bytes() == (src / rel).read_bytes()
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w:gz") as tar:
+        info = tarfile.TarInfo("files/../escape.txt")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    bad = subprocess.run([*tool, "unpack"], cwd=dst, input=evil.getvalue(), capture_output=True)
+    assert bad.returncode != 0 and b"outside the repository" in bad.stderr and not (tmp_path / "escape.txt").exists()

@@ -91,7 +91,9 @@ class ClassifierBase(nn.Module):
         """A fresh classifier for `num_classes` (0: none); `global_pool` 'avg', '' (unpooled) or None (keep)."""
         if global_pool is None:
             global_pool = self.global_pool.pool_type
+        device = next(self.parameters()).device  # a model on the GPU keeps its new head there
         self.global_pool, self.fc = _pool_and_fc(self.num_features, num_classes, global_pool)
+        self.fc.to(device)
         self.num_classes = num_classes
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
