@@ -86,12 +86,14 @@ def _check_results_fit(results, arch: str, dataset: str | None) -> None:
 def export(source, out, *, onnx: bool = True, opset: int = DEFAULT_OPSET, results: Sequence | None = None,
            images=None, dataset: str | None = None, recipe: str | None = None, repo_id: str | None = None,
            overwrite: bool = False, dynamo: bool = False, n_check: int = 32, pgd_steps: int = 10,
-           eps: float | None = None, norm: str | None = None, quiet: bool = True) -> Path:
+           eps: float | None = None, norm: str | None = None, quiet: bool = True,
+           training_budget: list[dict] | None = None) -> Path:
     """Write the verified Hub folder for `source` (a model, zoo name, hf-hub:ORG/NAME or folder) at `out`.
 
     results: results JSON files (default: the source folder's results*.json). images: real images for the
     parity check (default: the dataset's test split). eps/norm/pgd_steps: the parity attack (default: the first
-    results file's threat model, else eps 8/255, 0.1 on Fashion-MNIST). Returns `out`.
+    results file's threat model, else eps 8/255, 0.1 on Fashion-MNIST). training_budget: the runs that made the
+    weights (`training.release.training_budget`), for config.json and the card. Returns `out`.
     """
     def say(msg):
         if not quiet:
@@ -134,7 +136,8 @@ def export(source, out, *, onnx: bool = True, opset: int = DEFAULT_OPSET, result
                                        n_check=n_check, pgd_steps=pgd_steps, eps=eps,
                                        norm=norm if norm in ("linf", "l2") else "linf")
         files = _write_stage(model, stage, parsed, dataset=dataset, recipe=recipe, parity=parity, repo_id=repo_id,
-                             model_name=model_name, description=entry.description + "." if entry is not None else None)
+                             model_name=model_name, training_budget=training_budget,
+                             description=entry.description + "." if entry is not None else None)
         verify_folder(stage, reference=model)
         _publishable_modes(stage)
         _swap_into_place(stage, out)
@@ -163,15 +166,15 @@ def _onnx_with_parity(model: nn.Module, stage: Path, *, dataset, images, opset, 
 
 
 def _write_stage(model: nn.Module, stage: Path, parsed, *, dataset, recipe, parity, repo_id, model_name,
-                 description) -> list[str]:
+                 description, training_budget=None) -> list[str]:
     """Weights, config.json (every file's sha256), the results files and the card, into `stage`: its file names."""
     rz = (getattr(model, "pretrained_cfg", None) or {}).get("rocl_zoo") or {}
     metrics = {m["config"] if len(parsed) == 1 else f"{Path(n).stem}:{m['config']}": m["value"]
                for n, r in parsed for m in result_metrics(r)}
     files = [WEIGHTS_NAME, CONFIG_NAME, CARD_NAME] + ([ONNX_NAME] if parity is not None else []) + [n for n, _ in parsed]
     save_pretrained(model, stage, dataset=dataset, recipe=recipe, metrics=metrics,
-                    extra={**_carried(rz), "export": {"parity": parity, "results": [n for n, _ in parsed],
-                                                      "repo_id": repo_id}},
+                    extra={**_carried(rz), **({"training_budget": training_budget} if training_budget else {}),
+                           "export": {"parity": parity, "results": [n for n, _ in parsed], "repo_id": repo_id}},
                     card="")  # the card needs the final config: written below
     for name, res in parsed:  # in the current schema, whatever the source file's
         write_json(stage / name, res)

@@ -134,6 +134,22 @@ class RunFolder:
             return []
         return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
 
+    def budget(self, shipped: str = "") -> dict | None:
+        """What the run cost (None before its first epoch): epochs run, the epoch the `shipped` export holds
+        ('best': the best held-out epoch; else the last), its hardware, and hours of that hardware's clock (CPU:
+        threads x wall, as the held-out curves count; GPU: wall)."""
+        from .utils import hardware_clock, hardware_threads
+
+        epochs = [r for r in self.records() if r.get("record") == "epoch"]
+        if not epochs:
+            return None
+        hardware = json.loads(self.config.read_text()).get("hardware") if self.config.exists() else None
+        clock = hardware_clock(hardware)
+        hours = sum(r.get("time_s", 0) for r in epochs) / 3600 * (hardware_threads(hardware) if clock == "CPU" else 1)
+        best = epochs[-1].get("heldout_best_epoch") if shipped == "best" else None
+        return {"run": self.path.name, "epochs": epochs[-1]["epoch"], "shipped_epoch": best or epochs[-1]["epoch"],
+                "hardware": hardware, "clock": clock, "hours": round(hours, 2)}
+
     def truncate_metrics(self, step: int) -> None:
         if not self.metrics.exists():
             return

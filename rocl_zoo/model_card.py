@@ -44,7 +44,7 @@ def build_card(config: dict, results: Sequence[tuple[str, dict]], *, model_name:
                          tags=["image-classification", "timm", "adversarial-robustness", "self-supervised-learning",
                                "rocl", "rocl-zoo"], eval_results=ev or None)
     lines = (_summary(config, model_name, dataset, recipe, description) + _evaluation(results, dataset)
-             + _recipe(rz, recipe, model_name, results) + _how_to_load(model_name, repo_id, files) + _parity(parity))
+             + _recipe(rz, recipe, model_name, results) + _budget(rz) + _how_to_load(model_name, repo_id, files) + _parity(parity))
     if files:
         lines += ["## Files", ""] + [f"- `{f}`" for f in files] + [""]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines + CITATION)))
@@ -129,6 +129,18 @@ def _recipe(rz: dict, recipe: str | None, model_name: str, results) -> list[str]
     if details:
         lines += ["", "```json", json.dumps(details, indent=2, default=str), "```"]
     return lines
+
+
+def _budget(rz: dict) -> list[str]:
+    """The training runs behind the weights (`training_budget`, written by `training.release`), encoder first."""
+    stages = rz.get("training_budget") or []
+    if not stages:
+        return []
+    lines = ["## Training budget", "", "| Run | Epochs run | Epoch shipped | Hardware | Time |", "|---|---:|---:|---|---:|"]
+    for s in stages:
+        lines.append(f"| `{s['run']}` | {s['epochs']} | {s['shipped_epoch']} | {s['hardware']} | "
+                     f"{s['hours']:.2f} {s['clock']}-hours |")
+    return lines + ["", "CPU-hours are torch threads x wall time; GPU-hours are wall time.", ""]
 
 
 def _how_to_load(model_name: str, repo_id: str | None, files: Sequence[str]) -> list[str]:

@@ -110,3 +110,8 @@ def hardware_threads(hardware: str | None) -> int:
     not say: CPU time is threads x wall time)."""
     words = (hardware or "").replace(",", " ").split()
     return next((int(words[i - 1]) for i, w in enumerate(words) if w == "torch" and i and words[i - 1].isdigit()), 1)
+
+
+def hardware_clock(hardware: str | None) -> str:
+    """'GPU' for a `hardware_name` line of a CUDA device (its time is wall time), else 'CPU' (threads x wall)."""
+    return "GPU" if "CUDA" in (hardware or "") else "CPU"

@@ -58,6 +58,16 @@ def test_pretraining_reads_out_a_probe_and_resume_keeps_the_best(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_recipe_that_ships_its_last_epoch_keeps_no_best_folder(tmp_path):
+    """SimCLR is not robust: its held-out robust accuracy cannot pick an epoch, so it ships its last (ship=last)."""
+    from training.matrix import Paths, product
+
+    run = pretrain.train(pretrain_args([*PRETRAIN_TINY, *CURVE, "--set", "ship=last", "--out", str(tmp_path)]))
+    assert "heldout_best_epoch" in epoch_records(run)[-1] and not (run / "best").exists()
+    paths = Paths(results=tmp_path / "results", runs=tmp_path / "runs", weights=tmp_path / "weights")
+    assert product("fmnist_simclr", paths).name == "encoder" and product("fmnist_rocl", paths).name == "best"
+
+
 def test_curve_table_reads_the_epoch_records(tmp_path):
     recs = [{"record": "step", "step": 1}, {"record": "epoch", "epoch": 1, "time_s": 60.0},
             {"record": "epoch", "epoch": 2, "time_s": 120.0, "heldout_clean": 80.0, "heldout_pgd": 70.5,
@@ -69,3 +79,29 @@ def test_curve_table_reads_the_epoch_records(tmp_path):
     assert [(r["epoch"], r["minutes"], r["n"]) for r in heldout.curve(tmp_path)] == [(2, 6, 50), (3, 8, 50)]
     table = heldout.markdown(tmp_path).splitlines()
     assert table[2] == "| 2 | 80.00 | 70.50 (best) | 6 |" and table[3] == "| 3 | 81.00 | 69.00 | 8 |"
+    assert "CPU-minutes" in table[0]
+    (tmp_path / "config.json").write_text(json.dumps({"hardware": "NVIDIA H200 (CUDA 13.0)", "holdout": 50}))
+    assert "GPU-minutes" in heldout.markdown(tmp_path).splitlines()[0]  # a GPU's minutes are not CPU time
+    assert heldout.curve(tmp_path)[0]["clock"] == "GPU"
+
+
+def test_a_runs_budget_counts_cpu_threads_and_gpu_wall_time(tmp_path):
+    from rocl_zoo.loop import RunFolder
+    from training.release import training_budget
+
+    recs = [{"record": "epoch", "epoch": 1, "time_s": 1800.0, "heldout_best_epoch": 1},
+            {"record": "epoch", "epoch": 2, "time_s": 1800.0, "heldout_best_epoch": 1}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (tmp_path / "config.json").write_text(json.dumps({"hardware": "a CPU, 2 cores, 2 torch threads"}))
+    assert RunFolder(tmp_path).budget("best") == {"run": tmp_path.name, "epochs": 2, "shipped_epoch": 1, "clock": "CPU",
+                                                  "hardware": "a CPU, 2 cores, 2 torch threads", "hours": 2.0}
+    assert RunFolder(tmp_path).budget("encoder")["shipped_epoch"] == 2
+    (tmp_path / "config.json").write_text(json.dumps({"hardware": "NVIDIA H200 (CUDA 13.0)"}))
+    assert RunFolder(tmp_path).budget("best")["hours"] == 1.0 and RunFolder(tmp_path / "none").budget() is None
+    # a head on that encoder: the encoder's run first, then the head's own (none here: no metrics beside it)
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "config.json").write_text("{}")
+    head = tmp_path / "heads" / "linear"
+    head.mkdir(parents=True)
+    (head / "config.json").write_text(json.dumps({"rocl_zoo": {"encoder": str(tmp_path / "best")}}))
+    assert [s["run"] for s in training_budget(head)] == [tmp_path.name]

@@ -1,4 +1,6 @@
 """The weights shipped inside the package: they load verified, and measure what the registry says."""
+import json
+
 import pytest
 import torch
 
@@ -41,6 +43,10 @@ def test_release_writes_folder_registry_and_check(tmp_path, monkeypatch):
     monkeypatch.setattr(release, "CHECK_EXAMPLES", 40)
     model = rocl_zoo.create_model("cnn4_rocl.fmnist").eval()
     folder = rocl_zoo.save_pretrained(model, tmp_path / "clf", dataset="fashion_mnist")
+    # the run the folder sits in: its epochs and time go onto the card (2 threads x 1.5 h wall = 3 CPU-hours)
+    (tmp_path / "config.json").write_text(json.dumps({"hardware": "a CPU, 2 cores, 2 torch threads"}))
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"record": "epoch", "epoch": e, "time_s": 2700.0}) + "\n"
+                                                    for e in (1, 2)))
     x, y = as_tensors(load_dataset("fashion_mnist", "test"), 40, 0)
     result = evaluate(model, x, y, attacks="clean,pgd20", eps=0.1, norm="linf", progress=False,
                       meta={"dataset": "fashion_mnist", "architecture": "cnn4_rocl"})
@@ -58,6 +64,8 @@ def test_release_writes_folder_registry_and_check(tmp_path, monkeypatch):
     assert (record["metrics"]["autoattack_acc"], record["metrics"]["autoattack_n_examples"]) == (55.0, 20)
     assert record["metrics"]["autoattack_results"] == "cnn4_rocl.fmnist/results_Linf-0.1-autoattack-n20.json"
     assert (weights / "cnn4_rocl.fmnist" / "model.safetensors").is_file()
+    card = (weights / "cnn4_rocl.fmnist" / "README.md").read_text()
+    assert "## Training budget" in card and "| 2 | 2 | a CPU, 2 cores, 2 torch threads | 3.00 CPU-hours |" in card
     registry = (weights / zoo.REGISTRY_NAME).read_text()
     assert record["sha256"] in registry
     assert record["metrics"]["check"]["n_examples"] == 40

@@ -6,8 +6,9 @@ every run of that seed) and, every `eval_every` epochs and at the end, measures 
 classifier is attacked as it is; an encoder is read out by a cheap linear probe first (SLF on precomputed
 features of `probe_examples` training images for `probe_epochs` epochs), then attacked through encoder + probe.
 The numbers go into the epoch's record in metrics.jsonl (`heldout_clean`, `heldout_pgd`, `heldout_best_epoch`),
-and whenever the held-out robust accuracy is the best so far the weights are exported to `<run>/best/`: robust
-overfitting (Rice et al., ICML 2020) makes the last epoch not always the best one. Recipes pick their epochs and
+and, for a recipe that ships its best epoch, whenever the held-out robust accuracy is the best so far the weights
+are exported to `<run>/best/`: robust overfitting (Rice et al., ICML 2020) makes the last epoch not always the best
+one (a non-robust baseline such as SimCLR ships its last: `ship="last"`). Recipes pick their epochs and
 schedules from these curves; `python -m training.heldout RUN...` prints them as tables.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from rocl_zoo.data import ImageTensorDataset
 from rocl_zoo.loop import RunFolder, best_epoch
-from rocl_zoo.utils import hardware_threads
+from rocl_zoo.utils import hardware_clock, hardware_threads
 
 
 def split(ds: ImageTensorDataset, n: int, seed: int) -> tuple[ImageTensorDataset, ImageTensorDataset]:
@@ -70,7 +71,8 @@ def tracker(setup, held: ImageTensorDataset, classifier_of, export_best):
         rec = measure(classifier_of(), held, recipe.eps, recipe.holdout_steps)
         if rec["heldout_pgd"] > state["pgd"]:
             state.update(pgd=rec["heldout_pgd"], epoch=done)
-            export_best()
+            if recipe.ship == "best":
+                export_best()
         return {**rec, "heldout_best_epoch": state["epoch"]}
 
     return on_epoch_end
@@ -78,10 +80,12 @@ def tracker(setup, held: ImageTensorDataset, classifier_of, export_best):
 
 def curve(run: Path) -> list[dict]:
     """The held-out measurements of a run folder's metrics.jsonl: epoch, clean, PGD (percent of n held-out
-    images), the best epoch so far, and the training time until then in minutes of CPU time (threads x wall)."""
+    images), the best epoch so far, and the training time until then in minutes of CPU time (threads x wall), or
+    of GPU time (wall) for a run on a GPU."""
     folder = RunFolder(run)
     config = json.loads(folder.config.read_text())
     threads, n = hardware_threads(config.get("hardware")), config.get("holdout")
+    clock = hardware_clock(config.get("hardware"))
     rows, minutes = [], 0.0
     for rec in folder.records():
         if rec.get("record") != "epoch":
@@ -89,15 +93,15 @@ def curve(run: Path) -> list[dict]:
         minutes += rec.get("time_s", 0) / 60
         if "heldout_pgd" in rec:
             rows.append({"epoch": rec["epoch"], "clean": rec["heldout_clean"], "pgd": rec["heldout_pgd"], "n": n,
-                         "best": rec["heldout_best_epoch"], "minutes": round(minutes * threads)})
+                         "best": rec["heldout_best_epoch"], "minutes": round(minutes * threads), "clock": clock})
     return rows
 
 
 def markdown(run: Path) -> str:
     """A run's held-out curve as a table (what the recipes' comments and the README quote)."""
     rows = curve(run)
-    best = rows[-1]["best"] if rows else None
-    lines = ["| Epoch | Held-out clean % | Held-out PGD-10 % | Training CPU-minutes |", "|---:|---:|---:|---:|"]
+    best, clock = (rows[-1]["best"], rows[-1]["clock"]) if rows else (None, "CPU")
+    lines = [f"| Epoch | Held-out clean % | Held-out PGD-10 % | Training {clock}-minutes |", "|---:|---:|---:|---:|"]
     for r in rows:
         star = " (best)" if r["epoch"] == best else ""
         lines.append(f"| {r['epoch']} | {r['clean']:.2f} | {r['pgd']:.2f}{star} | {r['minutes']} |")

@@ -192,8 +192,13 @@ def run_folder(recipe: str, paths: Paths) -> Path:
 
 def product(recipe: str, paths: Paths) -> Path:
     """The folder of what a recipe's run makes for the zoo (a classifier, or an encoder the heads read out): the
-    best held-out epoch where the recipe has a curve, else what its trainer exports at the end."""
-    return run_folder(recipe, paths) / ("best" if get_recipe(recipe).holdout else trainer(recipe)[1])
+    best held-out epoch where the recipe has a curve and ships it, else what its trainer exports at the end."""
+    return run_folder(recipe, paths) / ("best" if ships_best(recipe) else trainer(recipe)[1])
+
+
+def ships_best(recipe: str) -> bool:
+    r = get_recipe(recipe)
+    return bool(r.holdout) and r.ship == "best"
 
 
 def classifier(entry: Entry, protocol: str, paths: Paths) -> Path:
@@ -236,7 +241,8 @@ def _train(entry: Entry, paths: Paths, scale: Scale) -> Item:
         sets = [a for k, v in froms.items() for a in ("--set", f"{k}={v}")]
         needs, inputs = [f"train/{BY_NAME[entry.start].recipe}"], [v / "model.safetensors" for v in froms.values()]
     held = scale.holdout if recipe["holdout"] else ()
-    outputs = [run / folder / "model.safetensors"] + ([run / "best" / "model.safetensors"] if recipe["holdout"] else [])
+    outputs = [run / folder / "model.safetensors"] + ([run / "best" / "model.safetensors"] if ships_best(entry.recipe)
+                                                       else [])
     return Item(f"train/{entry.recipe}",
                 _py(module, "--recipe", entry.recipe, *sets, "--out", run, "--quiet", *scale.train, *held),
                 outputs, needs=needs, inputs=inputs,

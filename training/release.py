@@ -71,6 +71,23 @@ def quick_check(model, dataset: str, eps: float, norm: str) -> dict:
             "clean_acc": res["attacks"]["clean"]["acc"], "pgd20_acc": res["attacks"]["pgd20"]["acc"]}
 
 
+def training_budget(folder: Path) -> list[dict]:
+    """The runs behind a classifier folder, encoder first (`rocl_zoo.loop.RunFolder.budget`): the folder's own run
+    (the folder it sits in, when that holds a metrics.jsonl) and, through the `encoder` its config names, the
+    encoder's, and so on back."""
+    from rocl_zoo.loop import RunFolder
+
+    stages, seen = [], set()
+    while folder is not None and folder.resolve() not in seen and (folder / "config.json").is_file():
+        seen.add(folder.resolve())
+        budget = RunFolder(folder.parent).budget(shipped=folder.name)
+        if budget:
+            stages.insert(0, budget)
+        encoder = (json.loads((folder / "config.json").read_text()).get("rocl_zoo") or {}).get("encoder")
+        folder = Path(encoder) if isinstance(encoder, str) else None
+    return stages
+
+
 def release(name: str, classifier, results: list[Path] = (), weights_dir: Path | None = None) -> dict:
     from rocl_zoo.export import export
     from rocl_zoo.hub import load
@@ -81,7 +98,8 @@ def release(name: str, classifier, results: list[Path] = (), weights_dir: Path |
     weights_dir = Path(weights_dir or zoo.WEIGHTS_DIR)
     read_back = [(f"{name}/{folder_name(p)}", read(p)) for p in results]  # as export names the copies
     out = export(classifier, Path(weights_dir) / name, onnx=False, results=list(results), dataset=entry.dataset,
-                 recipe=entry.recipe, repo_id=entry.hf_hub_id, overwrite=True, quiet=False)
+                 recipe=entry.recipe, repo_id=entry.hf_hub_id, overwrite=True, quiet=False,
+                 training_budget=training_budget(Path(classifier)))
     metrics, eps, norm = {}, default_eps(entry.dataset, "linf"), "linf"  # no results: the dataset's usual budget
     if read_back:
         (shipped, first), others = read_back[0], read_back[1:]
