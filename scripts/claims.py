@@ -24,6 +24,7 @@ from training.matrix import BY_NAME, CURVES, trainer  # noqa: E402  (the entries
 
 ROCL, SIMCLR, AT = "cnn4_rocl.fmnist", "cnn4_rocl.fmnist_simclr", "cnn4_rocl.fmnist_at"
 TRADES = "cnn4_rocl.fmnist_trades"
+FLAGSHIP = "resnet18_rocl.fmnist"  # the paper's ResNet-18, RoCL on Fashion-MNIST
 ROCL_AT = "cnn4_rocl.fmnist_rocl_at"  # the shipped RoCL+AT classifier: `finetune-at` results of ROCL, as it is
 # where RoCL+AT's numbers live: rocl_zoo.finetune's results (under the encoder), or the zoo entry re-evaluated
 ROCL_AT_SOURCES = [(ROCL, "finetune-at"), (ROCL_AT, "none")]
@@ -163,6 +164,8 @@ SUMMARY_ROWS = [
     ("RoCL, linear eval (SLF)", [(ROCL, "linear")]),
     ("RoCL, robust linear eval (ALF)", [(ROCL, "robust-linear")]),
     ("RoCL+AT (PGD-AT fine-tuning)", ROCL_AT_SOURCES),
+    ("RoCL, ResNet-18 (the flagship), SLF", [(FLAGSHIP, "linear")]),
+    ("RoCL, ResNet-18 (the flagship), ALF", [(FLAGSHIP, "robust-linear")]),
     ("SimCLR, linear eval (SLF)", [(SIMCLR, "linear")]),
     ("SimCLR, robust linear eval (ALF)", [(SIMCLR, "robust-linear")]),
     ("SimCLR+AT (PGD-AT fine-tuning)", SIMCLR_AT_SOURCES),

@@ -263,6 +263,19 @@ def test_the_model_under_test_can_be_switched(demo):
                                                                                         demo.baseline.name}
 
 
+@pytest.mark.slow
+def test_the_flagship_can_be_the_model_under_test(models):
+    """`python app.py --model resnet18_rocl.fmnist`: the page serves the trained ResNet-18 and attacks it."""
+    demo = L.build_demo("resnet18_rocl.fmnist", str(models[1]))
+    path = boot(demo)
+    assert demo.default == "resnet18_rocl.fmnist"
+    r = demo.predict(path)
+    assert r["true"] == "Ankle boot" and max(r[L.ROBUST], key=r[L.ROBUST].get) == "Ankle boot"
+    assert re.search(rf"\| ▶○? \| \*\*{re.escape(r['names'][L.ROBUST])}\*\* \|", demo.table())
+    a = demo.attack(path, "fgsm", 0.1, 1, L.ROBUST)
+    assert a["words"].startswith(f"FGSM (one gradient step), aimed at {r['names'][L.ROBUST]},")
+
+
 def test_cli_mcp_without_the_extra_says_how_to_get_it(monkeypatch, capsys):
     for name in ("mcp", "mcp.server", "mcp.server.streamable_http_manager"):
         monkeypatch.setitem(sys.modules, name, None)  # as if not installed

@@ -39,7 +39,24 @@ def test_entry_points_default_to_the_pretrained_model():
     x = torch.rand(2, 1, 28, 28)
     assert torch.equal(default(x), shipped(x))
     with pytest.raises(WeightsUnavailableError, match="recipe"):  # no weights yet: the error names the recipe
-        torch.hub.load(REPO, "resnet18_rocl", source="local")
+        torch.hub.load(REPO, "resnet50_rocl", source="local")
+
+
+def test_the_flagship_loads_trained_every_way():
+    """resnet18_rocl's default tag is its best trained entry (Fashion-MNIST) until CIFAR-10 weights ship: hub,
+    timm and rocl_zoo give the same verified weights; the cifar10 tag keeps its message."""
+    import timm
+
+    import rocl_zoo
+
+    hub = torch.hub.load(REPO, "resnet18_rocl", source="local", pretrained=True).eval()
+    shipped = rocl_zoo.load("resnet18_rocl")
+    via_timm = timm.create_model("resnet18_rocl", pretrained=True).eval()
+    assert hub.pretrained_cfg["tag"] == shipped.pretrained_cfg["tag"] == via_timm.pretrained_cfg["tag"] == "fmnist"
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(hub(x), shipped(x)) and torch.equal(via_timm(x), shipped(x))
+    with pytest.raises(WeightsUnavailableError, match="cifar10_resnet18_rocl"):
+        torch.hub.load(REPO, "resnet18_rocl", source="local", tag="cifar10")
 
 
 def test_pretrained_without_published_weights_names_the_recipe():

@@ -100,3 +100,20 @@ def test_encoder_without_head(tmp_path):
         assert np.abs(enc.logits(x) - model(x).numpy()).max() <= 1e-4 and enc.num_classes == 0
     with pytest.raises(ConfigError, match="no classifier head"):
         enc.predict(x[0])
+
+
+@pytest.mark.slow
+def test_the_flagship_ships_to_onnx(tmp_path):
+    """resnet18_rocl.fmnist's Hub folder with model.onnx: export checks its parity (clean and under PGD) itself;
+    ONNX Runtime's logits then equal PyTorch's on real test images."""
+    from rocl_zoo.data import load_dataset
+    from rocl_zoo.linear import as_tensors
+
+    out = ex.export("resnet18_rocl.fmnist", tmp_path / "flagship", n_check=8, pgd_steps=2)
+    config = rocl_zoo.load(out).pretrained_cfg["rocl_zoo"]
+    assert config["export"]["parity"]["n_real"] == 8 and (out / "model.onnx").is_file()  # export raises on a mismatch
+    assert config["training_budget"][0]["clock"] == "GPU"  # the card says what trained it, carried from the entry
+    x, _ = as_tensors(load_dataset("fashion_mnist", "test"), 64, 0)
+    with torch.no_grad():
+        want = rocl_zoo.load("resnet18_rocl.fmnist")(x).numpy()
+    assert np.abs(OnnxClassifier(out)(x) - want).max() <= 1e-3
