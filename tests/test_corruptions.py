@@ -189,7 +189,9 @@ def test_matrix_measures_every_shipped_entry_and_the_zoo_ships_the_numbers():
             assert not (registry.get(e.name) or {}).get("sha256"), f"{e.name} ships without its corruptions result"
             continue
         shipped, measured = R.read(path), measured + 1
-        assert shipped.n == e.corruptions_n and shipped.data["corruptions"].get("matches_reference") is True
+        assert shipped.n == e.corruptions_n
+        if shipped.n == 10000:  # the reference checksums are of the whole test split's corrupted images
+            assert shipped.data["corruptions"].get("matches_reference") is True
         assert registry[e.name]["metrics"]["corruptions_acc"] == shipped.data["corruptions_acc"]
         card = (ROOT / "rocl_zoo/weights" / e.name / "README.md").read_text()
         assert f"Mean corruption accuracy: {shipped.data['corruptions_acc']:.2f} %" in card

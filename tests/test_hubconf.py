@@ -24,8 +24,10 @@ def test_every_entry_point_is_listed_and_documented():
 
 
 def test_load_untrained_offline():
-    model = torch.hub.load(REPO, "resnet18_rocl", source="local", pretrained=False, num_classes=5)
+    model = torch.hub.load(REPO, "resnet18_rocl", source="local", pretrained=False, tag="cifar10", num_classes=5)
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 5)
+    # the bare name takes its default tag's input: Fashion-MNIST's while the flagship is its best trained entry
+    assert torch.hub.load(REPO, "resnet18_rocl", source="local", pretrained=False).in_chans == 1
     small = torch.hub.load(REPO, "cnn4_rocl", source="local", pretrained=False, tag="fmnist_at")
     assert small.pretrained_cfg["tag"] == "fmnist_at" and small.in_chans == 1
 
