@@ -44,7 +44,8 @@ def build_card(config: dict, results: Sequence[tuple[str, dict]], *, model_name:
                          tags=["image-classification", "timm", "adversarial-robustness", "self-supervised-learning",
                                "rocl", "rocl-zoo"], eval_results=ev or None)
     lines = (_summary(config, model_name, dataset, recipe, description) + _evaluation(results, dataset)
-             + _recipe(rz, recipe, model_name, results) + _budget(rz) + _how_to_load(model_name, repo_id, files) + _parity(parity))
+             + _recipe(rz, recipe, model_name, results) + _budget(rz) + _how_to_load(model_name, repo_id, files)
+             + _parity(parity))
     if files:
         lines += ["## Files", ""] + [f"- `{f}`" for f in files] + [""]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines + CITATION)))
