@@ -20,6 +20,7 @@ def blocks() -> dict[str, str]:
     from rocl_zoo.zoo import zoo_table_markdown
 
     from claims import claims_markdown, summary_markdown
+    from training.heldout import status_markdown
     from training.matrix import markdown as matrix_markdown
     from training.reproduce import cost_markdown
 
@@ -31,6 +32,7 @@ def blocks() -> dict[str, str]:
     return {"zoo-table": zoo_table_markdown(), "matrix": matrix_markdown().rstrip("\n"),
             "protocol-cost": cost_markdown(root).rstrip("\n"), "results-table": table,
             "summary": summary_markdown(results).rstrip("\n"),
+            "curves": status_markdown(root / "curves").rstrip("\n"),
             "claims": claims_markdown(results).rstrip("\n")}
 
 

@@ -105,3 +105,19 @@ def test_a_runs_budget_counts_cpu_threads_and_gpu_wall_time(tmp_path):
     head.mkdir(parents=True)
     (head / "config.json").write_text(json.dumps({"rocl_zoo": {"encoder": str(tmp_path / "best")}}))
     assert [s["run"] for s in training_budget(head)] == [tmp_path.name]
+
+
+def test_status_table_says_where_each_curve_stands(tmp_path):
+    recs = [{"record": "epoch", "epoch": 1, "time_s": 600.0, "heldout_clean": 80.0, "heldout_pgd": 70.0,
+             "heldout_best_epoch": 1},
+            {"record": "epoch", "epoch": 2, "time_s": 600.0, "heldout_clean": 81.0, "heldout_pgd": 69.0,
+             "heldout_best_epoch": 1}]
+    for name in ("fmnist_at", "fmnist_simclr"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        (tmp_path / name / "config.json").write_text(json.dumps({"hardware": "a CPU, 2 cores, 1 torch threads"}))
+    lines = heldout.status_markdown(tmp_path).splitlines()
+    row = {line.split(" | ")[0].strip("|` "): line for line in lines[2:]}
+    assert row["fmnist_at"].endswith("| 2 of 20 | 1 | 80.0 | 70.0 | 10 CPU-min | under way (resumes from its checkpoint) |")
+    assert "| 2 | 81.0 | 69.0 | 20 CPU-min |" in row["fmnist_simclr"]  # SimCLR ships its last epoch
+    assert row["fmnist_trades"].endswith("| 0 of 20 | – | – | – | – | not started |")

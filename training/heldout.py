@@ -108,6 +108,31 @@ def markdown(run: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def status_markdown(curves_root: Path) -> str:
+    """Where every recipe with a held-out curve stands: epochs run of its planned ones, the epoch it ships so far
+    (its best held-out one, or its last with ship="last") with its numbers and the training time until then (what
+    the README shows under its results)."""
+    from .recipes import RECIPES
+
+    lines = ["| Recipe | Epochs run | Epoch it ships | Held-out clean % | Held-out PGD-10 % | Time to it | State |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for name, recipe in RECIPES.items():
+        if not recipe.holdout:
+            continue
+        run = Path(curves_root) / name
+        epochs = [r["epoch"] for r in RunFolder(run).records() if r.get("record") == "epoch"]
+        rows = curve(run) if epochs else []
+        done = epochs[-1] if epochs else 0
+        state = "finished" if done >= recipe.epochs else "under way (resumes from its checkpoint)" if done else \
+            "not started"
+        ships = (rows[-1]["best"] if recipe.ship == "best" else rows[-1]["epoch"]) if rows else None
+        best = next((r for r in rows if r["epoch"] == ships), None)
+        numbers = f"{best['epoch']} | {best['clean']:.1f} | {best['pgd']:.1f} | {best['minutes']} {best['clock']}-min" \
+            if best else "– | – | – | –"
+        lines.append(f"| `{name}` | {done} of {recipe.epochs} | {numbers} | {state} |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":  # python -m training.heldout RUN_FOLDER...
     import sys
 
