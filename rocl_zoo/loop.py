@@ -144,11 +144,10 @@ class RunFolder:
         if not epochs:
             return None
         hardware = json.loads(self.config.read_text()).get("hardware") if self.config.exists() else None
-        clock = hardware_clock(hardware)
-        hours = sum(r.get("time_s", 0) for r in epochs) / 3600 * (hardware_threads(hardware) if clock == "CPU" else 1)
+        hours = sum(r.get("time_s", 0) for r in epochs) / 3600 * hardware_threads(hardware)  # a GPU's line: 1
         best = epochs[-1].get("heldout_best_epoch") if shipped == "best" else None
         return {"run": self.path.name, "epochs": epochs[-1]["epoch"], "shipped_epoch": best or epochs[-1]["epoch"],
-                "hardware": hardware, "clock": clock, "hours": round(hours, 2)}
+                "hardware": hardware, "clock": hardware_clock(hardware), "hours": round(hours, 2)}
 
     def truncate_metrics(self, step: int) -> None:
         if not self.metrics.exists():
