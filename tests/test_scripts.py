@@ -42,6 +42,7 @@ def test_devpack_round_trip_keeps_each_tensor_once_and_rebuilds_files_byte_for_b
     """scripts/devpack.py: what changed after the marker travels (checkpoints excluded), a tensor two safetensors
     files share is packed once, and unpacking rebuilds every file exactly; paths outside the tree are refused."""
     import io
+    import json
     import os
     import sys
     import tarfile
@@ -64,13 +65,18 @@ def test_devpack_round_trip_keeps_each_tensor_once_and_rebuilds_files_byte_for_b
     save_file({"encoder.w": shared, "fc": torch.ones(10, 2)}, src / "runs" / "head" / "model.safetensors")
     (src / "runs" / "head" / "config.json").write_text('{"a": 1}')
     (src / "runs" / "checkpoint.pt").write_bytes(b"x" * 100)
+    (src / "results" / "stamps.json").write_text('{"train/a": "new", "eval/b": "b"}')
     tool = [sys.executable, str(ROOT / "scripts" / "devpack.py")]
     packed = subprocess.run([*tool, "pack", "--newer", str(marker), "--exclude", "*/checkpoint.pt", "results",
                              "runs"], cwd=src, capture_output=True, check=True).stdout
     assert len(packed) < shared.numel() * 4 * 1.5  # the shared 256 KB tensor once, not twice
-    dst.mkdir()
+    (dst / "results").mkdir(parents=True)
+    (dst / "results" / "stamps.json").write_text('{"train/a": "old", "train/here": "h"}')
     subprocess.run([*tool, "unpack"], cwd=dst, input=packed, capture_output=True, check=True)
-    got = sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
+    # the run's records join the ones already here rather than replace them
+    assert json.loads((dst / "results" / "stamps.json").read_text()) == {"train/a": "new", "eval/b": "b",
+                                                                         "train/here": "h"}
+    got = sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file() and p.name != "stamps.json")
     assert got == ["results/enc/model.safetensors", "runs/head/config.json", "runs/head/model.safetensors"]
     for rel in got:
         assert (dst / rel).read_bytes() == (src / rel).read_bytes()
