@@ -2,7 +2,8 @@
 
 A classifier folder repeats its encoder's tensors (a frozen ResNet-18 is 45 MB each time), so safetensors files
 travel as their header plus their tensors' bytes, each distinct tensor once; `unpack` rebuilds them byte for
-byte (their sha256 is checked against the one taken at packing).
+byte (their sha256 is checked against the one taken at packing). A stamps.json (`training.reproduce`'s records)
+joins the one already here: the run's entries win.
 
     python3 scripts/devpack.py pack --newer MARKER [--exclude GLOB ...] DIR... > pack.tar.gz
     python3 scripts/devpack.py unpack < pack.tar.gz
