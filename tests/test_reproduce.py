@@ -118,3 +118,19 @@ def test_an_unrecorded_item_is_remade_after_what_it_needs(toy):
     stamps.write_text(json.dumps(data))
     (tmp / "results" / (victim.removeprefix("eval/") + ".json")).unlink()
     assert ran(reproduce(tmp, "cnn4_rocl.fmnist_at")) == [victim, release]
+
+
+def test_a_fresh_clone_reads_the_shipped_flagship_instead_of_training_it(toy):
+    tmp, _ = toy
+    import shutil
+
+    curve = tmp / "results" / "curves" / "fmnist_resnet18_rocl"
+    for p in curve.iterdir():  # what git holds of the flagship's run: its curve, not its exported folders
+        if p.name not in ("config.json", "metrics.jsonl"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    shutil.rmtree(tmp / "runs" / "fmnist_resnet18_rocl")
+    dry = reproduce(tmp, "--dry-run", "resnet18_rocl.fmnist").stdout
+    planned = [line.split()[-1] for line in dry.splitlines() if line.startswith("run ")]
+    assert "train/fmnist_resnet18_rocl" not in planned, dry
+    assert planned and all(p.startswith(("head/resnet18_rocl.fmnist/", "eval/resnet18_rocl.fmnist/")) for p in planned), dry
+    assert "python -m rocl_zoo.evaluate resnet18_rocl.fmnist " in dry  # the heads read the shipped encoder

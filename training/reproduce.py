@@ -110,7 +110,8 @@ class Matrix:
         made = [o for o in item.outputs if Path(o).name == "model.safetensors"]  # a classifier, shipped
         # ... made from what is not here either: a run product here (an encoder trained anew) means it is not
         fresh = [p for p in item.inputs if not Path(p).is_relative_to(self.paths.weights) and Path(p).exists()]
-        return "done" if made and not fresh and all(self.stand_in(Path(o).parent) for o in made) else "missing"
+        # a curve ships one of its folders (best/): that entry stands for the run; the others (encoder/) are not needed
+        return "done" if made and not fresh and any(self.stand_in(Path(o).parent) for o in made) else "missing"
 
     def plan(self, selected: list[str]) -> list[str]:
         """The items to run now, in matrix order: each selected item that is not done, and every item they need
