@@ -134,13 +134,17 @@ class RunFolder:
             return []
         return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
 
+    def epochs(self) -> list[dict]:
+        """Its epoch records, in order."""
+        return [r for r in self.records() if r.get("record") == "epoch"]
+
     def budget(self, shipped: str = "") -> dict | None:
         """What the run cost (None before its first epoch): epochs run, the epoch the `shipped` export holds
         ('best': the best held-out epoch; else the last), its hardware, and hours of that hardware's clock (CPU:
         threads x wall, as the held-out curves count; GPU: wall)."""
         from .utils import hardware_clock, hardware_threads
 
-        epochs = [r for r in self.records() if r.get("record") == "epoch"]
+        epochs = self.epochs()
         if not epochs:
             return None
         hardware = json.loads(self.config.read_text()).get("hardware") if self.config.exists() else None

@@ -71,25 +71,23 @@ def tracker(setup, held: ImageTensorDataset, classifier_of, export_best):
         rec = measure(classifier_of(), held, recipe.eps, recipe.holdout_steps)
         if rec["heldout_pgd"] > state["pgd"]:
             state.update(pgd=rec["heldout_pgd"], epoch=done)
-            if recipe.ship == "best":
+            if recipe.ships_best:
                 export_best()
         return {**rec, "heldout_best_epoch": state["epoch"]}
 
     return on_epoch_end
 
 
-def curve(run: Path) -> list[dict]:
+def curve(run: Path, epochs: list[dict] | None = None) -> list[dict]:
     """The held-out measurements of a run folder's metrics.jsonl: epoch, clean, PGD (percent of n held-out
     images), the best epoch so far, and the training time until then in minutes of CPU time (threads x wall), or
-    of GPU time (wall) for a run on a GPU."""
+    of GPU time (wall) for a run on a GPU. `epochs`: the run's epoch records, where the caller has read them."""
     folder = RunFolder(run)
     config = json.loads(folder.config.read_text())
     threads, n = hardware_threads(config.get("hardware")), config.get("holdout")
     clock = hardware_clock(config.get("hardware"))
     rows, minutes = [], 0.0
-    for rec in folder.records():
-        if rec.get("record") != "epoch":
-            continue
+    for rec in epochs if epochs is not None else folder.epochs():
         minutes += rec.get("time_s", 0) / 60
         if "heldout_pgd" in rec:
             rows.append({"epoch": rec["epoch"], "clean": rec["heldout_clean"], "pgd": rec["heldout_pgd"], "n": n,
@@ -120,12 +118,12 @@ def status_markdown(curves_root: Path) -> str:
         if not recipe.holdout:
             continue
         run = Path(curves_root) / name
-        epochs = [r["epoch"] for r in RunFolder(run).records() if r.get("record") == "epoch"]
-        rows = curve(run) if epochs else []
-        done = epochs[-1] if epochs else 0
+        epochs = RunFolder(run).epochs()
+        rows = curve(run, epochs) if epochs else []
+        done = epochs[-1]["epoch"] if epochs else 0
         state = "finished" if done >= recipe.epochs else "under way (resumes from its checkpoint)" if done else \
             "not started"
-        ships = (rows[-1]["best"] if recipe.ship == "best" else rows[-1]["epoch"]) if rows else None
+        ships = (rows[-1]["best"] if recipe.ships_best else rows[-1]["epoch"]) if rows else None
         best = next((r for r in rows if r["epoch"] == ships), None)
         numbers = f"{best['epoch']} | {best['clean']:.1f} | {best['pgd']:.1f} | {best['minutes']} {best['clock']}-min" \
             if best else "– | – | – | –"

@@ -25,6 +25,7 @@ from rocl_zoo import corruptions as C
 from rocl_zoo.results import relpath, threat_name
 from rocl_zoo.threat import CORRUPTIONS as CORRUPTIONS_THREAT, parse_eps
 from training.recipes import get_recipe
+from training.release import CHECK_EXAMPLES
 
 DATASET = "fashion_mnist"
 TRAIN_IMAGES = 60000  # its training split
@@ -73,6 +74,7 @@ class Entry:
     heads: tuple = ()           # pretrain: the linear protocols read out (linear = SLF, robust-linear = ALF)
     evals: tuple = PROTOCOL     # what each of its classifiers is measured with
     corruptions_n: int = CORRUPTIONS_N
+    check_n: int = CHECK_EXAMPLES  # the release's quick check (test images), which the test suite repeats
 
     @property
     def protocols(self) -> tuple:
@@ -95,9 +97,9 @@ ENTRIES = (
     Entry("cnn4_rocl.fmnist_simclr_at", "finetune", start="cnn4_rocl.fmnist_simclr"),
     # The flagship: RoCL with the paper's CIFAR ResNet-18. An attacked image costs it 7-25x what it costs cnn4_rocl
     # on 2 CPU cores (one attack step at batch 64: 115 against 843 img/s in fp32; PGD-10 at batch 128: 7 against
-    # 170), so its protocol is smaller: APGD on 1,000, AutoAttack on 100, the rest on 1,000.
+    # 170), so its protocol is smaller: APGD on 1,000, AutoAttack on 100, the rest on 1,000; its quick check on 100.
     Entry("resnet18_rocl.fmnist", "pretrain", "fmnist_resnet18_rocl", heads=("linear", "robust-linear"),
-          evals=FLAGSHIP_PROTOCOL, corruptions_n=1000),
+          evals=FLAGSHIP_PROTOCOL, corruptions_n=1000, check_n=100),
 )
 BY_NAME = {e.name: e for e in ENTRIES}
 
@@ -193,12 +195,7 @@ def run_folder(recipe: str, paths: Paths) -> Path:
 def product(recipe: str, paths: Paths) -> Path:
     """The folder of what a recipe's run makes for the zoo (a classifier, or an encoder the heads read out): the
     best held-out epoch where the recipe has a curve and ships it, else what its trainer exports at the end."""
-    return run_folder(recipe, paths) / ("best" if ships_best(recipe) else trainer(recipe)[1])
-
-
-def ships_best(recipe: str) -> bool:
-    r = get_recipe(recipe)
-    return bool(r.holdout) and r.ship == "best"
+    return run_folder(recipe, paths) / ("best" if get_recipe(recipe).ships_best else trainer(recipe)[1])
 
 
 def classifier(entry: Entry, protocol: str, paths: Paths) -> Path:
@@ -241,7 +238,7 @@ def _train(entry: Entry, paths: Paths, scale: Scale) -> Item:
         sets = [a for k, v in froms.items() for a in ("--set", f"{k}={v}")]
         needs, inputs = [f"train/{BY_NAME[entry.start].recipe}"], [v / "model.safetensors" for v in froms.values()]
     held = scale.holdout if recipe["holdout"] else ()
-    outputs = [run / folder / "model.safetensors"] + ([run / "best" / "model.safetensors"] if ships_best(entry.recipe)
+    outputs = [run / folder / "model.safetensors"] + ([run / "best" / "model.safetensors"] if get_recipe(entry.recipe).ships_best
                                                        else [])
     return Item(f"train/{entry.recipe}",
                 _py(module, "--recipe", entry.recipe, *sets, "--out", run, "--quiet", *scale.train, *held),
@@ -316,11 +313,13 @@ def _corruptions(entry: Entry, paths: Paths, scale: Scale) -> Item:
                 cost={"attacks": [CORRUPTIONS_THREAT], "n": n, "name": entry.name})
 
 
-def _release(entry: Entry, evals: list, paths: Paths) -> Item:
+def _release(entry: Entry, evals: list, paths: Paths, scale: Scale) -> Item:
     protocol = entry.protocols[0]
     clf = classifier(entry, protocol, paths)
     results = [e.outputs[0] for e in evals]
-    return Item(f"release/{entry.name}", _py("training.release", entry.name, clf, "--results", *results),
+    n = scale.images(entry.check_n)
+    check = ["--check-examples", n] if n != CHECK_EXAMPLES else []
+    return Item(f"release/{entry.name}", _py("training.release", entry.name, clf, "--results", *results, *check),
                 [paths.weights / entry.name / "model.safetensors"], needs=[make_item(entry, protocol)]
                 + [e.name for e in evals], inputs=[clf / "model.safetensors", *results], kind="release",
                 cost={"name": entry.name})
@@ -361,7 +360,7 @@ def items(paths: Paths, scale: str = "full") -> dict[str, Item]:
         for protocol in entry.protocols:
             evals = [add(_eval(entry, protocol, ev, paths, sc)) for ev in entry.evals]
             shipped = shipped or evals + [add(_corruptions(entry, paths, sc))]  # its card shows them too
-        add(_release(entry, shipped, paths))
+        add(_release(entry, shipped, paths, sc))
     for target, source in TRANSFERS:
         add(_eval(BY_NAME[target], BY_NAME[target].protocols[0], TRANSFER, paths, sc, source=source))
     for encoder, mode in DIGITS:

@@ -90,6 +90,11 @@ class Recipe:
     log_every: int = 10             # steps
     notes: tuple = field(default_factory=tuple)
 
+    @property
+    def ships_best(self) -> bool:
+        """Its best held-out epoch is exported (best/) and shipped, rather than what the run ends with."""
+        return bool(self.holdout) and self.ship == "best"
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

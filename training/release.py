@@ -8,9 +8,9 @@
    needs no network).
 2. The registry `<weights dir>/registry.json` gets the weights' sha256, the metrics of the first results file
    (the entry's headline threat model; accuracies in percent, torchvision's style) and a quick check: clean and
-   PGD-20 accuracy on a fixed 500-image test subset, which `tests/test_zoo_weights.py` recomputes from the
-   shipped files. Without results files the registry gets the sha256 and the quick check only, at the dataset's
-   usual l-inf budget.
+   PGD-20 accuracy on the first 500 images (`--check-examples`) of a fixed test permutation, which
+   `tests/test_zoo_weights.py` recomputes from the shipped files. Without results files the registry gets the
+   sha256 and the quick check only, at the dataset's usual l-inf budget.
 3. `python scripts/update_readme.py` (which `training.reproduce` runs after its work) renders the README's zoo
    table from the registry.
 """
@@ -59,15 +59,16 @@ def best_autoattack(metrics: dict, first: Result, others: list[tuple[str, Result
             metrics.update(autoattack_acc=aa, autoattack_n_examples=n, autoattack_results=shipped)
 
 
-def quick_check(model, dataset: str, eps: float, norm: str) -> dict:
-    """Clean and PGD-20 accuracy on a fixed test subset: cheap enough for the test suite to recompute."""
+def quick_check(model, dataset: str, eps: float, norm: str, n: int = CHECK_EXAMPLES) -> dict:
+    """Clean and PGD-20 accuracy on the first n of a fixed test permutation: cheap enough for the test suite to
+    recompute."""
     from rocl_zoo.data import load_dataset
     from rocl_zoo.evaluate import evaluate
     from rocl_zoo.linear import as_tensors
 
-    x, y = as_tensors(load_dataset(dataset, "test"), CHECK_EXAMPLES, CHECK_SEED)
+    x, y = as_tensors(load_dataset(dataset, "test"), n, CHECK_SEED)
     res = evaluate(model, x, y, attacks="clean,pgd20", eps=eps, norm=norm, seed=CHECK_SEED, progress=False)
-    return {"n_examples": CHECK_EXAMPLES, "seed": CHECK_SEED, "eps": eps, "norm": norm.lower(),
+    return {"n_examples": n, "seed": CHECK_SEED, "eps": eps, "norm": norm.lower(),
             "clean_acc": res["attacks"]["clean"]["acc"], "pgd20_acc": res["attacks"]["pgd20"]["acc"]}
 
 
@@ -88,7 +89,8 @@ def training_budget(folder: Path) -> list[dict]:
     return stages
 
 
-def release(name: str, classifier, results: list[Path] = (), weights_dir: Path | None = None) -> dict:
+def release(name: str, classifier, results: list[Path] = (), weights_dir: Path | None = None,
+            check_examples: int = CHECK_EXAMPLES) -> dict:
     from rocl_zoo.export import export
     from rocl_zoo.hub import load
 
@@ -110,7 +112,7 @@ def release(name: str, classifier, results: list[Path] = (), weights_dir: Path |
         for shipped, other in others:  # the corruptions threat model: its mean beside the headline numbers
             if other.threat_model == CORRUPTIONS:
                 metrics.update(corruptions_acc=other.data.get("corruptions_acc"), corruptions_results=shipped)
-    metrics["check"] = quick_check(load(out), entry.dataset, eps, norm)
+    metrics["check"] = quick_check(load(out), entry.dataset, eps, norm, check_examples)
     record = {"sha256": sha256_file(out / entry.filename), "metrics": metrics}
     registry_path = Path(weights_dir) / zoo.REGISTRY_NAME
     registry = json.loads(registry_path.read_text()) if registry_path.is_file() else {}
@@ -129,12 +131,18 @@ def main(argv=None) -> int:
     p.add_argument("--weights-dir", type=Path, default=None, metavar="DIR",
                    help="where the entry's folder and registry.json go (default: $ROCL_ZOO_WEIGHTS, else the "
                         "package's rocl_zoo/weights/)")
+    p.add_argument("--check-examples", type=int, default=CHECK_EXAMPLES, metavar="N",
+                   help="test images of the quick check the registry records and the test suite repeats "
+                        f"(default: {CHECK_EXAMPLES}; fewer for a model whose PGD-20 is slow on a CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return run(_main, p.parse_args(argv))
 
 
 def _main(args) -> int:
-    record = release(args.name, args.classifier, args.results, weights_dir=args.weights_dir)
+    if args.check_examples < 1:
+        raise ConfigError("--check-examples must be at least 1.")
+    record = release(args.name, args.classifier, args.results, weights_dir=args.weights_dir,
+                     check_examples=args.check_examples)
     print(json.dumps(record, indent=2))
     print("the README's zoo table comes from the registry: `python scripts/update_readme.py` refreshes it "
           "(`python -m training.reproduce` does after its runs); `python -m training.reproduce --record "
