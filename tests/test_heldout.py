@@ -1,5 +1,6 @@
 """Held-out curves: images kept out of training, measured each epoch; the best epoch exported; kept on resume."""
 import json
+import shutil
 
 import torch
 from safetensors.torch import load_file
@@ -104,6 +105,8 @@ def test_a_runs_budget_counts_cpu_threads_and_gpu_wall_time(tmp_path):
     head = tmp_path / "heads" / "linear"
     head.mkdir(parents=True)
     (head / "config.json").write_text(json.dumps({"rocl_zoo": {"encoder": str(tmp_path / "best")}}))
+    assert [s["run"] for s in training_budget(head)] == [tmp_path.name]
+    shutil.rmtree(tmp_path / "best")  # a clone without the encoder's folder still has its run's records
     assert [s["run"] for s in training_budget(head)] == [tmp_path.name]
 
 

@@ -79,12 +79,14 @@ def training_budget(folder: Path) -> list[dict]:
     from rocl_zoo.loop import RunFolder
 
     stages, seen = [], set()
-    while folder is not None and folder.resolve() not in seen and (folder / "config.json").is_file():
+    while folder is not None and folder.resolve() not in seen:
         seen.add(folder.resolve())
         budget = RunFolder(folder.parent).budget(shipped=folder.name)
         if budget:
             stages.insert(0, budget)
-        encoder = (json.loads((folder / "config.json").read_text()).get("rocl_zoo") or {}).get("encoder")
+        # an encoder folder may be gone (the flagship's is not committed) while its run's metrics.jsonl is here
+        config = folder / "config.json"
+        encoder = (json.loads(config.read_text()).get("rocl_zoo") or {}).get("encoder") if config.is_file() else None
         folder = Path(encoder) if isinstance(encoder, str) else None
     return stages
 
