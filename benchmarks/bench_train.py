@@ -43,7 +43,7 @@ from rocl_zoo import loop as L  # noqa: E402
 from rocl_zoo import precision  # noqa: E402
 from rocl_zoo.attacks import attack_mode  # noqa: E402
 from rocl_zoo.losses import nt_xent, rocl_loss  # noqa: E402
-from rocl_zoo.steps import attack_view  # noqa: E402
+from rocl_zoo.attacks import attack_view  # noqa: E402
 from rocl_zoo.utils import hardware_name, resolve_device  # noqa: E402
 from training import common as C  # noqa: E402
 from training import pretrain  # noqa: E402

@@ -51,6 +51,53 @@ class attack_mode:
         return False
 
 
+def attack_view(net: nn.Module) -> nn.Module:
+    """The network an attack differentiates: an eval-mode copy of `net` with every BatchNorm folded into the
+    convolution before it (torch.fx's conv-BN fusion).
+
+    An attack runs the model in eval mode, where BN is a fixed affine map; folded, it costs nothing. Same function
+    (in fp32 the logits agree to ~1e-7), measured 1.25x faster per attack step on cnn4_rocl and ResNet-18 in bf16;
+    the fusion costs one trace per training step (25 ms for cnn4_rocl). Evaluation attacks it too, in fp32
+    (`checked_attack_view`; its speed-up: `benchmarks/bench_fold.py`). Models fx cannot trace, and BN layers that
+    synchronise across processes, are attacked as they are.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    with attack_mode(net):
+        try:
+            return fuse(net)
+        except Exception:  # noqa: BLE001 - fx raises many kinds of error on untraceable models
+            return net
+
+
+def checked_attack_view(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """`attack_view(model)` for a model that is not the library's own: used only when it has BatchNorm to fold and
+    gives the model's logits and input gradients on the images x; otherwise the model itself.
+
+    fx traces through what it can run, so a model whose forward calls a custom autograd Function (a
+    straight-through estimator, a BPDA wrapper) would be traced into the Function's forward ops and lose its
+    backward: the attacks would see other gradients than the model's. The check on x catches that.
+    """
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    net = attack_view(model)
+    if net is model:
+        return model
+    weights = torch.randn(x.shape[0], 1, generator=torch.Generator().manual_seed(0))
+
+    def logits_and_grad(m):
+        with attack_mode(m):
+            xi = x.detach().clone().requires_grad_(True)
+            out = m(xi).float()
+            grad, = torch.autograd.grad((out * weights.to(out)).sum(), xi)
+        return out.detach(), grad
+
+    (out, grad), (out2, grad2) = logits_and_grad(model), logits_and_grad(net)
+    same = torch.allclose(out2, out, rtol=1e-3, atol=1e-4) and \
+        (grad2 - grad).norm() <= 1e-3 * grad.norm() + 1e-12
+    return net if same else model
+
+
 def _check_norm_eps(eps: float, norm: str) -> None:
     if norm not in NORMS:
         raise ConfigError(f"norm must be one of {NORMS}, got {norm!r}.")

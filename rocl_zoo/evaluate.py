@@ -49,7 +49,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
              norm: str = "linf", batch_size: int = 256, seed: int = 0, source_model: nn.Module | None = None,
              source_name: str | None = None, sanity: bool = False, sanity_examples: int = 200,
              num_classes: int | None = None, autoattack_examples: int = 0, progress: bool = True,
-             meta: dict | None = None, resume=None) -> dict:
+             meta: dict | None = None, resume=None, fold_bn: bool = True) -> dict:
     """Run the attack suite on (x, y) and return the results dict (see the module docstring).
 
     attacks: a comma-separated string or a list of specs (see `rocl_zoo.attack_suite.parse_attack`). source_model:
@@ -58,7 +58,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
     and PGD accuracy on the same subset. Accuracies are in percent: full precision in the "attacks" block, rounded
     to two decimals in RobustBench's keys. resume: a file that keeps every finished attack batch (see
     `rocl_zoo.eval_progress.EvalProgress`); the same call after an interruption picks up there, and the file is
-    removed once the evaluation is done.
+    removed once the evaluation is done. fold_bn: attack a copy with every BatchNorm folded into its convolution
+    (`rocl_zoo.attacks.checked_attack_view`: used where it gives the model's logits and input gradients; faster on a
+    CPU, `benchmarks/bench_fold.py`); False attacks the model as it is.
     """
     cfgs = parse_attacks(attacks, eps, norm, x[0].numel())
     device = next(model.parameters()).device
@@ -80,11 +82,18 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
                     "autoattack_examples": autoattack_examples, "device": device.type}  # GPU numbers differ a bit
         log = EvalProgress(resume, evaluation_fingerprint(model, x, y, settings, source_model), progress=progress)
     resumed = len(log.batches) if log else 0
-    results, per_example = _run_jobs(model, x, y, jobs, aa_idx, batch_size=batch_size, seed=seed, progress=progress,
+    net, source_net = model, source_model
+    if fold_bn:  # after the fingerprint, which names the model's own weights
+        probe = x[:8].to(device)
+        net = A.checked_attack_view(model, probe)
+        source_net = A.checked_attack_view(source_model, probe) if source_model is not None else None
+        jobs = [(c, source_net if src is not None else None) for c, src in jobs]
+    results, per_example = _run_jobs(net, x, y, jobs, aa_idx, batch_size=batch_size, seed=seed, progress=progress,
                                      log=log, resumed=resumed)
     clean_names, white_pgd, aa_names = _names_by_role(results, norm, eps)
     out = _summary(model, results, per_example, clean_names, white_pgd, aa_names, eps=eps, norm=norm, n=len(y),
                    seed=seed, meta=meta)
+    out["bn_folded"] = net is not model  # how the attacks saw it (False: asked not to, or fx could not trace it)
     if source_model is not None:
         out["transfer_from"] = source_name
     if resumed:
@@ -96,9 +105,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
                                                                                           aa_idx)),
                                     "pgd_acc": _pct(_min_on(per_example, white_pgd, aa_idx))}
     if sanity and world_and_rank()[1] == 0:  # under torchrun the first process runs them, and writes the file
-        out["sanity"] = _sanity(model, x, y, perm[:min(sanity_examples, len(y))], results, per_example, white_pgd,
+        out["sanity"] = _sanity(net, x, y, perm[:min(sanity_examples, len(y))], results, per_example, white_pgd,
                                 aa_names, aa_idx, eps=eps, norm=norm, num_classes=num_classes,
-                                source_model=source_model, source_name=source_name, batch_size=batch_size,
+                                source_model=source_net, source_name=source_name, batch_size=batch_size,
                                 seed=seed, progress=progress)
     out["wall_time_s"] = round(time.time() - t_start, 3)
     if log:
@@ -279,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "thousands of queries per robust image); the results file adds clean and PGD accuracy on "
                         "the same K (default 0: all)")
     g.add_argument("--batch-size", type=int, default=256, help="attack batch size (default 256)")
+    g.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
+                   help="attack the model as it is (default: a copy with BatchNorm folded into the convolutions, "
+                        "used where it gives the model's logits and input gradients: the same function, faster)")
     g.add_argument("--transfer-from", metavar="SOURCE",
                    help="also run each FGSM/PGD attack as black-box transfer from this model")
     g.add_argument("--sanity", action="store_true",
@@ -347,7 +359,7 @@ def run(args: argparse.Namespace) -> dict:
                       seed=args.seed, source_model=source_model, source_name=args.transfer_from,
                       sanity=args.sanity, sanity_examples=args.sanity_examples,
                       num_classes=len(classes) or None, autoattack_examples=args.autoattack_examples,
-                      progress=progress, meta=meta, resume=args.out and f"{args.out}.partial")
+                      progress=progress, meta=meta, resume=args.out and f"{args.out}.partial", fold_bn=args.fold_bn)
     result["wall_time_s"] = round(time.time() - t0, 3)
     if args.protocol != "none" and procs.main:
         _save_classifier(model, args, dataset, protocol_cfg, result)

@@ -204,3 +204,41 @@ def test_trades_loss_and_attack():
                                             generator=torch.Generator().manual_seed(1)))  # resumable start
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and (x_adv - x).abs().max() > 0.05
     assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+class _SignGradient(torch.autograd.Function):
+    """Identity forward, a backward of its own: what fx would inline and lose."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.sign()
+
+
+class _WithBN(nn.Module):
+    def __init__(self, custom_backward: bool):
+        super().__init__()
+        self.custom_backward = custom_backward
+        self.conv, self.bn, self.fc = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        x = _SignGradient.apply(x) if self.custom_backward else x
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def test_checked_attack_view_folds_bn_only_where_the_gradients_stay_the_models():
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 8, 8)
+    for custom, folds in ((False, True), (True, False)):
+        model = _WithBN(custom)
+        model.train()
+        model(x)  # BN statistics that are not the identity
+        model.eval()
+        net = attacks.checked_attack_view(model, x)
+        assert (net is not model) == folds
+        assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules()) != folds
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))  # nothing to fold: attacked as it is
+    assert attacks.checked_attack_view(plain, x) is plain

@@ -448,3 +448,18 @@ def test_torchrun_two_processes_equal_one(saved_encoder, tmp_path):
         assert two[key] == one[key], key
     assert {n: a["acc"] for n, a in two["attacks"].items()} == {n: a["acc"] for n, a in one["attacks"].items()}
     assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_attacks_run_on_the_bn_folded_copy_and_measure_what_the_model_gives():
+    import rocl_zoo
+    from rocl_zoo.data import load_dataset
+    from rocl_zoo.linear import as_tensors
+
+    model = rocl_zoo.load("cnn4_rocl.fmnist_at")
+    x, y = as_tensors(load_dataset("fashion_mnist", "test"), 64, 0)
+    folded, plain = (E.evaluate(model, x, y, attacks="clean,pgd10", eps=0.1, progress=False, fold_bn=f)
+                     for f in (True, False))
+    assert folded["bn_folded"] and not plain["bn_folded"]
+    assert folded["clean_acc"] == plain["clean_acc"]
+    assert abs(folded["pgd_acc"] - plain["pgd_acc"]) <= 100 / 64  # the same function: one image at most
+    assert model.training is False and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())

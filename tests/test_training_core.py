@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 import rocl_zoo
 from rocl_zoo import precision, steps
+from rocl_zoo.attacks import attack_view
 from rocl_zoo.errors import ConfigError
 from training import pretrain, supervised
 
@@ -118,7 +119,7 @@ def test_attack_view_folds_bn_and_keeps_the_function():
         model.train()
         model(torch.rand(16, *shape))  # BN statistics that are not the identity
         model.eval()
-        folded = steps.attack_view(model)
+        folded = attack_view(model)
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
         assert model.training is False and all(p.requires_grad for p in model.parameters())
         x = torch.rand(4, *shape, requires_grad=True)
