@@ -83,13 +83,13 @@ def checked_attack_view(model: nn.Module, x: torch.Tensor) -> nn.Module:
     net = attack_view(model)
     if net is model:
         return model
-    weights = torch.randn(x.shape[0], 1, generator=torch.Generator().manual_seed(0))
 
-    def logits_and_grad(m):
+    def logits_and_grad(m):  # the input gradient of a fixed random mix of every logit
         with attack_mode(m):
             xi = x.detach().clone().requires_grad_(True)
             out = m(xi).float()
-            grad, = torch.autograd.grad((out * weights.to(out)).sum(), xi)
+            mix = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(out)
+            grad, = torch.autograd.grad((out * mix).sum(), xi)
         return out.detach(), grad
 
     (out, grad), (out2, grad2) = logits_and_grad(model), logits_and_grad(net)
