@@ -71,7 +71,7 @@ def attack_view(net: nn.Module) -> nn.Module:
 
 
 def checked_attack_view(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """`attack_view(model)` for a model that is not the library's own: used only when it has BatchNorm to fold and
+    """`attack_view(model)` for evaluation, which takes any model: used only when it has BatchNorm to fold and
     gives the model's logits and input gradients on the images x; otherwise the model itself.
 
     fx traces through what it can run, so a model whose forward calls a custom autograd Function (a

@@ -132,5 +132,6 @@ def test_a_fresh_clone_reads_the_shipped_flagship_instead_of_training_it(toy):
     dry = reproduce(tmp, "--dry-run", "resnet18_rocl.fmnist").stdout
     planned = [line.split()[-1] for line in dry.splitlines() if line.startswith("run ")]
     assert "train/fmnist_resnet18_rocl" not in planned, dry
-    assert planned and all(p.startswith(("head/resnet18_rocl.fmnist/", "eval/resnet18_rocl.fmnist/")) for p in planned), dry
+    assert planned and all(p.startswith(("head/resnet18_rocl.fmnist/", "eval/resnet18_rocl.fmnist/"))
+                           for p in planned), dry
     assert "python -m rocl_zoo.evaluate resnet18_rocl.fmnist " in dry  # the heads read the shipped encoder

@@ -229,7 +229,8 @@ def trainer(recipe: str) -> tuple[str, str]:
 def _train(entry: Entry, paths: Paths, scale: Scale) -> Item:
     run = run_folder(entry.recipe, paths)
     module, folder = trainer(entry.recipe)
-    recipe = get_recipe(entry.recipe).to_dict()
+    r = get_recipe(entry.recipe)
+    recipe = r.to_dict()
     sets, needs, inputs = [], [], []
     if entry.start:  # what it learns from: its start entry's run (a shipped encoder stands in for a missing one)
         start = BY_NAME[entry.start].recipe
@@ -238,8 +239,7 @@ def _train(entry: Entry, paths: Paths, scale: Scale) -> Item:
         sets = [a for k, v in froms.items() for a in ("--set", f"{k}={v}")]
         needs, inputs = [f"train/{BY_NAME[entry.start].recipe}"], [v / "model.safetensors" for v in froms.values()]
     held = scale.holdout if recipe["holdout"] else ()
-    outputs = [run / folder / "model.safetensors"] + ([run / "best" / "model.safetensors"] if get_recipe(entry.recipe).ships_best
-                                                       else [])
+    outputs = [run / folder / "model.safetensors"] + ([run / "best" / "model.safetensors"] if r.ships_best else [])
     return Item(f"train/{entry.recipe}",
                 _py(module, "--recipe", entry.recipe, *sets, "--out", run, "--quiet", *scale.train, *held),
                 outputs, needs=needs, inputs=inputs,
