@@ -11,6 +11,7 @@ import pytest
 
 from rocl_zoo.results import is_results_file, read
 from training.matrix import ENTRIES, Paths, items
+from training.reproduce import STAMPS, Matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("pyautoattack")
@@ -135,3 +136,15 @@ def test_a_fresh_clone_reads_the_shipped_flagship_instead_of_training_it(toy):
     assert planned and all(p.startswith(("head/resnet18_rocl.fmnist/", "eval/resnet18_rocl.fmnist/"))
                            for p in planned), dry
     assert "python -m rocl_zoo.evaluate resnet18_rocl.fmnist " in dry  # the heads read the shipped encoder
+
+
+def test_two_reproduce_processes_keep_each_others_stamps(tmp_path):
+    paths = Paths(tmp_path / "results", tmp_path / "runs", tmp_path / "weights")
+    paths.results.mkdir()
+    first, second = "train/fmnist_at", "train/fmnist_trades"
+    (paths.results / STAMPS).write_text(json.dumps({first: "before", second: "before"}))
+    a, b = Matrix(paths, "toy"), Matrix(paths, "toy")  # both started before either recorded anything
+    a.record(a.items[first], remade=False)
+    b.record(b.items[second], remade=False)  # must not put back the value of `first` it read at its start
+    stamps = json.loads((paths.results / STAMPS).read_text())
+    assert stamps[first] == a.stamps[first] != "before" and stamps[second] == b.stamps[second] != "before"

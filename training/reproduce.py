@@ -65,6 +65,7 @@ class Matrix:
         self.stand_ins = stand_ins(paths)
         self.stamps_path = paths.results / STAMPS
         self.stamps = json.loads(self.stamps_path.read_text()) if self.stamps_path.is_file() else {}
+        self.recorded: dict = {}  # what this process stamped (the rest of self.stamps may be out of date)
         self.hashes: dict = {}
 
     def stand_in(self, folder: Path) -> str | None:
@@ -143,12 +144,12 @@ class Matrix:
         """Stamp an item's outputs with what they were made from; `remade`: it just ran, so what was made from its
         outputs with no record of what they were (from before stamps) is stale."""
         self.hashes.clear()  # outputs just changed: what depends on them must be hashed anew
-        if self.stamps_path.is_file():  # another reproduce may have recorded items meanwhile
-            self.stamps = {**json.loads(self.stamps_path.read_text()), **self.stamps}
-        self.stamps[item.name] = self.stamp(item)
+        if self.stamps_path.is_file():  # another reproduce may have recorded items meanwhile: theirs stand
+            self.stamps = {**json.loads(self.stamps_path.read_text()), **self.recorded}
+        self.recorded[item.name] = self.stamps[item.name] = self.stamp(item)
         for other in self.items.values() if remade else ():
             if item.name in other.needs and other.name not in self.stamps:
-                self.stamps[other.name] = UNRECORDED
+                self.recorded[other.name] = self.stamps[other.name] = UNRECORDED
         write_json(self.stamps_path, dict(sorted(self.stamps.items())))
 
 
