@@ -1,5 +1,5 @@
-"""Evaluation on the BatchNorm-folded copy against the model as it is, side by side in one run: the same
-`rocl_zoo.evaluate.evaluate` call with fold_bn=True and False, interleaved, on shipped models and Fashion-MNIST
+"""Evaluation on the BatchNorm-folded, channels_last copy against the model as it is, side by side in one run:
+the same `rocl_zoo.evaluate.evaluate` call with fold_bn=True and False, interleaved, on shipped models and Fashion-MNIST
 test images; wall time per run, the ratio, and whether both measured the same accuracies.
 
     python benchmarks/bench_fold.py                       # cnn4_rocl.fmnist_at (PGD-20 and APGD), resnet18_rocl.fmnist
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     from rocl_zoo.utils import hardware_name
 
     test = load_dataset("fashion_mnist", "test")
-    print(f"# bench_fold: evaluate() with BatchNorm folded (fx) against as it is, fp32, {a.repeats} interleaved "
+    print(f"# bench_fold: evaluate() with BatchNorm folded (fx) and channels_last against as it is, fp32, {a.repeats} interleaved "
           f"runs each, median seconds; {hardware_name()}, {a.threads} torch threads")
     print(f"{'model':<22} {'attacks':<12} {'images':>6} {'folded':>8} {'as is':>8} {'ratio':>6}  same accuracies")
     ok = True

@@ -57,9 +57,9 @@ def attack_view(net: nn.Module) -> nn.Module:
 
     An attack runs the model in eval mode, where BN is a fixed affine map; folded, it costs nothing. Same function
     (in fp32 the logits agree to ~1e-7), measured 1.25x faster per attack step on cnn4_rocl and ResNet-18 in bf16;
-    the fusion costs one trace per training step (25 ms for cnn4_rocl). Evaluation attacks it too, in fp32
-    (`checked_attack_view`; its speed-up: `benchmarks/bench_fold.py`). Models fx cannot trace, and BN layers that
-    synchronise across processes, are attacked as they are.
+    the fusion costs one trace per training step (25 ms for cnn4_rocl). Evaluation attacks it too, in fp32 and
+    channels_last (`checked_attack_view`; its speed-up: `benchmarks/bench_fold.py`). Models fx cannot trace, and BN
+    layers that synchronise across processes, are attacked as they are.
     """
     from torch.fx.experimental.optimization import fuse
 
@@ -95,7 +95,9 @@ def checked_attack_view(model: nn.Module, x: torch.Tensor) -> nn.Module:
     (out, grad), (out2, grad2) = logits_and_grad(model), logits_and_grad(net)
     same = torch.allclose(out2, out, rtol=1e-3, atol=1e-4) and \
         (grad2 - grad).norm() <= 1e-3 * grad.norm() + 1e-12
-    return net if same else model
+    # channels_last, on the copy only: the same function in another memory layout (cnn4_rocl's fp32 input
+    # gradients are as far from fp64's either way), faster for the small CNN on a CPU (benchmarks/bench_fold.py)
+    return net.to(memory_format=torch.channels_last) if same else model
 
 
 def _check_norm_eps(eps: float, norm: str) -> None:

@@ -58,9 +58,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
     and PGD accuracy on the same subset. Accuracies are in percent: full precision in the "attacks" block, rounded
     to two decimals in RobustBench's keys. resume: a file that keeps every finished attack batch (see
     `rocl_zoo.eval_progress.EvalProgress`); the same call after an interruption picks up there, and the file is
-    removed once the evaluation is done. fold_bn: attack a copy with every BatchNorm folded into its convolution
-    (`rocl_zoo.attacks.checked_attack_view`: used where it gives the model's logits and input gradients; faster on a
-    CPU, `benchmarks/bench_fold.py`); False attacks the model as it is.
+    removed once the evaluation is done. fold_bn: attack a channels_last copy with every BatchNorm folded into its
+    convolution (`rocl_zoo.attacks.checked_attack_view`: used where it gives the model's logits and input gradients;
+    faster on a CPU, `benchmarks/bench_fold.py`); False attacks the model as it is.
     """
     cfgs = parse_attacks(attacks, eps, norm, x[0].numel())
     device = next(model.parameters()).device

@@ -242,3 +242,16 @@ def test_checked_attack_view_folds_bn_only_where_the_gradients_stay_the_models()
         assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules()) != folds
     plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))  # nothing to fold: attacked as it is
     assert attacks.checked_attack_view(plain, x) is plain
+
+
+def test_checked_attack_view_runs_a_channels_last_copy_and_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 3)).eval()
+    x = torch.rand(4, 3, 8, 8)
+    net = attacks.checked_attack_view(model, x)
+    conv = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert conv and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in conv)
+    assert not any(m.weight.is_contiguous(memory_format=torch.channels_last)
+                   for m in model.modules() if isinstance(m, nn.Conv2d))
+    torch.testing.assert_close(net(x), model(x), rtol=1e-4, atol=1e-5)
