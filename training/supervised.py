@@ -7,7 +7,8 @@
 - PGD-AT (Madry et al. 2018), rocl_zoo.steps.pgd_at_step: cross-entropy on PGD examples (l-inf,
   `attack_steps` steps of `alpha`, random start, the last iterate) made with the model in eval mode.
 - TRADES (Zhang et al. 2019), rocl_zoo.steps.trades_step: CE(f(x), y) + beta * KL(f(x) || f(x_adv)), x_adv
-  maximising the KL term from x + 0.001 N(0, 1) with sign steps (as the TRADES code), beta = 6.
+  maximising the KL term from x + 0.001 N(0, 1) with sign steps (as the TRADES code), beta = 6; clean and
+  adversarial images in one forward pass (TRADES's code runs two: see trades_step for why not).
 `rocl_zoo.finetune --mode at|trades` trains with the same two step functions.
 SGD momentum 0.9, LR /10 at the recipe's milestones; augmentation: random crop (4-pixel zero padding, 2 at
 28x28) and horizontal flip. Same run folder, checkpoints, exact resume and torchrun DDP as training.pretrain;
