@@ -54,14 +54,27 @@ class EvalProgress:
             p.unlink(missing_ok=True)
 
 
+def _hash_weights(h, model: nn.Module) -> None:
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 over a model's state dict (names and bytes): which weights a results file measured, whatever file
+    or name they were loaded from."""
+    h = hashlib.sha256()
+    _hash_weights(h, model)
+    return h.hexdigest()
+
+
 def evaluation_fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: dict,
                            source_model: nn.Module | None = None) -> str:
     """sha256 over the weights (and the transfer source's), the images, the labels and the attack settings."""
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for m in (model, source_model):
-        for name, t in (m.state_dict() if m is not None else {}).items():
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        if m is not None:
+            _hash_weights(h, m)
     for t in (x, y):
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

@@ -78,6 +78,35 @@ def test_release_writes_folder_registry_and_check(tmp_path, monkeypatch):
     assert torch.equal(rocl_zoo.load("cnn4_rocl.fmnist")(x[:2]), model(x[:2]))
 
 
+def test_a_release_removes_the_results_of_other_weights_from_its_folder(tmp_path):
+    from rocl_zoo.eval_progress import weights_digest
+    from rocl_zoo.evaluate import evaluate
+    from rocl_zoo.utils import write_json
+    from training.release import retire_superseded
+
+    torch.manual_seed(0)
+    new, old = (rocl_zoo.create_model("cnn4_rocl.fmnist").eval() for _ in range(2))
+    x, y = torch.rand(4, 1, 28, 28), torch.arange(4)
+    result = evaluate(new, x, y, attacks="clean", eps=0.1, progress=False,
+                      meta={"dataset": "fashion_mnist", "architecture": "cnn4_rocl"})
+    folder = tmp_path / "results" / "cnn4_rocl.fmnist"
+    files = {"shipped": ("linear", dict(result, source="runs/new", weights_sha256=weights_digest(new))),
+             "same weights": ("linear", dict(result, source="cnn4_rocl.fmnist", weights_sha256=weights_digest(new))),
+             "other weights": ("linear", dict(result, source="runs/new", weights_sha256=weights_digest(old))),
+             "legacy, same source": ("linear", dict(result, source="runs/new")),
+             "legacy, other source": ("linear", dict(result, source="runs/old")),
+             "another head": ("robust-linear", dict(result, source="runs/old"))}
+    paths = {}
+    for name, (protocol, data) in files.items():
+        paths[name] = folder / protocol / "Linf-0.1" / f"{name.replace(' ', '_').replace(',', '')}.json"
+        write_json(paths[name], data)
+    gone = retire_superseded("cnn4_rocl.fmnist", [paths["shipped"]], new)
+    assert sorted(gone) == sorted([paths["other weights"], paths["legacy, other source"]])
+    assert {n for n, p in paths.items() if p.exists()} == {"shipped", "same weights", "legacy, same source",
+                                                            "another head"}
+    assert retire_superseded("cnn4_rocl.fmnist_at", [paths["shipped"]], new) == []  # another model's folder
+
+
 def test_headline_metrics_keep_the_autoattack_subset_size():
     from rocl_zoo.results import Result
     from training.release import headline_metrics

@@ -6,12 +6,14 @@
 1. `rocl_zoo.export` writes the verified Hub folder (weights, config, results, model card) into
    `<weights dir>/<name>/` (default `rocl_zoo/weights/`, the package's embedded weights: `rocl_zoo.load(name)`
    needs no network).
-2. The registry `<weights dir>/registry.json` gets the weights' sha256, the metrics of the first results file
+2. Files in the classifier's own results folder (results/<name>/<protocol>/) that measured other weights (an
+   earlier release's) are removed, so that the README's tables never mix two models under one name.
+3. The registry `<weights dir>/registry.json` gets the weights' sha256, the metrics of the first results file
    (the entry's headline threat model; accuracies in percent, torchvision's style) and a quick check: clean and
    PGD-20 accuracy on the first 500 images (`--check-examples`) of a fixed test permutation, which
    `tests/test_zoo_weights.py` recomputes from the shipped files. Without results files the registry gets the
    sha256 and the quick check only, at the dataset's usual l-inf budget.
-3. `python scripts/update_readme.py` (which `training.reproduce` runs after its work) renders the README's zoo
+4. `python scripts/update_readme.py` (which `training.reproduce` runs after its work) renders the README's zoo
    table from the registry.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from rocl_zoo import zoo
 from rocl_zoo.cli import run
 from rocl_zoo.errors import ConfigError
+from rocl_zoo.eval_progress import weights_digest
 from rocl_zoo.results import Result, folder_name, read
 from rocl_zoo.threat import CORRUPTIONS, default_eps
 from rocl_zoo.utils import sha256_file, write_json
@@ -91,6 +94,29 @@ def training_budget(folder: Path) -> list[dict]:
     return stages
 
 
+def retire_superseded(name: str, results: list[Path], model) -> list[Path]:
+    """Remove the files of the shipped classifier's own results folder (results/<name>/<protocol>/, the first
+    results file's) that measured other weights, so that no table mixes them with the new ones: a file whose
+    `weights_sha256` is not the model's, or, from before results named their weights, whose `source` is not the
+    first file's. The removed paths (git keeps them)."""
+    if not results:
+        return []
+    folder = Path(results[0]).resolve().parents[1]
+    if folder.parent.name != name:  # not the results/<model>/<protocol>/<threat model>/ layout
+        return []
+    digest, source = weights_digest(model), read(results[0]).data.get("source")
+    shipped = {Path(p).resolve() for p in results}
+    gone = []
+    for path in sorted(folder.rglob("*.json")):
+        if path.resolve() in shipped:
+            continue
+        data = read(path).data
+        if (data["weights_sha256"] != digest) if "weights_sha256" in data else (data.get("source") != source):
+            path.unlink()
+            gone.append(path)
+    return gone
+
+
 def release(name: str, classifier, results: list[Path] = (), weights_dir: Path | None = None,
             check_examples: int = CHECK_EXAMPLES) -> dict:
     from rocl_zoo.export import export
@@ -114,7 +140,10 @@ def release(name: str, classifier, results: list[Path] = (), weights_dir: Path |
         for shipped, other in others:  # the corruptions threat model: its mean beside the headline numbers
             if other.threat_model == CORRUPTIONS:
                 metrics.update(corruptions_acc=other.data.get("corruptions_acc"), corruptions_results=shipped)
-    metrics["check"] = quick_check(load(out), entry.dataset, eps, norm, check_examples)
+    shipped_model = load(out)
+    metrics["check"] = quick_check(shipped_model, entry.dataset, eps, norm, check_examples)
+    for path in retire_superseded(name, list(results), shipped_model):
+        print(f"removed {path}: it measured other weights than {name}'s new ones", file=sys.stderr)
     record = {"sha256": sha256_file(out / entry.filename), "metrics": metrics}
     registry_path = Path(weights_dir) / zoo.REGISTRY_NAME
     registry = json.loads(registry_path.read_text()) if registry_path.is_file() else {}
