@@ -178,7 +178,8 @@ def trades_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: floa
     their mix, which its running statistics (what evaluation uses) also average. TRADES's code runs two passes,
     each normalised by its own batch: the model then learns to rely on adversarial batch statistics it never sees
     at evaluation. Trained that way (fmnist_trades, 20 epochs), the last epoch's APGD-CE accuracy was 49.4 % on 500
-    test images, and 72.8 % with the same weights and BN statistics recomputed on adversarial images."""
+    test images, and 73.2 % with the same weights and BN statistics recomputed on PGD-10 images
+    (scripts/bn_statistics.py)."""
     with record_function("step/attack"), amp():
         x_adv = trades_attack(attack_view(model if net is None else net), x, eps, alpha, steps, norm,
                               generator=generator)

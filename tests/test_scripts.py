@@ -87,3 +87,28 @@ def test_devpack_round_trip_keeps_each_tensor_once_and_rebuilds_files_byte_for_b
         tar.addfile(info, io.BytesIO(b"x"))
     bad = subprocess.run([*tool, "unpack"], cwd=dst, input=evil.getvalue(), capture_output=True)
     assert bad.returncode != 0 and b"outside the repository" in bad.stderr and not (tmp_path / "escape.txt").exists()
+
+
+def test_bn_statistics_recomputes_a_copy_and_reports_the_three_settings(capsys):
+    import sys
+
+    import torch
+    from torch import nn
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bn_statistics
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3)).eval()
+    images = torch.rand(10, 1, 6, 6) * 3 + 1
+    copy = bn_statistics.recalibrated(model, images, batch_size=4)  # three batches, averaged
+    with torch.no_grad():
+        batches = [model[0](images[i:i + 4]).mean((0, 2, 3)) for i in (0, 4, 8)]
+    torch.testing.assert_close(copy[1].running_mean, torch.stack(batches).mean(0))
+    assert torch.equal(model[1].running_mean, torch.zeros(3)) and not copy.training  # the model is left as it was
+    assert bn_statistics.main(["cnn4_rocl.fmnist_at", "--attacks", "clean", "--n-examples", "20",
+                               "--calibration", "32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0].strip() for line in lines[1:]] == [
+        "as trained", "recomputed on clean images", "recomputed on PGD-10 images"]
+    assert all("clean " in line for line in lines[1:])

@@ -189,8 +189,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     # normalised by its own BN batch; results/curves/fmnist_trades_two_pass_bn/, 187 CPU-minutes) peaked at epoch 8
     # (held-out 81.7/70.7), then after the decays clean rose to 85.7 while PGD-10 fell and swung (59.2-67.2, 4
     # points between neighbouring epochs at LR 0.001). The cause was BN, not robust overfitting: on 500 test images
-    # its last epoch had 62.2 % PGD-20 and 49.4 % APGD-CE as trained, 74.4 / 72.8 % with BN statistics recomputed
-    # on adversarial images. rocl_zoo.steps.trades_step now normalises both as one batch; this run is the second.
+    # its last epoch had 62.2 % PGD-20 and 49.4 % APGD-CE as trained, 74.0 / 73.2 % with BN statistics recomputed
+    # on PGD-10 images (scripts/bn_statistics.py). rocl_zoo.steps.trades_step now normalises both as one batch;
+    # this run is the second.
     _r(name="fmnist_trades", kind="trades", dataset="fashion_mnist", arch="cnn4_rocl", epochs=20, batch_size=128,
        lr=0.1, weight_decay=5e-4, optimizer="sgd", lr_milestones=(10, 15), eps=0.1, alpha=0.025, attack_steps=10,
        description="TRADES (beta 6), Fashion-MNIST, cnn4_rocl", ckpt_every=200, **_HELD),
