@@ -34,8 +34,8 @@ def main(argv=None) -> int:
     from rocl_zoo.utils import hardware_name
 
     test = load_dataset("fashion_mnist", "test")
-    print(f"# bench_fold: evaluate() with BatchNorm folded (fx) and channels_last against as it is, fp32, {a.repeats} interleaved "
-          f"runs each, median seconds; {hardware_name()}, {a.threads} torch threads")
+    print(f"# bench_fold: evaluate() with BatchNorm folded (fx) and channels_last against as it is, fp32, "
+          f"{a.repeats} interleaved runs each, median seconds; {hardware_name()}")
     print(f"{'model':<22} {'attacks':<12} {'images':>6} {'folded':>8} {'as is':>8} {'ratio':>6}  same accuracies")
     ok = True
     for name, attacks, n in CASES:

@@ -138,6 +138,19 @@ def test_a_fresh_clone_reads_the_shipped_flagship_instead_of_training_it(toy):
     assert "python -m rocl_zoo.evaluate resnet18_rocl.fmnist " in dry  # the heads read the shipped encoder
 
 
+def test_a_head_writes_its_run_folder_where_the_shipped_entry_stands_in_for_it(toy):
+    """The shipped entry stands in for the run folders an item reads, never for one it writes: a head whose encoder
+    is new here saves its classifier into its run folder, not into a folder named after the entry."""
+    tmp, _ = toy
+    import shutil
+
+    head = tmp / "runs" / "fmnist_rocl" / "linear"
+    shutil.rmtree(head)
+    out = reproduce(tmp, "head/cnn4_rocl.fmnist/linear")
+    assert ran(out) == ["head/cnn4_rocl.fmnist/linear"]
+    assert (head / "model.safetensors").is_file() and not (ROOT / "cnn4_rocl.fmnist").exists()
+
+
 def test_two_reproduce_processes_keep_each_others_stamps(tmp_path):
     paths = Paths(tmp_path / "results", tmp_path / "runs", tmp_path / "weights")
     paths.results.mkdir()

@@ -77,10 +77,13 @@ class Matrix:
         return None
 
     def resolve(self, item: Item) -> tuple[list, list]:
-        """(argv, inputs) with each absent run folder replaced by the shipped entry that stands in for it."""
+        """(argv, inputs) with each absent run folder the item reads replaced by the shipped entry that stands in
+        for it; the folders it writes stay (a head's --save-classifier is the folder its entry would stand in for)."""
+        made = {Path(o) for o in item.outputs} | {Path(o).parent for o in item.outputs}
+
         def swap(arg: str) -> str:  # a folder, or a `field=folder` setting
             key, eq, value = arg.rpartition("=") if "=" in arg and not arg.startswith("-") else ("", "", arg)
-            name = self.stand_in(Path(value))
+            name = None if Path(value) in made else self.stand_in(Path(value))
             return arg if not name else key + eq + (str(self.paths.weights / name) if item.kind == "release" else name)
 
         argv = [swap(a) for a in item.argv]
