@@ -193,6 +193,29 @@ def read_all(root) -> list[Result]:
     return [read(p) for p in sorted(root.rglob("*.json")) if p.name != INDEX_NAME and is_results_file(p)]
 
 
+def of_shipped_weights(results: list[Result]) -> list[Result]:
+    """The results that describe what the zoo ships. A file in a released entry's own results folder (the protocol
+    its registry metrics come from, on its dataset) that names other weights than the shipped ones
+    (`weights_sha256`: a new run's classifier measured before its release) is left out; files from before results
+    named their weights stay."""
+    from . import zoo
+    from .eval_progress import weights_digest
+    from .hub import load
+
+    shipped: dict[str, str] = {}
+
+    def measures_other_weights(r: Result) -> bool:
+        entry = zoo.ZOO.get(r.model)
+        if not (entry and entry.sha256 and "weights_sha256" in r.data and r.dataset == entry.dataset
+                and r.protocol == entry.metrics.get("protocol")):
+            return False
+        if r.model not in shipped:
+            shipped[r.model] = weights_digest(load(r.model))
+        return r.data["weights_sha256"] != shipped[r.model]
+
+    return [r for r in results if not measures_other_weights(r)]
+
+
 def lookup(results, model: str, attack: str, *, protocol=None, dataset: str | None = None, threat: str = "Linf",
            eps: float | None = None, transfer_from: str | None = None) -> Accuracy | None:
     """The named model's accuracy under `attack` from the matching file with the most examples (the first of

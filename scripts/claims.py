@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rocl_zoo.results import Accuracy, lookup, most_examples, read_all  # noqa: E402
+from rocl_zoo.results import Accuracy, lookup, most_examples, of_shipped_weights, read_all  # noqa: E402
 
 from training import heldout  # noqa: E402
 from training.matrix import BY_NAME, CURVES, trainer  # noqa: E402  (the entries compared here are the matrix's)
@@ -214,4 +214,4 @@ def claims_markdown(results) -> str:
 
 
 if __name__ == "__main__":
-    sys.stdout.write(claims_markdown(read_all(ROOT / "results")))
+    sys.stdout.write(claims_markdown(of_shipped_weights(read_all(ROOT / "results"))))

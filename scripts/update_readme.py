@@ -15,8 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def blocks() -> dict[str, str]:
-    from rocl_zoo.results import render_table
-    from rocl_zoo.results import read_all
+    from rocl_zoo.results import of_shipped_weights, read_all, render_table
     from rocl_zoo.zoo import zoo_table_markdown
 
     from claims import claims_markdown, summary_markdown
@@ -26,8 +25,9 @@ def blocks() -> dict[str, str]:
 
     root = ROOT / "results"
     results = read_all(root) if root.is_dir() else []
-    # the zoo's models only: experiments such as results/precision-ab have their own table and script
-    results = [r for r in results if r.path.relative_to(root).parts[0] != "precision-ab"]
+    # the zoo's models only: experiments such as results/precision-ab have their own table and script; and of a
+    # released entry, its shipped weights only (a new run measured before its release waits for it)
+    results = of_shipped_weights([r for r in results if r.path.relative_to(root).parts[0] != "precision-ab"])
     table = render_table(results).rstrip("\n") if results else "No results files yet."
     return {"zoo-table": zoo_table_markdown(), "matrix": matrix_markdown().rstrip("\n"),
             "protocol-cost": cost_markdown(root).rstrip("\n"), "results-table": table,
