@@ -100,6 +100,10 @@ def test_a_release_removes_the_results_of_other_weights_from_its_folder(tmp_path
     for name, (protocol, data) in files.items():
         paths[name] = folder / protocol / "Linf-0.1" / f"{name.replace(' ', '_').replace(',', '')}.json"
         write_json(paths[name], data)
+    # the same weights released again (say, with another quick check): only files that name other weights go
+    assert retire_superseded("cnn4_rocl.fmnist", [paths["shipped"]], new, weights_changed=False) == \
+        [paths["other weights"]]
+    write_json(paths["other weights"], files["other weights"][1])
     gone = retire_superseded("cnn4_rocl.fmnist", [paths["shipped"]], new)
     assert sorted(gone) == sorted([paths["other weights"], paths["legacy, other source"]])
     assert {n for n, p in paths.items() if p.exists()} == {"shipped", "same weights", "legacy, same source",

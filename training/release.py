@@ -94,11 +94,11 @@ def training_budget(folder: Path) -> list[dict]:
     return stages
 
 
-def retire_superseded(name: str, results: list[Path], model) -> list[Path]:
+def retire_superseded(name: str, results: list[Path], model, weights_changed: bool = True) -> list[Path]:
     """Remove the files of the shipped classifier's own results folder (results/<name>/<protocol>/, the first
     results file's) that measured other weights, so that no table mixes them with the new ones: a file whose
-    `weights_sha256` is not the model's, or, from before results named their weights, whose `source` is not the
-    first file's. The removed paths (git keeps them)."""
+    `weights_sha256` is not the model's, or, from before results named their weights and only when the release
+    replaces the entry's weights, whose `source` is not the first file's. The removed paths (git keeps them)."""
     if not results:
         return []
     folder = Path(results[0]).resolve().parents[1]
@@ -111,7 +111,8 @@ def retire_superseded(name: str, results: list[Path], model) -> list[Path]:
         if path.resolve() in shipped:
             continue
         data = read(path).data
-        if (data["weights_sha256"] != digest) if "weights_sha256" in data else (data.get("source") != source):
+        if (data["weights_sha256"] != digest) if "weights_sha256" in data else \
+                (weights_changed and data.get("source") != source):
             path.unlink()
             gone.append(path)
     return gone
@@ -142,11 +143,12 @@ def release(name: str, classifier, results: list[Path] = (), weights_dir: Path |
                 metrics.update(corruptions_acc=other.data.get("corruptions_acc"), corruptions_results=shipped)
     shipped_model = load(out)
     metrics["check"] = quick_check(shipped_model, entry.dataset, eps, norm, check_examples)
-    for path in retire_superseded(name, list(results), shipped_model):
-        print(f"removed {path}: it measured other weights than {name}'s new ones", file=sys.stderr)
     record = {"sha256": sha256_file(out / entry.filename), "metrics": metrics}
     registry_path = Path(weights_dir) / zoo.REGISTRY_NAME
     registry = json.loads(registry_path.read_text()) if registry_path.is_file() else {}
+    changed = registry.get(name, {}).get("sha256") != record["sha256"]
+    for path in retire_superseded(name, list(results), shipped_model, changed):
+        print(f"removed {path}: it measured other weights than {name}'s new ones", file=sys.stderr)
     registry[name] = record
     write_json(registry_path, dict(sorted(registry.items())))
     return record
