@@ -58,7 +58,7 @@ def finished_curve(recipe: str, results_root: Path) -> list[dict] | None:
 def equal_time(curves: list[list[dict]]) -> tuple[int, list[Accuracy]]:
     """(the shorter run's CPU-minutes, each curve's best held-out PGD accuracy within them)."""
     budget = min(c[-1]["minutes"] for c in curves)
-    best = [max((r for r in c if r["minutes"] <= budget), key=lambda r: r["pgd"]) for c in curves]
+    best = [heldout.best_within(c, budget) for c in curves]
     return budget, [Accuracy(r["pgd"], r["n"]) for r in best]
 
 

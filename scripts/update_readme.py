@@ -19,7 +19,7 @@ def blocks() -> dict[str, str]:
     from rocl_zoo.zoo import zoo_table_markdown
 
     from claims import claims_markdown, summary_markdown
-    from training.heldout import status_markdown
+    from training.heldout import equal_compute_markdown, status_markdown
     from training.matrix import markdown as matrix_markdown
     from training.reproduce import cost_markdown
 
@@ -33,6 +33,7 @@ def blocks() -> dict[str, str]:
             "protocol-cost": cost_markdown(root).rstrip("\n"), "results-table": table,
             "summary": summary_markdown(results).rstrip("\n"),
             "curves": status_markdown(root / "curves").rstrip("\n"),
+            "equal-compute": equal_compute_markdown(root / "curves").rstrip("\n"),
             "claims": claims_markdown(results).rstrip("\n")}
 
 

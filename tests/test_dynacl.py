@@ -91,7 +91,7 @@ def test_the_pair_attack_pushes_the_views_apart_within_budget():
 def test_a_tiny_run_follows_the_schedule_and_releases_the_momentum_encoder(tmp_path):
     argv = ["--recipe", "fmnist_dynacl", "--threads", "1", "--quiet", "--subset", "64", "--batch-size", "16",
             "--epochs", "2", "--set", "dataset=digits", "--set", "attack_steps=2", "--set", "log_every=1",
-            "--set", "ckpt_every=3", "--out", str(tmp_path / "run")]
+            "--set", "ckpt_every=3", "--set", "holdout=0", "--out", str(tmp_path / "run")]
     out = dynacl.train(pretrain_args(argv))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["record"] == "step"]
@@ -114,7 +114,8 @@ def test_a_tiny_run_follows_the_schedule_and_releases_the_momentum_encoder(tmp_p
 
 def test_resume_is_exact_momentum_network_included(tmp_path):
     argv = ["--recipe", "fmnist_dynacl", "--threads", "1", "--quiet", "--subset", "64", "--batch-size", "16",
-            "--epochs", "2", "--set", "dataset=digits", "--set", "attack_steps=1", "--set", "ckpt_every=3"]
+            "--epochs", "2", "--set", "dataset=digits", "--set", "attack_steps=1", "--set", "ckpt_every=3",
+            "--set", "holdout=0"]
     full = dynacl.train(pretrain_args([*argv, "--out", str(tmp_path / "full")]))
     dynacl.train(pretrain_args([*argv, "--out", str(tmp_path / "part"), "--max-steps", "5"]))
     part = dynacl.train(pretrain_args([*argv, "--out", str(tmp_path / "part"), "--resume"]))
@@ -144,23 +145,30 @@ def test_kmeans_finds_well_separated_clusters_and_the_labels_are_kept_for_a_resu
     assert torch.equal(pseudo.relabel(ds, "enc", tmp_path, seed=0).labels, labels)
 
 
-def test_dynacl_pp_trains_on_pseudo_labels_from_the_dynacl_run_and_releases_an_encoder(tmp_path):
+def test_dynacl_pp_trains_on_pseudo_labels_from_the_best_dynacl_epoch_and_releases_an_encoder(tmp_path):
     from training import supervised
 
     tiny = ["--threads", "1", "--quiet", "--subset", "64", "--batch-size", "16", "--epochs", "1",
             "--set", "dataset=digits", "--set", "attack_steps=1"]
-    run = dynacl.train(pretrain_args(["--recipe", "fmnist_dynacl", *tiny, "--out", str(tmp_path / "dynacl")]))
-    assert (run / "encoder_clean" / "model.safetensors").is_file()
-    out = supervised.train(pretrain_args(["--recipe", "fmnist_dynacl_pp", *tiny, "--set", "pseudo_probe_epochs=1",
-                                          "--set", f"start={run / 'encoder'}",
-                                          "--set", f"pseudo_labels={run / 'encoder_clean'}",
+    curve = ["--set", "holdout=32", "--set", "probe_examples=32", "--set", "probe_epochs=1"]
+    run = dynacl.train(pretrain_args(["--recipe", "fmnist_dynacl", *tiny, *curve, "--out", str(tmp_path / "dynacl")]))
+    best, clean = load_file(run / "best" / "model.safetensors"), load_file(run / "best_clean" / "model.safetensors")
+    assert best.keys() == clean.keys() and (run / "encoder_clean" / "model.safetensors").is_file()
+    bn = next(k for k in best if k.endswith("running_mean"))
+    assert not torch.equal(best[bn], clean[bn])  # the same weights, each with its own BN statistics
+    out = supervised.train(pretrain_args(["--recipe", "fmnist_dynacl_pp", *tiny, *curve,
+                                          "--set", "pseudo_probe_epochs=1",
+                                          "--set", f"start={run / 'best'}",
+                                          "--set", f"pseudo_labels={run / 'best_clean'}",
                                           "--out", str(tmp_path / "pp")]))
     labels = torch.load(out / "pseudo_labels.pt", weights_only=True)
-    assert len(labels) == 64 and 0 <= labels.min() and labels.max() < 10
+    assert len(labels) == 64 - 32 and 0 <= labels.min() and labels.max() < 10  # the held-out 32 get none
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "heldout_pgd" in [r for r in records if r["record"] == "epoch"][-1] and (out / "best" / "model.safetensors").is_file()
     encoder = rocl_zoo.load(out / "encoder")
     assert encoder.num_classes == 0 and not (out / "model").exists()
-    start = load_file(run / "encoder" / "model.safetensors")
+    start = load_file(run / "best" / "model.safetensors")
     trained = load_file(out / "encoder" / "model.safetensors")
     assert trained.keys() == start.keys() and any(not torch.equal(trained[k], start[k]) for k in start)
     config = json.loads((out / "encoder" / "config.json").read_text())["rocl_zoo"]["training"]
-    assert config["pseudo_labels"] == str(run / "encoder_clean") and config["kind"] == "trades"
+    assert config["pseudo_labels"] == str(run / "best_clean") and config["kind"] == "trades"

@@ -124,3 +124,23 @@ def test_status_table_says_where_each_curve_stands(tmp_path):
     assert row["fmnist_at"].endswith("| 2 of 20 | 1 | 80.0 | 70.0 | 10 CPU-min | under way (resumes from its checkpoint) |")
     assert "| 2 | 81.0 | 69.0 | 20 CPU-min |" in row["fmnist_simclr"]  # SimCLR ships its last epoch
     assert row["fmnist_trades"].endswith("| 0 of 20 | – | – | – | – | not started |")
+
+
+def test_equal_compute_table_counts_the_teacher_first_and_marks_unfinished_runs(tmp_path):
+    def run(name, *epochs):  # (epoch, minutes on one thread, held-out PGD)
+        (tmp_path / name).mkdir()
+        recs = [{"record": "epoch", "epoch": e, "time_s": 60.0 * m, "heldout_clean": 80.0, "heldout_pgd": pgd,
+                 "heldout_best_epoch": e} for e, m, pgd in epochs]
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        (tmp_path / name / "config.json").write_text(json.dumps({"hardware": "a CPU, 2 cores, 1 torch threads"}))
+
+    run("fmnist_simclr", (30, 50, 0.0))  # finished: DeACL's teacher, 50 minutes
+    run("fmnist_deacl", (2, 20, 40.0), (4, 20, 45.0))  # 4 of 10 epochs, 40 minutes so far
+    run("fmnist_at", (10, 60, 70.0), (20, 60, 75.0))  # finished in 120 minutes
+    lines = heldout.equal_compute_markdown(tmp_path, budgets=(75, 150)).splitlines()
+    row = {line.split(" | ")[0].strip("|` "): line for line in lines[2:]}
+    assert "fmnist_simclr" not in row  # not robust: only counted as a teacher
+    assert row["fmnist_deacl"] == "| `fmnist_deacl` | `fmnist_simclr` (50) | a CPU | 40.0 | ≥ 45.0 | 45.0 / 80.0 (4, 90) |"
+    assert row["fmnist_at"] == "| `fmnist_at` | – | a CPU | 70.0 | 75.0 | 75.0 / 80.0 (20, 120) |"
+    assert row["fmnist_dynacl_pp"].endswith("| – | – | waits for `fmnist_dynacl` |")
+    assert row["fmnist_rocl"].endswith("| – | – | not run yet |")

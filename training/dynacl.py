@@ -12,7 +12,7 @@ What the authors' code does, step by step (rocl_zoo.steps.dynacl_step):
   4. loss [(2 - w) NT-Xent(clean pair) + w NT-Xent(adversarial pair)] / 2, w = min(1 + (e // R) (R / E) 2/3, 2).
 The released encoder is the momentum network's, with its adversarial BN, as the authors evaluate it (`encoder/`);
 `encoder_clean/` has its clean BN, whose features DynACL++'s pseudo-labels cluster (recipe fmnist_dynacl_pp,
-training/pseudo.py). One process only.
+training/pseudo.py); with a held-out curve, `best/` and `best_clean/` are the pair of the best epoch. One process only.
 """
 from __future__ import annotations
 
@@ -113,8 +113,8 @@ def train(args) -> Path:
 
     def export(folder="encoder"):
         keys = ("temperature", "reload_every", "adv_swap", "ema")
-        if folder == "encoder":  # DynACL++'s pseudo-labels come from the clean-BN encoder's features
-            C.export_model(pair.released("clean").state_dict(), setup, "encoder_clean", 0, keys)
+        # DynACL++'s pseudo-labels come from the clean-BN twin's features: encoder_clean/, best_clean/
+        C.export_model(pair.released("clean").state_dict(), setup, f"{folder}_clean", 0, keys)
         return C.export_model(pair.released().state_dict(), setup, folder, 0, keys)
 
     curve = None if setup.held is None else H.tracker(

@@ -106,6 +106,21 @@ def markdown(run: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def shipped_row(recipe, rows: list[dict]) -> dict | None:
+    """The curve's row of the epoch the recipe's run ships so far: its best held-out one, or its last with
+    ship="last"; None before its first measurement."""
+    if not rows:
+        return None
+    epoch = rows[-1]["best"] if recipe.ships_best else rows[-1]["epoch"]
+    return next((r for r in rows if r["epoch"] == epoch), None)
+
+
+def best_within(rows: list[dict], minutes: float) -> dict | None:
+    """The curve's best held-out robust epoch (the first of equals) among those reached within `minutes` of
+    training time; None if the run had measured none by then."""
+    return max((r for r in rows if r["minutes"] <= minutes), key=lambda r: r["pgd"], default=None)
+
+
 def status_markdown(curves_root: Path) -> str:
     """Where every recipe with a held-out curve stands: epochs run of its planned ones, the epoch it ships so far
     (its best held-out one, or its last with ship="last") with its numbers and the training time until then (what
@@ -123,11 +138,69 @@ def status_markdown(curves_root: Path) -> str:
         done = epochs[-1]["epoch"] if epochs else 0
         state = "finished" if done >= recipe.epochs else "under way (resumes from its checkpoint)" if done else \
             "not started"
-        ships = (rows[-1]["best"] if recipe.ships_best else rows[-1]["epoch"]) if rows else None
-        best = next((r for r in rows if r["epoch"] == ships), None)
+        best = shipped_row(recipe, rows)
         numbers = f"{best['epoch']} | {best['clean']:.1f} | {best['pgd']:.1f} | {best['minutes']} {best['clock']}-min" \
             if best else "– | – | – | –"
         lines.append(f"| `{name}` | {done} of {recipe.epochs} | {numbers} | {state} |")
+    return "\n".join(lines) + "\n"
+
+
+BUDGETS = (75, 150, 300)  # CPU-minutes: the columns of the equal-compute table
+
+
+def upstream(recipe) -> str | None:
+    """The zoo recipe whose run this one starts from (DeACL's teacher, DynACL++'s encoder), if any."""
+    from .matrix import BY_NAME
+    from .recipes import RECIPES
+
+    source = recipe.teacher or recipe.start
+    if not source:
+        return None
+    if source in BY_NAME:
+        return BY_NAME[source].recipe
+    folder = Path(source).parent.name  # results/curves/<recipe>/best, runs/<recipe>/encoder
+    return folder if folder in RECIPES else None
+
+
+def equal_compute_markdown(curves_root: Path, budgets=BUDGETS) -> str:
+    """The small CNN's Fashion-MNIST recipes side by side at equal training CPU time: each one's best held-out
+    PGD-10 within each budget, the run it starts from counted up to the epoch that run ships. A "≥" marks an
+    unfinished run that has not reached the budget: its best so far, a lower bound. GPU runs are left out."""
+    from .recipes import RECIPES
+
+    def rows_of(name):
+        run = Path(curves_root) / name
+        epochs = RunFolder(run).epochs()
+        rows = curve(run, epochs) if epochs else []
+        finished = bool(epochs) and epochs[-1]["epoch"] >= RECIPES[name].epochs
+        cpu = json.loads((run / "config.json").read_text()).get("hardware", "?").split(",")[0].replace("(R)", "") \
+            if rows else "–"
+        return rows, finished, cpu
+
+    head = " | ".join(f"{b} CPU-min" for b in budgets)
+    lines = [f"| Recipe | Counts first | CPU | {head} | Best so far: PGD-10 / clean (epoch, CPU-min) |",
+             "|---|---|---|" + "---:|" * len(budgets) + "---|"]
+    for name, recipe in RECIPES.items():
+        if not (recipe.holdout and recipe.ships_best and recipe.arch == "cnn4_rocl"
+                and recipe.dataset == "fashion_mnist"):  # robust ones: not SimCLR, which counts as DeACL's teacher
+            continue
+        rows, finished, cpu = rows_of(name)
+        if any(r["clock"] != "CPU" for r in rows):
+            continue
+        first, offset, cells = upstream(recipe), 0, []
+        if first:
+            start_rows, start_finished, _ = rows_of(first)
+            start = shipped_row(RECIPES[first], start_rows) if start_finished else None
+            offset = start["minutes"] if start else None
+        for b in budgets:
+            best = best_within(rows, b - offset) if offset is not None else None
+            short = best is not None and not finished and rows[-1]["minutes"] + offset < b
+            cells.append("–" if best is None else f"{'≥ ' if short else ''}{best['pgd']:.1f}")
+        best = best_within(rows, float("inf")) if offset is not None else None
+        so_far = f"{best['pgd']:.1f} / {best['clean']:.1f} ({best['epoch']}, {best['minutes'] + offset})" if best \
+            else "not run yet" if offset is not None else f"waits for `{first}`"
+        counts = f"`{first}` ({offset})" if first and offset is not None else f"`{first}`" if first else "–"
+        lines.append(f"| `{name}` | {counts} | {cpu} | {' | '.join(cells)} | {so_far} |")
     return "\n".join(lines) + "\n"
 
 

@@ -234,8 +234,9 @@ def _train(entry: Entry, paths: Paths, scale: Scale) -> Item:
     sets, needs, inputs = [], [], []
     if entry.start:  # what it learns from: its start entry's run (a shipped encoder stands in for a missing one)
         start = BY_NAME[entry.start].recipe
-        froms = {"teacher": product(start, paths)} if recipe["kind"] == "deacl" else \
-            {"start": product(start, paths), "pseudo_labels": run_folder(start, paths) / "encoder_clean"}
+        made = product(start, paths)  # DynACL++'s pseudo-labels: the clean-BN twin of the encoder it starts from
+        froms = {"teacher": made} if recipe["kind"] == "deacl" else \
+            {"start": made, "pseudo_labels": made.with_name(f"{made.name}_clean")}
         sets = [a for k, v in froms.items() for a in ("--set", f"{k}={v}")]
         needs, inputs = [f"train/{BY_NAME[entry.start].recipe}"], [v / "model.safetensors" for v in froms.values()]
     held = scale.holdout if recipe["holdout"] else ()
