@@ -13,9 +13,9 @@ homes of their own: the attack specs and the batch runner `rocl_zoo.attack_suite
 
 A results file describes one model under one threat model (norm, eps). It carries RobustBench's keys
 (clean_acc, autoattack_acc, eps, dataset, threat_model "Linf"/"L2", architecture) and ours: every attack's config,
-accuracy and wall time, n_examples, seed, hardware, wall time and the sanity flags. Every accuracy is in percent
-(schema `rocl_zoo.results.SCHEMA`; the sanity checks' own values stay fractions, as their tolerances are); where a
-file belongs under results/ and how it is read back: `rocl_zoo.results`.
+accuracy and wall time, n_examples, seed and batch size, hardware, wall time and the sanity flags. Every accuracy
+is in percent (schema `rocl_zoo.results.SCHEMA`; the sanity checks' own values stay fractions, as their tolerances
+are); where a file belongs under results/ and how it is read back: `rocl_zoo.results`.
 """
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
                                      log=log, resumed=resumed)
     clean_names, white_pgd, aa_names = _names_by_role(results, norm, eps)
     out = _summary(model, results, per_example, clean_names, white_pgd, aa_names, eps=eps, norm=norm, n=len(y),
-                   seed=seed, meta=meta)
+                   seed=seed, batch_size=batch_size, meta=meta)
     out["bn_folded"] = net is not model  # how the attacks saw it (False: asked not to, or fx could not trace it)
     if source_model is not None:
         out["transfer_from"] = source_name
@@ -179,7 +179,7 @@ def _pct(frac: float | None) -> float | None:
 
 
 def _summary(model, results: dict, per_example: dict, clean_names, white_pgd, aa_names, *, eps, norm, n, seed,
-             meta) -> dict:
+             batch_size, meta) -> dict:
     """The results file's body: RobustBench's keys, every attack, and how and where it ran."""
     device = next(model.parameters()).device
     white = [k for k, r in results.items() if (_in_threat(r["config"], norm, eps) or r["config"]["attack"] == "clean")
@@ -202,6 +202,7 @@ def _summary(model, results: dict, per_example: dict, clean_names, white_pgd, aa
         "attacks": results,
         "n_examples": n,
         "seed": seed,
+        "batch_size": batch_size,  # batch i's attacks draw from seed + i
         **cfg_meta,
         "hardware": hardware_name(device),
         **precision.describe("fp32", device),  # evaluation attacks always run in fp32

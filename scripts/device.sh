@@ -10,8 +10,9 @@
 #   bash scripts/device.sh unpack FILES_AT         # here: unpack what came back into results/ and runs/
 #
 # Items stop at the budget wherever they are: a training run keeps its checkpoint and an evaluation its .partial,
-# so the next run (here or there) resumes them. Budget the whole call: the device session has 15 minutes in all,
-# machine start and transfers included.
+# so the next run (here or there) resumes them. Evaluations there attack 1,000 images a batch (EVAL_BATCH=N to
+# change): a .partial made here in batches of 100 starts over there, so give the GPU evaluations not begun here.
+# Budget the whole call: the device session has 15 minutes in all, machine start and transfers included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV=.device
@@ -38,7 +39,9 @@ run() {
     "${PY3:-python3}" -c "import torch, timm; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'timm', timm.__version__)"
     local rc=0
     touch "$DEV/start"
-    timeout --signal=INT --kill-after=30 "$budget" "${PY3:-python3}" -m training.reproduce --threads 8 "$@" || rc=$?
+    # batches of 1,000: a small CNN's attack batch of 100 leaves a GPU idle between kernel launches
+    timeout --signal=INT --kill-after=30 "$budget" "${PY3:-python3}" -m training.reproduce --threads 8 \
+        --eval-batch "${EVAL_BATCH:-1000}" "$@" || rc=$?
     echo "reproduce exited $rc after at most ${budget} s"
     # The way back holds 64 MB: a ResNet-18 is 45 MB, so a last-epoch model/ beside best/ is left out if need be.
     local pack=/tmp/device.tar.gz

@@ -161,3 +161,18 @@ def test_two_reproduce_processes_keep_each_others_stamps(tmp_path):
     b.record(b.items[second], remade=False)  # must not put back the value of `first` it read at its start
     stamps = json.loads((paths.results / STAMPS).read_text())
     assert stamps[first] == a.stamps[first] != "before" and stamps[second] == b.stamps[second] != "before"
+
+
+def test_eval_batch_changes_how_an_evaluation_runs_not_what_it_is(tmp_path):
+    from training.reproduce import command
+
+    m = Matrix(Paths(tmp_path / "results", tmp_path / "runs", tmp_path / "weights"), "full")
+    item = m.items["eval/cnn4_rocl.fmnist_at/none/Linf-0.1/autoattack-n1000"]
+    plain, big = command(m, item, 1), command(m, item, 1, eval_batch=1000)
+    assert plain[plain.index("--batch-size") + 1] == "100"  # the matrix's, for a CPU's .partial
+    assert big.count("--batch-size") == 1 and big[big.index("--batch-size") + 1] == "1000"
+    without = lambda argv: argv[:argv.index("--batch-size")] + argv[argv.index("--batch-size") + 2:]  # noqa: E731
+    assert without(big) == without(plain)
+    stamp = m.stamps.get(item.name)
+    assert command(m, m.items["train/fmnist_at"], 1, eval_batch=1000) == command(m, m.items["train/fmnist_at"], 1)
+    assert m.stamps.get(item.name) == stamp  # nothing recorded: what the item is did not change

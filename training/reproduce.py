@@ -240,10 +240,15 @@ def _fmt_cost(s: float | None) -> str:
 
 # ------------------------------------------------------------------------------------------------- run
 
-def command(m: Matrix, item: Item, threads: int, procs: int = 1) -> list:
+def command(m: Matrix, item: Item, threads: int, procs: int = 1, eval_batch: int | None = None) -> list:
     argv, _ = m.resolve(item)
     if item.kind in ("train", "finetune"):
         argv.append("--overwrite" if m.state(item) == "stale" else "--resume")
+    if eval_batch and item.kind == "eval":  # how it runs, like --threads: not part of what the item is
+        if "--batch-size" in argv:
+            i = argv.index("--batch-size")
+            del argv[i:i + 2]
+        argv += ["--batch-size", str(eval_batch)]
     if procs > 1 and item.kind == "eval":  # torchrun: each process attacks its share of the batches
         argv = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", *argv]
     return [sys.executable, *argv, "--threads", str(threads)]
@@ -277,8 +282,9 @@ def _run_child(cmd: list) -> int:
         raise
 
 
-def run_item(m: Matrix, item: Item, threads: int, in_process: bool = False, procs: int = 1) -> None:
-    cmd = command(m, item, threads, procs)
+def run_item(m: Matrix, item: Item, threads: int, in_process: bool = False, procs: int = 1,
+             eval_batch: int | None = None) -> None:
+    cmd = command(m, item, threads, procs, eval_batch)
     print(f"\n=== {item.name}\n    {' '.join(cmd[1:])}", flush=True)
     t0 = time.time()
     code = _run_here(cmd[1:]) if in_process else _run_child(cmd)
@@ -368,12 +374,20 @@ def main(argv=None) -> int:
     p.add_argument("--procs", type=int, default=1, metavar="N",
                    help="run each evaluation as N processes (torchrun; --threads each): the images are split "
                         "between them and the merged numbers equal one process's")
+    p.add_argument("--eval-batch", type=int, default=None, metavar="B",
+                   help="images per attack batch of every evaluation (default: the matrix's, 100 for AutoAttack "
+                        "so that a CPU's .partial saves often); a GPU wants more (scripts/device.sh: 1000). Each "
+                        "batch is seeded by its position, so the numbers differ within the attacks' randomness; "
+                        "the results file records the batch size, and an evaluation's .partial from another batch "
+                        "size starts over")
     p.add_argument("--in-process", action="store_true",
                    help="run the commands in this process instead of one process each (saves seconds of start-up "
                         "per command: the toy scale's test uses it)")
     args = p.parse_args(argv)
     if args.procs > 1 and args.in_process:
         p.error("--procs starts processes: it does not go with --in-process.")
+    if args.eval_batch is not None and args.eval_batch < 1:
+        p.error("--eval-batch must be at least 1.")
     from rocl_zoo.zoo import WEIGHTS_DIR
 
     m = Matrix(Paths(*map(_short, (args.results, args.runs, WEIGHTS_DIR))), args.scale)
@@ -392,7 +406,7 @@ def main(argv=None) -> int:
             if name in done:
                 raise SystemExit(f"{name} ran but is still {m.state(m.items[name])}: its outputs do not match the "
                                  f"matrix (see training/matrix.py).")
-            run_item(m, m.items[name], args.threads, args.in_process, args.procs)
+            run_item(m, m.items[name], args.threads, args.in_process, args.procs, args.eval_batch)
             done.add(name)
             todo = m.plan(selected)
     except KeyboardInterrupt:
