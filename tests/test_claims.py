@@ -126,3 +126,21 @@ def test_equal_time_claim_reads_the_curves_within_the_shorter_run(tmp_path):
     # within AT's 20 CPU-minutes RoCL's best is 66.0 (not the later 69.0): 66 >= 70 - 5
     assert "within 20 CPU-minutes" in row and "RoCL 66.0" in row and "PGD-AT 70.0" in row
     assert row.endswith("| **reproduced** |") and "(n=5,000)" in row
+
+
+def test_successor_claims_wait_for_all_five_then_take_the_best_read_out():
+    def aa(model, acc, protocol="linear"):
+        return result(model, protocol, {"autoattack": acc}, n=1000)
+
+    results = [aa(C.ROCL, 40.0), aa(C.DEACL, 45.0), aa(C.AT, 72.0, "none"), aa(C.ROCL, 55.0, "robust-linear")]
+    rows = [c.row() for c in C.successor_claims(results)]
+    deacl = next(r for r in rows if r.startswith("| DeACL is more robust than RoCL"))
+    assert "DeACL 45.0 [41.9, 48.1] (n=1,000); RoCL 40.0" in deacl and deacl.endswith("**reproduced** |")
+    assert rows[-1].endswith("|") and "not measured yet" in rows[-1] and "cnn4_rocl.fmnist_dynacl_pp" in rows[-1]
+    assert "cnn4_rocl.fmnist_deacl`" not in rows[-1]  # only what is missing
+    results += [aa(C.ROCL_IP, 41.0), aa(C.DYNACL, 50.0), aa(C.DYNACL_PP, 48.0), aa(C.DYNACL_PP, 70.5, "robust-linear")]
+    rows = [c.row() for c in C.successor_claims(results)]
+    assert next(r for r in rows if r.startswith("| DynACL++")).endswith("**not reproduced** |")  # 48 < 50
+    assert "best: DynACL++ ALF 70.5" in rows[-1] and rows[-1].endswith("**reproduced** |")  # 70.5 >= 72 - 2
+    lines = C.summary_markdown(results).splitlines()
+    assert any(line.startswith("| DynACL++, ALF | 90.0") for line in lines)  # the successors have summary rows
