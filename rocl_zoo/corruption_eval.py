@@ -28,7 +28,7 @@ from .cli import model_and_dataset
 from .corruptions import CORRUPTIONS, SEED, SET_NAME, SEVERITIES, SIZE, VERSION, corrupt
 from .data import ImageTensorDataset, default_root, load_dataset
 from .errors import ConfigError, DataError
-from .eval_progress import EvalProgress, evaluation_fingerprint, weights_digest
+from .eval_progress import EvalProgress, evaluation_fingerprint, weights_meta
 from .precision import describe
 from .results import SCHEMA
 from .threat import CORRUPTIONS as THREAT
@@ -331,7 +331,7 @@ def run_cli(args) -> dict:
     if size and size != (1, *SIZE):
         raise DataError(f"{args.source} takes {'x'.join(map(str, size))} images; the corrupted set is 1x28x28.")
     protocol = args.protocol_label or "none"
-    meta = {"model": args.name or args.source, "source": args.source, "weights_sha256": weights_digest(model),
+    meta = {"model": args.name or args.source, "source": args.source, **weights_meta(model),
             "dataset": dataset, "split": args.split, "protocol": protocol, "seed": args.seed,
             "protocol_config": {"protocol": protocol, **({"head_trained_before": True} if args.protocol_label else {})}}
     result = evaluate_corruptions(model, cset, corruptions=names, batch_size=args.batch_size, progress=progress,

@@ -54,8 +54,10 @@ class EvalProgress:
             p.unlink(missing_ok=True)
 
 
-def _hash_weights(h, model: nn.Module) -> None:
+def _hash_weights(h, model: nn.Module, skip: str | None = None) -> None:
     for name, t in model.state_dict().items():
+        if skip and (name == skip or name.startswith(f"{skip}.")):
+            continue
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
@@ -66,6 +68,24 @@ def weights_digest(model: nn.Module) -> str:
     h = hashlib.sha256()
     _hash_weights(h, model)
     return h.hexdigest()
+
+
+def encoder_digest(model: nn.Module) -> str | None:
+    """`weights_digest` without the classifier's parameters (the module `pretrained_cfg["classifier"]` names):
+    which encoder a linear read-out measured, whatever its head; None for a model that names no classifier."""
+    head = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    if not head:
+        return None
+    h = hashlib.sha256()
+    _hash_weights(h, model, skip=head)
+    return h.hexdigest()
+
+
+def weights_meta(model: nn.Module) -> dict:
+    """What a results file records of the weights it measured: `weights_sha256`, and `encoder_sha256` where the
+    model names its classifier (`rocl_zoo.results.of_shipped_weights` reads both)."""
+    encoder = encoder_digest(model)
+    return {"weights_sha256": weights_digest(model), **({"encoder_sha256": encoder} if encoder else {})}
 
 
 def evaluation_fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: dict,

@@ -36,7 +36,7 @@ from .cli import add_runtime_args, model_and_dataset
 from .distributed import Dist, world_and_rank
 from .data import load_dataset
 from .errors import ConfigError, DataError
-from .eval_progress import EvalProgress, evaluation_fingerprint, weights_digest
+from .eval_progress import EvalProgress, evaluation_fingerprint, weights_meta
 from .hub import load, save_pretrained
 from .linear import as_tensors, train_linear_head
 from .results import SCHEMA, read_all, render_table
@@ -354,7 +354,7 @@ def run(args: argparse.Namespace) -> dict:
     classes = list(getattr(test, "classes", None) or [])
     t0 = time.time()
     model, protocol_cfg = _protocol_head(model, args, dataset, classes, eps, progress)
-    meta = {"model": args.name or args.source, "source": args.source, "weights_sha256": weights_digest(model),
+    meta = {"model": args.name or args.source, "source": args.source, **weights_meta(model),
             "dataset": dataset, "split": args.split, "protocol": protocol_cfg["protocol"],
             "protocol_config": protocol_cfg, "rocl_zoo_version": __version__}
     result = evaluate(model, x, y, attacks=args.attacks, eps=eps, norm=args.norm, batch_size=args.batch_size,

@@ -193,25 +193,36 @@ def read_all(root) -> list[Result]:
     return [read(p) for p in sorted(root.rglob("*.json")) if p.name != INDEX_NAME and is_results_file(p)]
 
 
+LINEAR_READ_OUTS = ("linear", "robust-linear")  # the protocols that train a head on a frozen encoder (SLF, ALF)
+
+
 def of_shipped_weights(results: list[Result]) -> list[Result]:
-    """The results that describe what the zoo ships. A file in a released entry's own results folder (the protocol
-    its registry metrics come from, on its dataset) that names other weights than the shipped ones
-    (`weights_sha256`: a new run's classifier measured before its release) is left out; files from before results
-    named their weights stay."""
+    """The results that describe what the zoo ships. Of a released entry, on its dataset, a file of the protocol
+    its registry metrics come from that names other weights than the shipped ones (`weights_sha256`: a new run's
+    classifier measured before its release) is left out, and so is a linear read-out (`linear`, `robust-linear`)
+    that names another encoder than the shipped one's (`encoder_sha256`: the ALF head of a new encoder); files from
+    before results named their weights stay."""
     from . import zoo
-    from .eval_progress import weights_digest
+    from .eval_progress import encoder_digest, weights_digest
     from .hub import load
 
-    shipped: dict[str, str] = {}
+    shipped: dict[str, tuple[str, str | None]] = {}
+
+    def digests(name: str) -> tuple[str, str | None]:
+        if name not in shipped:
+            model = load(name)
+            shipped[name] = (weights_digest(model), encoder_digest(model))
+        return shipped[name]
 
     def measures_other_weights(r: Result) -> bool:
         entry = zoo.ZOO.get(r.model)
-        if not (entry and entry.sha256 and "weights_sha256" in r.data and r.dataset == entry.dataset
-                and r.protocol == entry.metrics.get("protocol")):
+        if not (entry and entry.sha256 and r.dataset == entry.dataset):
             return False
-        if r.model not in shipped:
-            shipped[r.model] = weights_digest(load(r.model))
-        return r.data["weights_sha256"] != shipped[r.model]
+        if r.protocol == entry.metrics.get("protocol") and "weights_sha256" in r.data:
+            return r.data["weights_sha256"] != digests(r.model)[0]
+        if r.protocol in LINEAR_READ_OUTS and "encoder_sha256" in r.data:
+            return r.data["encoder_sha256"] != digests(r.model)[1]
+        return False
 
     return [r for r in results if not measures_other_weights(r)]
 

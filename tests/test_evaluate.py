@@ -295,6 +295,9 @@ def test_cli_linear_protocol_writes_results_classifier_and_table(saved_encoder, 
         assert key in r, key
     assert r["dataset"] == "blobs" and r["architecture"] == "cnn4_rocl" and r["n_examples"] == 48
     assert r["batch_size"] == 256  # the default: it and the seed fix each batch's random draws
+    from rocl_zoo.eval_progress import encoder_digest
+
+    assert r["encoder_sha256"] == encoder_digest(rocl_zoo.load(saved_encoder)) != r["weights_sha256"]
     assert r["attacks"]["pgd5"]["config"]["steps"] == 5 and r["clean_acc"] > 80
     clf = rocl_zoo.load(r["classifier"])  # encoder + head in the Hub layout
     assert clf.num_classes == 2 and clf.pretrained_cfg["label_names"] == ("dark", "bright")

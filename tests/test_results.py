@@ -116,16 +116,22 @@ def test_every_committed_results_file_is_in_percent_where_its_path_says():
 
 def test_only_the_shipped_weights_measurements_of_a_released_entry_reach_the_readme():
     import rocl_zoo
-    from rocl_zoo.eval_progress import weights_digest
+    from rocl_zoo.eval_progress import encoder_digest, weights_digest
     from rocl_zoo.results import Result, of_shipped_weights
 
-    shipped = weights_digest(rocl_zoo.load("cnn4_rocl.fmnist_at"))
+    model = rocl_zoo.load("cnn4_rocl.fmnist_at")
+    shipped, encoder = weights_digest(model), encoder_digest(model)
     base = {"schema": "rocl_zoo.eval/2", "model": "cnn4_rocl.fmnist_at", "protocol": "none",
             "dataset": "fashion_mnist", "threat_model": "Linf", "eps": 0.1, "n_examples": 10, "clean_acc": 50.0}
     cases = {"shipped": dict(base, weights_sha256=shipped),
              "a new run, not released yet": dict(base, weights_sha256="0" * 64),
              "from before results named their weights": dict(base),
              "another protocol": dict(base, protocol="finetune-at", weights_sha256="0" * 64),
-             "an entry not released": dict(base, model="cnn4_rocl.fmnist_dynacl", weights_sha256="0" * 64)}
+             "an entry not released": dict(base, model="cnn4_rocl.fmnist_dynacl", weights_sha256="0" * 64),
+             "an ALF head on the shipped encoder": dict(base, protocol="robust-linear", weights_sha256="1" * 64,
+                                                        encoder_sha256=encoder),
+             "an ALF head on a new encoder": dict(base, protocol="robust-linear", encoder_sha256="0" * 64),
+             "an ALF head from before": dict(base, protocol="robust-linear", weights_sha256="1" * 64)}
     kept = of_shipped_weights([Result(d, Path(name)) for name, d in cases.items()])
-    assert [str(r.path) for r in kept] == [n for n in cases if n != "a new run, not released yet"]
+    assert [str(r.path) for r in kept] == [n for n in cases if n not in ("a new run, not released yet",
+                                                                         "an ALF head on a new encoder")]

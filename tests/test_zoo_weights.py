@@ -79,7 +79,7 @@ def test_release_writes_folder_registry_and_check(tmp_path, monkeypatch):
 
 
 def test_a_release_removes_the_results_of_other_weights_from_its_folder(tmp_path):
-    from rocl_zoo.eval_progress import weights_digest
+    from rocl_zoo.eval_progress import encoder_digest, weights_digest
     from rocl_zoo.evaluate import evaluate
     from rocl_zoo.utils import write_json
     from training.release import retire_superseded
@@ -95,19 +95,24 @@ def test_a_release_removes_the_results_of_other_weights_from_its_folder(tmp_path
              "other weights": ("linear", dict(result, source="runs/new", weights_sha256=weights_digest(old))),
              "legacy, same source": ("linear", dict(result, source="runs/new")),
              "legacy, other source": ("linear", dict(result, source="runs/old")),
-             "another head": ("robust-linear", dict(result, source="runs/old"))}
+             "ALF, legacy": ("robust-linear", dict(result, source="runs/old")),
+             "ALF, new encoder": ("robust-linear", dict(result, encoder_sha256=encoder_digest(new))),
+             "ALF, old encoder": ("robust-linear", dict(result, encoder_sha256=encoder_digest(old))),
+             "another protocol": ("finetune-at", dict(result, weights_sha256=weights_digest(old)))}
     paths = {}
     for name, (protocol, data) in files.items():
         paths[name] = folder / protocol / "Linf-0.1" / f"{name.replace(' ', '_').replace(',', '')}.json"
         write_json(paths[name], data)
     # the same weights released again (say, with another quick check): only files that name other weights go
     assert retire_superseded("cnn4_rocl.fmnist", [paths["shipped"]], new, weights_changed=False) == \
-        [paths["other weights"]]
-    write_json(paths["other weights"], files["other weights"][1])
+        [paths["other weights"], paths["ALF, old encoder"]]
+    for name in ("other weights", "ALF, old encoder"):
+        write_json(paths[name], files[name][1])
     gone = retire_superseded("cnn4_rocl.fmnist", [paths["shipped"]], new)
-    assert sorted(gone) == sorted([paths["other weights"], paths["legacy, other source"]])
+    assert sorted(gone) == sorted(paths[n] for n in ("other weights", "legacy, other source", "ALF, legacy",
+                                                     "ALF, old encoder"))
     assert {n for n, p in paths.items() if p.exists()} == {"shipped", "same weights", "legacy, same source",
-                                                            "another head"}
+                                                            "ALF, new encoder", "another protocol"}
     assert retire_superseded("cnn4_rocl.fmnist_at", [paths["shipped"]], new) == []  # another model's folder
 
 

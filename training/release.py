@@ -27,8 +27,8 @@ from pathlib import Path
 from rocl_zoo import zoo
 from rocl_zoo.cli import run
 from rocl_zoo.errors import ConfigError
-from rocl_zoo.eval_progress import weights_digest
-from rocl_zoo.results import Result, folder_name, read
+from rocl_zoo.eval_progress import encoder_digest, weights_digest
+from rocl_zoo.results import LINEAR_READ_OUTS, Result, folder_name, read
 from rocl_zoo.threat import CORRUPTIONS, default_eps
 from rocl_zoo.utils import sha256_file, write_json
 
@@ -95,26 +95,38 @@ def training_budget(folder: Path) -> list[dict]:
 
 
 def retire_superseded(name: str, results: list[Path], model, weights_changed: bool = True) -> list[Path]:
-    """Remove the files of the shipped classifier's own results folder (results/<name>/<protocol>/, the first
-    results file's) that measured other weights, so that no table mixes them with the new ones: a file whose
-    `weights_sha256` is not the model's, or, from before results named their weights and only when the release
-    replaces the entry's weights, whose `source` is not the first file's. The removed paths (git keeps them)."""
+    """Remove the results files of the shipped classifier that measured other weights, so that no table mixes them
+    with the new ones. In its own results folder (results/<name>/<protocol>/, the first results file's): a file
+    whose `weights_sha256` is not the model's, or, from before results named their weights and only when the
+    release replaces the entry's weights, whose `source` is not the first file's. Where it is a linear read-out,
+    in the other read-out's folder (the ALF head beside a shipped SLF one): a file whose `encoder_sha256` is not
+    the model's encoder's, or, only when the weights change, that names no encoder. The removed paths (git keeps
+    them)."""
     if not results:
         return []
     folder = Path(results[0]).resolve().parents[1]
     if folder.parent.name != name:  # not the results/<model>/<protocol>/<threat model>/ layout
         return []
-    digest, source = weights_digest(model), read(results[0]).data.get("source")
+    digest, encoder, source = weights_digest(model), encoder_digest(model), read(results[0]).data.get("source")
+
+    def own(data: dict) -> bool:
+        if "weights_sha256" in data:
+            return data["weights_sha256"] == digest
+        return not weights_changed or data.get("source") == source
+
+    def same_encoder(data: dict) -> bool:
+        return data["encoder_sha256"] == encoder if "encoder_sha256" in data else not weights_changed
+
+    checks = [(folder, own)]
+    if folder.name in LINEAR_READ_OUTS and encoder:
+        checks += [(folder.parent / p, same_encoder) for p in LINEAR_READ_OUTS if p != folder.name]
     shipped = {Path(p).resolve() for p in results}
     gone = []
-    for path in sorted(folder.rglob("*.json")):
-        if path.resolve() in shipped:
-            continue
-        data = read(path).data
-        if (data["weights_sha256"] != digest) if "weights_sha256" in data else \
-                (weights_changed and data.get("source") != source):
-            path.unlink()
-            gone.append(path)
+    for where, keep in checks:
+        for path in sorted(where.rglob("*.json")):
+            if path.resolve() not in shipped and not keep(read(path).data):
+                path.unlink()
+                gone.append(path)
     return gone
 
 
