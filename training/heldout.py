@@ -121,6 +121,13 @@ def best_within(rows: list[dict], minutes: float) -> dict | None:
     return max((r for r in rows if r["minutes"] <= minutes), key=lambda r: r["pgd"], default=None)
 
 
+def read_run(curves_root: Path, recipe: str) -> tuple[list[dict], int]:
+    """A recipe's run under curves_root: (its held-out curve, the epochs it has run)."""
+    run = Path(curves_root) / recipe
+    epochs = RunFolder(run).epochs()
+    return (curve(run, epochs) if epochs else []), (epochs[-1]["epoch"] if epochs else 0)
+
+
 def status_markdown(curves_root: Path) -> str:
     """Where every recipe with a held-out curve stands: epochs run of its planned ones, the epoch it ships so far
     (its best held-out one, or its last with ship="last") with its numbers and the training time until then (what
@@ -132,10 +139,7 @@ def status_markdown(curves_root: Path) -> str:
     for name, recipe in RECIPES.items():
         if not recipe.holdout:
             continue
-        run = Path(curves_root) / name
-        epochs = RunFolder(run).epochs()
-        rows = curve(run, epochs) if epochs else []
-        done = epochs[-1]["epoch"] if epochs else 0
+        rows, done = read_run(curves_root, name)
         state = "finished" if done >= recipe.epochs else "under way (resumes from its checkpoint)" if done else \
             "not started"
         best = shipped_row(recipe, rows)
@@ -169,13 +173,10 @@ def equal_compute_markdown(curves_root: Path, budgets=BUDGETS) -> str:
     from .recipes import RECIPES
 
     def rows_of(name):
-        run = Path(curves_root) / name
-        epochs = RunFolder(run).epochs()
-        rows = curve(run, epochs) if epochs else []
-        finished = bool(epochs) and epochs[-1]["epoch"] >= RECIPES[name].epochs
-        cpu = json.loads((run / "config.json").read_text()).get("hardware", "?").split(",")[0].replace("(R)", "") \
-            if rows else "–"
-        return rows, finished, cpu
+        rows, done = read_run(curves_root, name)
+        config = Path(curves_root) / name / "config.json"
+        cpu = json.loads(config.read_text()).get("hardware", "?").split(",")[0].replace("(R)", "") if rows else "–"
+        return rows, done >= RECIPES[name].epochs, cpu
 
     head = " | ".join(f"{b} CPU-min" for b in budgets)
     lines = [f"| Recipe | Counts first | CPU | {head} | Best so far: PGD-10 / clean (epoch, CPU-min) |",
