@@ -18,7 +18,7 @@ def blocks() -> dict[str, str]:
     from rocl_zoo.results import of_shipped_weights, read_all, render_table
     from rocl_zoo.zoo import zoo_table_markdown
 
-    from claims import claims_markdown, successor_claims_markdown, summary_markdown
+    from claims import claims_markdown, successor_claims_markdown, summary_markdown, targets_markdown
     from training.heldout import equal_compute_markdown, status_markdown
     from training.matrix import markdown as matrix_markdown
     from training.reproduce import cost_markdown
@@ -35,7 +35,8 @@ def blocks() -> dict[str, str]:
             "curves": status_markdown(root / "curves").rstrip("\n"),
             "equal-compute": equal_compute_markdown(root / "curves").rstrip("\n"),
             "claims": claims_markdown(results).rstrip("\n"),
-            "successor-claims": successor_claims_markdown(results).rstrip("\n")}
+            "successor-claims": successor_claims_markdown(results).rstrip("\n"),
+            "targets": targets_markdown(results).rstrip("\n")}
 
 
 def render(text: str) -> str:

@@ -144,3 +144,18 @@ def test_successor_claims_wait_for_all_five_then_take_the_best_read_out():
     assert "best: DynACL++ ALF 70.5" in rows[-1] and rows[-1].endswith("**reproduced** |")  # 70.5 >= 72 - 2
     lines = C.summary_markdown(results).splitlines()
     assert any(line.startswith("| DynACL++, ALF | 90.0") for line in lines)  # the successors have summary rows
+
+
+
+def test_targets_say_met_or_missed_and_report_the_alf_gap():
+    def aa(model, acc, protocol="none"):  # clean 90.0 (the fixture's), PGD-20 3 points above AutoAttack
+        return result(model, protocol, {"autoattack": acc, "pgd20": acc + 3}, n=1000)
+
+    results = [aa(C.AT, 72.0), aa(C.ROCL_AT, 73.0)]
+    v = [c.row().rsplit("|", 2)[-2].strip() for c in C.targets(results)]
+    assert v[:3] == ["**met**", "**missed**", "**missed**"]  # 90 >= 87; 75 < 77; 73 < 72 + 1.5
+    assert v[3].startswith("not measured yet") and "robust-linear/Linf-0.1/autoattack-n1000" in v[3]
+    results = [aa(C.AT, 72.0), aa(C.ROCL_AT, 73.5), aa(C.ROCL, 60.0, "robust-linear")]
+    rows = [c.row() for c in C.targets(results)]
+    assert rows[2].endswith("| **met** |")  # 73.5 >= 73.5: "at least"
+    assert "RoCL ALF 60.0" in rows[3] and rows[3].endswith("| -12.0 points |")
