@@ -108,6 +108,12 @@ def test_a_runs_budget_counts_cpu_threads_and_gpu_wall_time(tmp_path):
     assert [s["run"] for s in training_budget(head)] == [tmp_path.name]
     shutil.rmtree(tmp_path / "best")  # a clone without the encoder's folder still has its run's records
     assert [s["run"] for s in training_budget(head)] == [tmp_path.name]
+    # a head that records its training (rocl_zoo.evaluate --save-classifier), its results file beside it
+    (head / "config.json").write_text(json.dumps({"rocl_zoo": {"encoder": str(tmp_path / "best"), "protocol": {
+        "protocol": "robust-linear", "epochs": 5, "train_time_s": 1800.0}}}))
+    (tmp_path / "heads" / "linear.json").write_text(json.dumps({"hardware": "a CPU, 2 cores, 2 torch threads"}))
+    assert training_budget(head)[1] == {"run": "robust-linear head", "epochs": 5, "shipped_epoch": 5, "clock": "CPU",
+                                        "hardware": "a CPU, 2 cores, 2 torch threads", "hours": 1.0}
 
 
 def test_status_table_says_where_each_curve_stands(tmp_path):

@@ -77,21 +77,37 @@ def quick_check(model, dataset: str, eps: float, norm: str, n: int = CHECK_EXAMP
 
 def training_budget(folder: Path) -> list[dict]:
     """The runs behind a classifier folder, encoder first (`rocl_zoo.loop.RunFolder.budget`): the folder's own run
-    (the folder it sits in, when that holds a metrics.jsonl) and, through the `encoder` its config names, the
-    encoder's, and so on back."""
+    (the folder it sits in, when that holds a metrics.jsonl; a linear head's training otherwise, `head_budget`)
+    and, through the `encoder` its config names, the encoder's, and so on back."""
     from rocl_zoo.loop import RunFolder
 
     stages, seen = [], set()
     while folder is not None and folder.resolve() not in seen:
         seen.add(folder.resolve())
-        budget = RunFolder(folder.parent).budget(shipped=folder.name)
+        config = folder / "config.json"
+        rz = (json.loads(config.read_text()).get("rocl_zoo") or {}) if config.is_file() else {}
+        budget = RunFolder(folder.parent).budget(shipped=folder.name) or head_budget(folder, rz.get("protocol"))
         if budget:
             stages.insert(0, budget)
         # an encoder folder may be gone (the flagship's is not committed) while its run's metrics.jsonl is here
-        config = folder / "config.json"
-        encoder = (json.loads(config.read_text()).get("rocl_zoo") or {}).get("encoder") if config.is_file() else None
-        folder = Path(encoder) if isinstance(encoder, str) else None
+        folder = Path(rz["encoder"]) if isinstance(rz.get("encoder"), str) else None
     return stages
+
+
+def head_budget(folder: Path, protocol: dict | None) -> dict | None:
+    """A linear head's training (`rocl_zoo.evaluate --save-classifier`) as a budget stage: its epochs and time from
+    the protocol config it carries, its hardware from the results file written beside it (`<folder>.json`, as
+    training/matrix.py's head items write it), if there."""
+    from rocl_zoo.utils import hardware_clock, hardware_threads
+
+    if not protocol or protocol.get("train_time_s") is None:
+        return None
+    beside = folder.with_name(folder.name + ".json")
+    hardware = json.loads(beside.read_text()).get("hardware") if beside.is_file() else None
+    hours = protocol["train_time_s"] / 3600 * hardware_threads(hardware)
+    return {"run": f"{protocol.get('protocol', 'linear')} head", "epochs": protocol.get("epochs"),
+            "shipped_epoch": protocol.get("epochs"), "hardware": hardware or "not recorded",
+            "clock": hardware_clock(hardware), "hours": round(hours, 2)}
 
 
 def retire_superseded(name: str, results: list[Path], model, weights_changed: bool = True) -> list[Path]:
