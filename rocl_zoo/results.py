@@ -194,14 +194,16 @@ def read_all(root) -> list[Result]:
 
 
 LINEAR_READ_OUTS = ("linear", "robust-linear")  # the protocols that train a head on a frozen encoder (SLF, ALF)
+FINETUNE = "finetune-"  # rocl_zoo.finetune's protocols (finetune-<mode>), filed under the encoder they start from
 
 
 def of_shipped_weights(results: list[Result]) -> list[Result]:
     """The results that describe what the zoo ships. Of a released entry, on its dataset, a file of the protocol
     its registry metrics come from that names other weights than the shipped ones (`weights_sha256`: a new run's
     classifier measured before its release) is left out, and so is a linear read-out (`linear`, `robust-linear`)
-    that names another encoder than the shipped one's (`encoder_sha256`: the ALF head of a new encoder); files from
-    before results named their weights stay."""
+    that names another encoder than the shipped one's (`encoder_sha256`: the ALF head of a new encoder), and, on
+    any dataset, a fine-tuning (`finetune-*`) that started from another encoder (`start_encoder_sha256`); files
+    from before results named their weights stay."""
     from . import zoo
     from .eval_progress import encoder_digest, weights_digest
     from .hub import load
@@ -216,7 +218,11 @@ def of_shipped_weights(results: list[Result]) -> list[Result]:
 
     def measures_other_weights(r: Result) -> bool:
         entry = zoo.ZOO.get(r.model)
-        if not (entry and entry.sha256 and r.dataset == entry.dataset):
+        if not (entry and entry.sha256):
+            return False
+        if r.protocol.startswith(FINETUNE) and "start_encoder_sha256" in r.data:
+            return r.data["start_encoder_sha256"] != digests(r.model)[1]
+        if r.dataset != entry.dataset:
             return False
         if r.protocol == entry.metrics.get("protocol") and "weights_sha256" in r.data:
             return r.data["weights_sha256"] != digests(r.model)[0]

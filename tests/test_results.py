@@ -131,7 +131,12 @@ def test_only_the_shipped_weights_measurements_of_a_released_entry_reach_the_rea
              "an ALF head on the shipped encoder": dict(base, protocol="robust-linear", weights_sha256="1" * 64,
                                                         encoder_sha256=encoder),
              "an ALF head on a new encoder": dict(base, protocol="robust-linear", encoder_sha256="0" * 64),
-             "an ALF head from before": dict(base, protocol="robust-linear", weights_sha256="1" * 64)}
+             "an ALF head from before": dict(base, protocol="robust-linear", weights_sha256="1" * 64),
+             "a fine-tuning of the shipped encoder": dict(base, protocol="finetune-at", dataset="digits",
+                                                          start_encoder_sha256=encoder),
+             "a fine-tuning of another encoder": dict(base, protocol="finetune-linear", dataset="digits",
+                                                      start_encoder_sha256="0" * 64)}
     kept = of_shipped_weights([Result(d, Path(name)) for name, d in cases.items()])
     assert [str(r.path) for r in kept] == [n for n in cases if n not in ("a new run, not released yet",
-                                                                         "an ALF head on a new encoder")]
+                                                                         "an ALF head on a new encoder",
+                                                                         "a fine-tuning of another encoder")]

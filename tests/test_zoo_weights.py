@@ -98,21 +98,25 @@ def test_a_release_removes_the_results_of_other_weights_from_its_folder(tmp_path
              "ALF, legacy": ("robust-linear", dict(result, source="runs/old")),
              "ALF, new encoder": ("robust-linear", dict(result, encoder_sha256=encoder_digest(new))),
              "ALF, old encoder": ("robust-linear", dict(result, encoder_sha256=encoder_digest(old))),
-             "another protocol": ("finetune-at", dict(result, weights_sha256=weights_digest(old)))}
+             "fine-tuning, legacy": ("finetune-at", dict(result, weights_sha256=weights_digest(old))),
+             "fine-tuning, new encoder": ("finetune-at", dict(result, start_encoder_sha256=encoder_digest(new))),
+             "digits fine-tuning, old encoder": ("finetune-at.digits",
+                                                 dict(result, start_encoder_sha256=encoder_digest(old)))}
     paths = {}
     for name, (protocol, data) in files.items():
         paths[name] = folder / protocol / "Linf-0.1" / f"{name.replace(' ', '_').replace(',', '')}.json"
         write_json(paths[name], data)
     # the same weights released again (say, with another quick check): only files that name other weights go
-    assert retire_superseded("cnn4_rocl.fmnist", [paths["shipped"]], new, weights_changed=False) == \
-        [paths["other weights"], paths["ALF, old encoder"]]
-    for name in ("other weights", "ALF, old encoder"):
+    named_other = ("other weights", "ALF, old encoder", "digits fine-tuning, old encoder")
+    assert sorted(retire_superseded("cnn4_rocl.fmnist", [paths["shipped"]], new, weights_changed=False)) == \
+        sorted(paths[n] for n in named_other)
+    for name in named_other:
         write_json(paths[name], files[name][1])
     gone = retire_superseded("cnn4_rocl.fmnist", [paths["shipped"]], new)
-    assert sorted(gone) == sorted(paths[n] for n in ("other weights", "legacy, other source", "ALF, legacy",
-                                                     "ALF, old encoder"))
+    assert sorted(gone) == sorted(paths[n] for n in (*named_other, "legacy, other source", "ALF, legacy",
+                                                     "fine-tuning, legacy"))
     assert {n for n, p in paths.items() if p.exists()} == {"shipped", "same weights", "legacy, same source",
-                                                            "ALF, new encoder", "another protocol"}
+                                                            "ALF, new encoder", "fine-tuning, new encoder"}
     assert retire_superseded("cnn4_rocl.fmnist_at", [paths["shipped"]], new) == []  # another model's folder
 
 

@@ -28,7 +28,7 @@ from rocl_zoo import zoo
 from rocl_zoo.cli import run
 from rocl_zoo.errors import ConfigError
 from rocl_zoo.eval_progress import encoder_digest, weights_digest
-from rocl_zoo.results import LINEAR_READ_OUTS, Result, folder_name, read
+from rocl_zoo.results import FINETUNE, LINEAR_READ_OUTS, Result, folder_name, read
 from rocl_zoo.threat import CORRUPTIONS, default_eps
 from rocl_zoo.utils import sha256_file, write_json
 
@@ -116,8 +116,8 @@ def retire_superseded(name: str, results: list[Path], model, weights_changed: bo
     whose `weights_sha256` is not the model's, or, from before results named their weights and only when the
     release replaces the entry's weights, whose `source` is not the first file's. Where it is a linear read-out,
     in the other read-out's folder (the ALF head beside a shipped SLF one): a file whose `encoder_sha256` is not
-    the model's encoder's, or, only when the weights change, that names no encoder. The removed paths (git keeps
-    them)."""
+    the model's encoder's, or, only when the weights change, that names no encoder; in its fine-tunings' folders
+    (results/<name>/finetune-*), the same by `start_encoder_sha256`. The removed paths (git keeps them)."""
     if not results:
         return []
     folder = Path(results[0]).resolve().parents[1]
@@ -130,12 +130,17 @@ def retire_superseded(name: str, results: list[Path], model, weights_changed: bo
             return data["weights_sha256"] == digest
         return not weights_changed or data.get("source") == source
 
-    def same_encoder(data: dict) -> bool:
-        return data["encoder_sha256"] == encoder if "encoder_sha256" in data else not weights_changed
+    def same_encoder(data: dict, key: str = "encoder_sha256") -> bool:
+        return data[key] == encoder if key in data else not weights_changed
+
+    def started_here(data: dict) -> bool:
+        return same_encoder(data, "start_encoder_sha256")
 
     checks = [(folder, own)]
     if folder.name in LINEAR_READ_OUTS and encoder:
         checks += [(folder.parent / p, same_encoder) for p in LINEAR_READ_OUTS if p != folder.name]
+    if encoder:  # fine-tunings of the entry's encoder, on any dataset (results/<name>/finetune-<mode>[.dataset]/)
+        checks += [(p, started_here) for p in sorted(folder.parent.glob(FINETUNE + "*"))]
     shipped = {Path(p).resolve() for p in results}
     gone = []
     for where, keep in checks:
