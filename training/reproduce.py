@@ -115,7 +115,11 @@ class Matrix:
         # ... made from what is not here either: a run product here (an encoder trained anew) means it is not
         fresh = [p for p in item.inputs if not Path(p).is_relative_to(self.paths.weights) and Path(p).exists()]
         # a curve ships one of its folders (best/): that entry stands for the run; the others (encoder/) are not needed
-        return "done" if made and not fresh and any(self.stand_in(Path(o).parent) for o in made) else "missing"
+        if not (made and not fresh and any(self.stand_in(Path(o).parent) for o in made)):
+            return "missing"
+        # ... unless what it was made from has changed since (a shipped encoder released anew): made again
+        recorded, now = self.stamps.get(item.name), self.stamp(item)
+        return "missing" if recorded and now and recorded != now else "done"
 
     def plan(self, selected: list[str]) -> list[str]:
         """The items to run now, in matrix order: each selected item that is not done, and every item they need
