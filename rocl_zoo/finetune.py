@@ -196,7 +196,6 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
 
     # Everything that can fail on the model or the data happens before anything is written.
     encoder, source = _resolve_model(model, device)
-    start = encoder_digest(encoder) or weights_digest(encoder)  # which encoder the results started from
     if image_size is not None and int(image_size) < 8:
         raise ConfigError(f"--image-size must be >= 8, got {image_size}.")
     c, h, w = model_input_size(encoder)
@@ -206,6 +205,8 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
     clf = build_classifier(encoder, data["num_classes"], in_chans=in_chans, image_size=size,
                            label_names=data["classes"], seed=seed)
     config = {**s, "eps_str": eps_str(s["eps"]), "encoder": source,
+              # the encoder's weights, not only its name: a run resumes only from the encoder it started from
+              "start_encoder_sha256": encoder_digest(encoder) or weights_digest(encoder),
               "architecture": (clf.pretrained_cfg or {}).get("architecture") or type(clf).__name__,
               "dataset": dataset_name, "num_classes": data["num_classes"], "classes": list(data["classes"]),
               "input_size": list(clf.pretrained_cfg["input_size"]),
@@ -230,7 +231,7 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
         raise TrainingInterrupted(f"stopped after {max_steps} steps (max_steps), checkpoint written; continue with "
                                   "--resume (resume=True), same settings.")
     results = _test_results(clf, data, s, config, metrics, suite=suite, eval_examples=eval_examples,
-                            autoattack_examples=autoattack_examples, progress=progress, start=start)
+                            autoattack_examples=autoattack_examples, progress=progress)
     if out is not None:
         _save_classifier(clf, out, results, config, metrics)
         if progress:
@@ -279,17 +280,17 @@ def _train_attack(s: dict) -> dict | None:
 
 
 def _test_results(clf, data: dict, s: dict, config: dict, metrics: list, *, suite: str, eval_examples: int,
-                  autoattack_examples: int, progress: bool, start: str) -> dict:
-    """The attack suite on the test split (fp32), as a results file of protocol finetune-<mode>; `start`: the
-    encoder's digest (`start_encoder_sha256`: rocl_zoo.results.of_shipped_weights hides results of an encoder the
-    zoo no longer ships)."""
+                  autoattack_examples: int, progress: bool) -> dict:
+    """The attack suite on the test split (fp32), as a results file of protocol finetune-<mode>, naming the encoder
+    it started from (`start_encoder_sha256`: rocl_zoo.results.of_shipped_weights hides fine-tunings of an encoder
+    the zoo no longer ships)."""
     xte, yte = fixed_subset(*data["test"], eval_examples, config["seed"])
     meta = {"model": config["encoder"], "dataset": config["dataset"], "split": "test",
             "protocol": f"finetune-{s['mode']}",
             "protocol_config": {k: config[k] for k in ("mode", "epochs", "lr", "batch_size", "weight_decay",
                                                        "milestones", "train_attack", "input_size",
                                                        "source_input_size", "n_train", "seed")},
-            "start_encoder_sha256": start,
+            "start_encoder_sha256": config["start_encoder_sha256"],
             "finetune_train_time_s": round(sum(m.get("time_s", 0) for m in metrics), 3),
             "rocl_zoo_version": __version__}
     if s["mode"] == "trades":

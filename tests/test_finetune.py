@@ -142,6 +142,18 @@ def test_linear_mode_has_no_attack_in_training(runs):
     assert runs[0]["linear"].metrics[0]["train_on"] == "clean features"
 
 
+def test_a_run_resumes_only_from_the_encoder_it_started_from(tmp_path):
+    enc = tmp_path / "enc"  # the same name holds other weights later, as when a zoo entry is released anew
+    torch.manual_seed(1)
+    rocl_zoo.save_pretrained(rocl_zoo.create_model("cnn4_rocl", num_classes=0), enc, dataset="fashion_mnist")
+    kw = dict(TINY, epochs=2, subset=100, mode="at", out=tmp_path / "cut")
+    with pytest.raises(ft.FinetuneInterrupted):
+        ft.finetune(str(enc), "digits", max_steps=2, **kw)
+    rocl_zoo.save_pretrained(rocl_zoo.create_model("cnn4_rocl", num_classes=0), enc, dataset="fashion_mnist")
+    with pytest.raises(ConfigError, match="start_encoder_sha256"):
+        ft.finetune(str(enc), "digits", resume=True, **kw)
+
+
 def test_resume_is_exact(encoder_dir, tmp_path, monkeypatch):
     from rocl_zoo import steps
 
