@@ -151,6 +151,25 @@ def test_a_head_writes_its_run_folder_where_the_shipped_entry_stands_in_for_it(t
     assert (head / "model.safetensors").is_file() and not (ROOT / "cnn4_rocl.fmnist").exists()
 
 
+def test_a_stood_in_item_is_made_again_once_what_it_was_made_from_changed(toy):
+    """A clone has the shipped RoCL+AT, not its run folder: the entry stands in for it until the encoder it was
+    fine-tuned from is released anew (its stamp then says so), when it must be fine-tuned again."""
+    tmp, _ = toy
+    import shutil
+
+    from training.reproduce import UNRECORDED
+
+    def planned():
+        dry = reproduce(tmp, "--dry-run", "cnn4_rocl.fmnist_rocl_at").stdout
+        return [line.split()[-1] for line in dry.splitlines() if line.startswith("run ")]
+
+    item, stamps = "finetune/cnn4_rocl.fmnist_rocl_at", tmp / "results" / "stamps.json"
+    shutil.rmtree(tmp / "runs" / "fmnist_rocl_at")
+    assert item not in planned()
+    stamps.write_text(json.dumps({**json.loads(stamps.read_text()), item: UNRECORDED}))  # its encoder was remade
+    assert item in planned()
+
+
 def test_two_reproduce_processes_keep_each_others_stamps(tmp_path):
     paths = Paths(tmp_path / "results", tmp_path / "runs", tmp_path / "weights")
     paths.results.mkdir()
