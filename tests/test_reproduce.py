@@ -195,3 +195,21 @@ def test_eval_batch_changes_how_an_evaluation_runs_not_what_it_is(tmp_path):
     stamp = m.stamps.get(item.name)
     assert command(m, m.items["train/fmnist_at"], 1, eval_batch=1000) == command(m, m.items["train/fmnist_at"], 1)
     assert m.stamps.get(item.name) == stamp  # nothing recorded: what the item is did not change
+
+
+def test_slow_attacks_are_costed_by_what_the_classifier_keeps():
+    """AutoAttack's later stages run on the images still unbroken: a non-robust classifier's costs minutes."""
+    from training.reproduce import estimate, survivor_fit
+
+    assert survivor_fit([(0.0, 0.5), (0.5, 5.5), (1.0, 10.5)]) == pytest.approx((0.5, 10.0))
+    assert survivor_fit([(0.5, 1.0), (0.5, 2.0)]) is None  # one fraction: no slope to fit
+    rates = {"attack": {("cnn4_rocl", "autoattack"): 4.0, ("cnn4_rocl", "sanity"): 0.25}, "survivors": {("cnn4_rocl", "autoattack"): (0.5, 10.0)},
+             "robust": {("cnn4_rocl.fmnist_simclr", "linear"): 0.0, ("cnn4_rocl.fmnist_at", "none"): 0.7}}
+    tmp = Path("/nonexistent")
+    item = {i.name: i for i in items(Paths(tmp / "results", tmp / "runs", tmp / "weights")).values()}
+    simclr = item["eval/cnn4_rocl.fmnist_simclr/linear/Linf-0.1/autoattack-n1000"]
+    simclr.cost["attacks"] = ["autoattack"]  # AutoAttack alone, without the cheap attacks beside it
+    assert estimate(simclr, rates) == pytest.approx(750.0)  # 1,000 x (0.5 s + the sanity checks' 0.25)
+    new = item["eval/cnn4_rocl.fmnist_dynacl/linear/Linf-0.1/autoattack-n1000"]
+    new.cost["attacks"] = ["autoattack"]
+    assert estimate(new, rates) == pytest.approx(4250.0)  # not measured yet: the median rate

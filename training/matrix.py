@@ -296,7 +296,7 @@ def _eval(entry: Entry, protocol: str, ev: Eval, paths: Paths, scale: Scale, sou
                     "--eps", ev.eps, "--attacks", ev.attacks, "--n-examples", n, *extra, "--quiet", "--out", out),
                 [out], needs=needs, inputs=inputs, spec={"eval": vars(ev), "n": n, "source": source},
                 partial=[Path(f"{out}.partial")], kind="eval",
-                cost={"attacks": ev.attacks.split(","), "n": n, "name": entry.name})
+                cost={"attacks": ev.attacks.split(","), "n": n, "name": entry.name, "protocol": protocol})
 
 
 def _corruptions(entry: Entry, paths: Paths, scale: Scale) -> Item:

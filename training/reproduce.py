@@ -169,19 +169,42 @@ def _settings(argv: list, paths: Paths) -> list:
 
 # ------------------------------------------------------------------------------------------------ cost
 
+# Attacks whose later stages run only on the images still unbroken: their cost per image grows with the robust
+# accuracy (AutoAttack on a non-robust classifier takes minutes, on a robust one hours).
+SURVIVOR_BOUND = ("autoattack", "apgd")
+
+
+def survivor_fit(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """Least squares (a, b) of cost = a + b * robust fraction over (robust fraction, cost per image) points; None
+    with fewer than two distinct fractions or a negative slope."""
+    if len({r for r, _ in points}) < 2:
+        return None
+    mr, mc = statistics.fmean(r for r, _ in points), statistics.fmean(c for _, c in points)
+    b = sum((r - mr) * (c - mc) for r, c in points) / sum((r - mr) ** 2 for r, _ in points)
+    return (max(mc - b * mr, 0.0), b) if b > 0 else None
+
+
 def measured_rates(results_root: Path) -> dict:
-    """CPU-seconds per image of each attack, per head protocol and per training recipe, from committed records."""
+    """CPU-seconds per image of each attack (and, for SURVIVOR_BOUND attacks, its fit on robust accuracy), per head
+    protocol and per training recipe, from committed records; and each classifier's PGD-20 accuracy at l-inf 0.1,
+    where measured: a little above what the slow attacks leave it, so its estimate errs long."""
     from rocl_zoo.results import read_all
 
-    attack, head, train = {}, {}, {}
+    attack, survivors, robust, head, train = {}, {}, {}, {}, {}
     for r in read_all(results_root) if results_root.is_dir() else []:
         cores = hardware_threads(r.data.get("hardware"))
         arch = r.data.get("architecture")
+        pgd = r.accuracy("pgd20")
+        if pgd is not None and r.threat_model == "Linf" and r.eps == 0.1:
+            robust[(r.model, r.protocol)] = pgd.pct / 100
         for name, a in r.attacks.items():
             # a resumed run's wall time covers only the examples it attacked itself
             n = a.get("attacked_here", None if r.data.get("resumed_batches") else a.get("n_examples", r.n))
             if a.get("wall_time_s") and n:
-                attack.setdefault((arch, name.split("@")[0]), []).append(a["wall_time_s"] * cores / n)
+                key = (arch, name.split("@")[0])
+                attack.setdefault(key, []).append(a["wall_time_s"] * cores / n)
+                if key[1] in SURVIVOR_BOUND and a.get("acc") is not None:
+                    survivors.setdefault(key, []).append((a["acc"] / 100, attack[key][-1]))
         s = r.data.get("sanity") or {}
         if s.get("wall_time_s"):
             attack.setdefault((arch, "sanity"), []).append(s["wall_time_s"] * cores / s.get("n_examples", r.n))
@@ -199,8 +222,9 @@ def measured_rates(results_root: Path) -> dict:
             key = (cfg["name"], cfg.get("precision", "fp32"))  # records from before precision was recorded: fp32
             train.setdefault(key, []).append(hardware_threads(cfg.get("hardware")) / statistics.quantiles(rates)[2])
     med = lambda d: {k: statistics.median(v) for k, v in d.items()}  # noqa: E731
+    fits = {k: f for k, v in survivors.items() if (f := survivor_fit(v))}
     return {"attack": med(attack), "attack_files": {k: len(v) for k, v in attack.items()}, "head": med(head),
-            "train": med(train)}
+            "train": med(train), "survivors": fits, "robust": robust}
 
 
 def trained_fraction(item: Item) -> float:
@@ -230,8 +254,12 @@ def estimate(item: Item, rates: dict) -> float | None:
         pgd = rates["attack"].get((arch, "pgd20"))
         return pgd and 500 * pgd + 30
     total = 0.0
+    robust = rates.get("robust", {}).get((c.get("name"), c.get("protocol")))  # its PGD-20, where measured
     for attack in c["attacks"] + (["sanity"] if "--sanity" in item.argv else []):
         per_image = rates["attack"].get((arch, attack))
+        fit = rates.get("survivors", {}).get((arch, attack))
+        if fit and robust is not None:
+            per_image = fit[0] + fit[1] * robust
         if per_image is None:
             return None
         total += per_image * c["n"]
