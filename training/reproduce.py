@@ -105,10 +105,14 @@ class Matrix:
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
+    def outdated(self, item: Item) -> bool:
+        """Whether what the item was made from (its recorded stamp) differs from what it would be made from now."""
+        recorded, now = self.stamps.get(item.name), self.stamp(item)
+        return bool(recorded and now and recorded != now)
+
     def state(self, item: Item) -> str:
         if all(Path(o).exists() for o in item.outputs):
-            recorded, now = self.stamps.get(item.name), self.stamp(item)
-            return "stale" if recorded and now and recorded != now else "done"
+            return "stale" if self.outdated(item) else "done"
         if any(Path(p).exists() for p in item.partial):
             return "partial"
         made = [o for o in item.outputs if Path(o).name == "model.safetensors"]  # a classifier, shipped
@@ -118,8 +122,7 @@ class Matrix:
         if not (made and not fresh and any(self.stand_in(Path(o).parent) for o in made)):
             return "missing"
         # ... unless what it was made from has changed since (a shipped encoder released anew): made again
-        recorded, now = self.stamps.get(item.name), self.stamp(item)
-        return "missing" if recorded and now and recorded != now else "done"
+        return "missing" if self.outdated(item) else "done"
 
     def plan(self, selected: list[str]) -> list[str]:
         """The items to run now, in matrix order: each selected item that is not done, and every item they need
@@ -254,10 +257,10 @@ def estimate(item: Item, rates: dict) -> float | None:
         pgd = rates["attack"].get((arch, "pgd20"))
         return pgd and 500 * pgd + 30
     total = 0.0
-    robust = rates.get("robust", {}).get((c.get("name"), c.get("protocol")))  # its PGD-20, where measured
+    robust = rates["robust"].get((c["name"], c.get("protocol")))  # its PGD-20, where measured
     for attack in c["attacks"] + (["sanity"] if "--sanity" in item.argv else []):
         per_image = rates["attack"].get((arch, attack))
-        fit = rates.get("survivors", {}).get((arch, attack))
+        fit = rates["survivors"].get((arch, attack))
         if fit and robust is not None:
             per_image = fit[0] + fit[1] * robust
         if per_image is None:
