@@ -6,6 +6,7 @@ import torch
 
 import rocl_zoo
 from rocl_zoo import zoo
+from rocl_zoo.errors import ConfigError
 
 SHIPPED = [e.name for e in zoo.ZOO.values() if (e.embedded_dir / e.filename).is_file()]
 
@@ -33,7 +34,7 @@ def test_shipped_model_matches_its_registry_entry(name):
     assert model(x).shape == (2, len(entry.label_names))
 
 
-def test_release_writes_folder_registry_and_check(tmp_path, monkeypatch):
+def test_release_writes_folder_registry_and_check(tmp_path, monkeypatch, capsys):
     """The release step on a small (untrained) classifier, into a temporary weights folder."""
     from rocl_zoo.data import load_dataset
     from rocl_zoo.evaluate import evaluate
@@ -76,6 +77,18 @@ def test_release_writes_folder_registry_and_check(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "WEIGHTS_DIR", weights)
     monkeypatch.setattr(zoo, "ZOO", zoo._published(zoo.ZOO))
     assert torch.equal(rocl_zoo.load("cnn4_rocl.fmnist")(x[:2]), model(x[:2]))
+    # --recheck: the quick check again on other images, from the shipped file; the rest of the record stays
+    rechecked = release.recheck("cnn4_rocl.fmnist", weights, check_examples=20)
+    assert rechecked["metrics"]["check"]["n_examples"] == 20
+    assert {**rechecked, "metrics": {**rechecked["metrics"], "check": None}} == {
+        **record, "metrics": {**record["metrics"], "check": None}}
+    assert json.loads((weights / zoo.REGISTRY_NAME).read_text())["cnn4_rocl.fmnist"] == rechecked
+    (weights / "cnn4_rocl.fmnist" / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(ConfigError, match="release the weights again"):
+        release.recheck("cnn4_rocl.fmnist", weights)
+    with pytest.raises(ConfigError, match="not released"):
+        release.recheck("cnn4_rocl.fmnist_at", weights)
+    assert release.main(["cnn4_rocl.fmnist"]) != 0 and "--recheck" in capsys.readouterr().err
 
 
 def test_a_release_removes_the_results_of_other_weights_from_its_folder(tmp_path):

@@ -97,9 +97,9 @@ ENTRIES = (
     Entry("cnn4_rocl.fmnist_simclr_at", "finetune", start="cnn4_rocl.fmnist_simclr"),
     # The flagship: RoCL with the paper's CIFAR ResNet-18. An attacked image costs it 7-25x what it costs cnn4_rocl
     # on 2 CPU cores (one attack step at batch 64: 115 against 843 img/s in fp32; PGD-10 at batch 128: 7 against
-    # 170), so its protocol is smaller: APGD on 1,000, AutoAttack on 100, the rest on 1,000; its quick check on 100.
+    # 170), so its protocol is smaller: APGD on 1,000, AutoAttack on 100, the rest on 1,000.
     Entry("resnet18_rocl.fmnist", "pretrain", "fmnist_resnet18_rocl", heads=("linear", "robust-linear"),
-          evals=FLAGSHIP_PROTOCOL, corruptions_n=1000, check_n=100),
+          evals=FLAGSHIP_PROTOCOL, corruptions_n=1000),
 )
 BY_NAME = {e.name: e for e in ENTRIES}
 

@@ -12,7 +12,8 @@
    (the entry's headline threat model; accuracies in percent, torchvision's style) and a quick check: clean and
    PGD-20 accuracy on the first 500 images (`--check-examples`) of a fixed test permutation, which
    `tests/test_zoo_weights.py` recomputes from the shipped files. Without results files the registry gets the
-   sha256 and the quick check only, at the dataset's usual l-inf budget.
+   sha256 and the quick check only, at the dataset's usual l-inf budget. `--recheck` measures a shipped
+   entry's quick check again (on another number of images, say) without touching its weights or metrics.
 4. `python scripts/update_readme.py` (which `training.reproduce` runs after its work) renders the README's zoo
    table from the registry.
 """
@@ -187,10 +188,32 @@ def release(name: str, classifier, results: list[Path] = (), weights_dir: Path |
     return record
 
 
+def recheck(name: str, weights_dir: Path | None = None, check_examples: int = CHECK_EXAMPLES) -> dict:
+    """Measure a released entry's quick check again, on `check_examples` images, from its shipped weights (their
+    sha256 checked against the registry first); the registry's record keeps everything else."""
+    from rocl_zoo.hub import load
+
+    entry = zoo.get_entry(name)
+    registry_path = Path(weights_dir or zoo.WEIGHTS_DIR) / zoo.REGISTRY_NAME
+    registry = json.loads(registry_path.read_text()) if registry_path.is_file() else {}
+    if name not in registry:
+        raise ConfigError(f"{name} is not released in {registry_path}: release it first (python -m training.release "
+                          f"{name} CLASSIFIER --results ...).")
+    folder = registry_path.parent / name
+    if sha256_file(folder / entry.filename) != registry[name]["sha256"]:
+        raise ConfigError(f"{folder / entry.filename} is not the file the registry records (sha256 differs): "
+                          "release the weights again instead of re-checking them.")
+    old = registry[name]["metrics"]["check"]
+    registry[name]["metrics"]["check"] = quick_check(load(folder), entry.dataset, old["eps"], old["norm"],
+                                                     check_examples)
+    write_json(registry_path, registry)
+    return registry[name]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.release", description=__doc__.split("\n")[0])
     p.add_argument("name", help="zoo entry, arch.tag (`rocl_zoo.list_models()`)")
-    p.add_argument("classifier", help="the trained classifier: a Hub-layout folder")
+    p.add_argument("classifier", nargs="?", help="the trained classifier: a Hub-layout folder")
     p.add_argument("--results", nargs="+", type=Path, default=[],
                    help="results files of rocl_zoo.evaluate; the first gives the registry's headline metrics "
                         "(default: none; the registry then holds the checksum and the quick check)")
@@ -200,6 +223,9 @@ def main(argv=None) -> int:
     p.add_argument("--check-examples", type=int, default=CHECK_EXAMPLES, metavar="N",
                    help="test images of the quick check the registry records and the test suite repeats "
                         f"(default: {CHECK_EXAMPLES}; fewer for a model whose PGD-20 is slow on a CPU)")
+    p.add_argument("--recheck", action="store_true",
+                   help="no CLASSIFIER: measure the released entry's quick check again on --check-examples images "
+                        "(its weights, checksum and metrics stay)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return run(_main, p.parse_args(argv))
 
@@ -207,6 +233,11 @@ def main(argv=None) -> int:
 def _main(args) -> int:
     if args.check_examples < 1:
         raise ConfigError("--check-examples must be at least 1.")
+    if args.recheck != (args.classifier is None):
+        raise ConfigError("give a CLASSIFIER folder to release, or --recheck without one.")
+    if args.recheck:
+        print(json.dumps(recheck(args.name, args.weights_dir, args.check_examples), indent=2))
+        return 0
     record = release(args.name, args.classifier, args.results, weights_dir=args.weights_dir,
                      check_examples=args.check_examples)
     print(json.dumps(record, indent=2))
