@@ -11,13 +11,15 @@ import torch  # noqa: E402
 
 
 
-# Files whose fixtures take minutes: run first, so that with `pytest -n 2 --dist loadfile --no-loadscope-reorder`
-# (make test) one worker starts on them while the other takes the rest, instead of one waiting on them at the end.
-LONGEST_FIRST = ("test_reproduce.py",)  # the toy reproduction of the whole zoo: ~6 of the suite's ~12 minutes
+# The files that take minutes, each to a worker of its own first (`pytest -n 2 --dist loadfile
+# --no-loadscope-reorder`, make test), the short ones after: a long file handed out last keeps the others waiting.
+# The toy reproduction of the whole zoo (~6 of the suite's ~16 CPU-minutes), the shipped weights' quick checks (~5).
+LONGEST_FIRST = ("test_reproduce.py", "test_zoo_weights.py")
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # stable: the order is otherwise kept
+    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
+               else len(LONGEST_FIRST))  # stable: the order is otherwise kept
 
 
 @pytest.fixture(autouse=True)
