@@ -74,7 +74,6 @@ class Entry:
     heads: tuple = ()           # pretrain: the linear protocols read out (linear = SLF, robust-linear = ALF)
     evals: tuple = PROTOCOL     # what each of its classifiers is measured with
     corruptions_n: int = CORRUPTIONS_N
-    check_n: int = CHECK_EXAMPLES  # the release's quick check (test images), which the test suite repeats
 
     @property
     def protocols(self) -> tuple:
@@ -318,7 +317,7 @@ def _release(entry: Entry, evals: list, paths: Paths, scale: Scale) -> Item:
     protocol = entry.protocols[0]
     clf = classifier(entry, protocol, paths)
     results = [e.outputs[0] for e in evals]
-    n = scale.images(entry.check_n)
+    n = scale.images(CHECK_EXAMPLES)  # the quick check the test suite repeats
     check = ["--check-examples", n] if n != CHECK_EXAMPLES else []
     return Item(f"release/{entry.name}", _py("training.release", entry.name, clf, "--results", *results, *check),
                 [paths.weights / entry.name / "model.safetensors"], needs=[make_item(entry, protocol)]

@@ -178,8 +178,7 @@ def release(name: str, classifier, results: list[Path] = (), weights_dir: Path |
     shipped_model = load(out)
     metrics["check"] = quick_check(shipped_model, entry.dataset, eps, norm, check_examples)
     record = {"sha256": sha256_file(out / entry.filename), "metrics": metrics}
-    registry_path = Path(weights_dir) / zoo.REGISTRY_NAME
-    registry = json.loads(registry_path.read_text()) if registry_path.is_file() else {}
+    registry_path, registry = read_registry(weights_dir)
     changed = registry.get(name, {}).get("sha256") != record["sha256"]
     for path in retire_superseded(name, list(results), shipped_model, changed):
         print(f"removed {path}: it measured other weights than {name}'s new ones", file=sys.stderr)
@@ -188,14 +187,19 @@ def release(name: str, classifier, results: list[Path] = (), weights_dir: Path |
     return record
 
 
+def read_registry(weights_dir: Path | None) -> tuple[Path, dict]:
+    """(path, records) of the registry in `weights_dir` (default: the package's weights folder); {} if none yet."""
+    path = Path(weights_dir or zoo.WEIGHTS_DIR) / zoo.REGISTRY_NAME
+    return path, json.loads(path.read_text()) if path.is_file() else {}
+
+
 def recheck(name: str, weights_dir: Path | None = None, check_examples: int = CHECK_EXAMPLES) -> dict:
     """Measure a released entry's quick check again, on `check_examples` images, from its shipped weights (their
     sha256 checked against the registry first); the registry's record keeps everything else."""
     from rocl_zoo.hub import load
 
     entry = zoo.get_entry(name)
-    registry_path = Path(weights_dir or zoo.WEIGHTS_DIR) / zoo.REGISTRY_NAME
-    registry = json.loads(registry_path.read_text()) if registry_path.is_file() else {}
+    registry_path, registry = read_registry(weights_dir)
     if name not in registry:
         raise ConfigError(f"{name} is not released in {registry_path}: release it first (python -m training.release "
                           f"{name} CLASSIFIER --results ...).")

@@ -119,10 +119,9 @@ class Matrix:
         # ... made from what is not here either: a run product here (an encoder trained anew) means it is not
         fresh = [p for p in item.inputs if not Path(p).is_relative_to(self.paths.weights) and Path(p).exists()]
         # a curve ships one of its folders (best/): that entry stands for the run; the others (encoder/) are not needed
-        if not (made and not fresh and any(self.stand_in(Path(o).parent) for o in made)):
-            return "missing"
+        stood_in = made and not fresh and any(self.stand_in(Path(o).parent) for o in made)
         # ... unless what it was made from has changed since (a shipped encoder released anew): made again
-        return "missing" if self.outdated(item) else "done"
+        return "done" if stood_in and not self.outdated(item) else "missing"
 
     def plan(self, selected: list[str]) -> list[str]:
         """The items to run now, in matrix order: each selected item that is not done, and every item they need
