@@ -282,15 +282,16 @@ def _train_attack(s: dict) -> dict | None:
 def _test_results(clf, data: dict, s: dict, config: dict, metrics: list, *, suite: str, eval_examples: int,
                   autoattack_examples: int, progress: bool) -> dict:
     """The attack suite on the test split (fp32), as a results file of protocol finetune-<mode>, naming the encoder
-    it started from (`start_encoder_sha256`: rocl_zoo.results.of_shipped_weights hides fine-tunings of an encoder
-    the zoo no longer ships)."""
+    it started from and the classifier it measured (`start_encoder_sha256`, `weights_sha256`:
+    rocl_zoo.results.of_shipped_weights hides fine-tunings of an encoder the zoo no longer ships, and those whose
+    classifier a zoo entry made from them does not ship)."""
     xte, yte = fixed_subset(*data["test"], eval_examples, config["seed"])
     meta = {"model": config["encoder"], "dataset": config["dataset"], "split": "test",
             "protocol": f"finetune-{s['mode']}",
             "protocol_config": {k: config[k] for k in ("mode", "epochs", "lr", "batch_size", "weight_decay",
                                                        "milestones", "train_attack", "input_size",
                                                        "source_input_size", "n_train", "seed")},
-            "start_encoder_sha256": config["start_encoder_sha256"],
+            "start_encoder_sha256": config["start_encoder_sha256"], "weights_sha256": weights_digest(clf),
             "finetune_train_time_s": round(sum(m.get("time_s", 0) for m in metrics), 3),
             "rocl_zoo_version": __version__}
     if s["mode"] == "trades":

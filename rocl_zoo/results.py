@@ -197,13 +197,16 @@ LINEAR_READ_OUTS = ("linear", "robust-linear")  # the protocols that train a hea
 FINETUNE = "finetune-"  # rocl_zoo.finetune's protocols (finetune-<mode>), filed under the encoder they start from
 
 
-def of_shipped_weights(results: list[Result]) -> list[Result]:
+def of_shipped_weights(results: list[Result],
+                       finetuned: dict[tuple[str, str], str] | None = None) -> list[Result]:
     """The results that describe what the zoo ships. Of a released entry, on its dataset, a file of the protocol
     its registry metrics come from that names other weights than the shipped ones (`weights_sha256`: a new run's
     classifier measured before its release) is left out, and so is a linear read-out (`linear`, `robust-linear`)
     that names another encoder than the shipped one's (`encoder_sha256`: the ALF head of a new encoder), and, on
     any dataset, a fine-tuning (`finetune-*`) that started from another encoder (`start_encoder_sha256`); files
-    from before results named their weights stay."""
+    from before results named their weights stay. `finetuned` maps (encoder, protocol) to the zoo entry such a
+    fine-tuning ships as (RoCL+AT: ("cnn4_rocl.fmnist", "finetune-at")); on that entry's dataset, a fine-tuning
+    whose classifier is not the released entry's (a new run before its release) is left out too."""
     from . import zoo
     from .eval_progress import encoder_digest, weights_digest
     from .hub import load
@@ -220,6 +223,10 @@ def of_shipped_weights(results: list[Result]) -> list[Result]:
         entry = zoo.ZOO.get(r.model)
         if not (entry and entry.sha256):
             return False
+        ships_as = zoo.ZOO.get((finetuned or {}).get((r.model, r.protocol)))
+        if ships_as and ships_as.sha256 and r.dataset == ships_as.dataset and "weights_sha256" in r.data \
+                and r.data["weights_sha256"] != digests(ships_as.name)[0]:
+            return True
         if r.protocol.startswith(FINETUNE) and "start_encoder_sha256" in r.data:
             return r.data["start_encoder_sha256"] != digests(r.model)[1]
         if r.dataset != entry.dataset:

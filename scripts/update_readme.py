@@ -20,6 +20,7 @@ def blocks() -> dict[str, str]:
 
     from claims import claims_markdown, successor_claims_markdown, summary_markdown, targets_markdown
     from training.heldout import equal_compute_markdown, status_markdown
+    from training.matrix import FINETUNED
     from training.matrix import markdown as matrix_markdown
     from training.reproduce import cost_markdown
 
@@ -27,7 +28,8 @@ def blocks() -> dict[str, str]:
     results = read_all(root) if root.is_dir() else []
     # the zoo's models only: experiments such as results/precision-ab have their own table and script; and of a
     # released entry, its shipped weights only (a new run measured before its release waits for it)
-    results = of_shipped_weights([r for r in results if r.path.relative_to(root).parts[0] != "precision-ab"])
+    results = of_shipped_weights([r for r in results if r.path.relative_to(root).parts[0] != "precision-ab"],
+                                 FINETUNED)
     table = render_table(results).rstrip("\n") if results else "No results files yet."
     return {"zoo-table": zoo_table_markdown(), "matrix": matrix_markdown().rstrip("\n"),
             "protocol-cost": cost_markdown(root).rstrip("\n"), "results-table": table,

@@ -89,8 +89,10 @@ def test_mode_end_to_end(runs, encoder_dir, mode):
     assert results["dataset"] == "digits" and results["n_examples"] == 40 and results["eps"] == pytest.approx(0.1)
     assert results["precision"] == "fp32" and isinstance(results["cpu_native_bf16"], bool)  # evaluation: fp32
     assert 0 <= results["pgd_acc"] <= results["clean_acc"] <= 100
-    from rocl_zoo.eval_progress import encoder_digest  # which encoder it started from (results.of_shipped_weights)
+    # which encoder it started from and which classifier it measured (results.of_shipped_weights)
+    from rocl_zoo.eval_progress import encoder_digest, weights_digest
     assert results["start_encoder_sha256"] == encoder_digest(rocl_zoo.load(encoder_dir)) is not None
+    assert results["weights_sha256"] == weights_digest(rocl_zoo.load(out / "classifier"))
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1] and metrics == run.metrics
     config = json.loads((out / "config.json").read_text())

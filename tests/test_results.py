@@ -140,3 +140,27 @@ def test_only_the_shipped_weights_measurements_of_a_released_entry_reach_the_rea
     assert [str(r.path) for r in kept] == [n for n in cases if n not in ("a new run, not released yet",
                                                                          "an ALF head on a new encoder",
                                                                          "a fine-tuning of another encoder")]
+
+
+def test_a_fine_tuning_reaches_the_readme_only_while_its_classifier_is_the_one_the_zoo_ships():
+    import rocl_zoo
+    from rocl_zoo.eval_progress import encoder_digest, weights_digest
+    from rocl_zoo.results import Result, of_shipped_weights
+
+    from training.matrix import FINETUNED
+
+    assert FINETUNED[("cnn4_rocl.fmnist", "finetune-at")] == "cnn4_rocl.fmnist_rocl_at"
+    encoder = encoder_digest(rocl_zoo.load("cnn4_rocl.fmnist"))
+    shipped = weights_digest(rocl_zoo.load("cnn4_rocl.fmnist_rocl_at"))
+    base = {"schema": "rocl_zoo.eval/2", "model": "cnn4_rocl.fmnist", "protocol": "finetune-at",
+            "dataset": "fashion_mnist", "threat_model": "Linf", "eps": 0.1, "n_examples": 10, "clean_acc": 50.0,
+            "start_encoder_sha256": encoder}
+    cases = {"the shipped RoCL+AT": dict(base, weights_sha256=shipped),
+             "a new fine-tuning, not released yet": dict(base, weights_sha256="0" * 64),
+             "from before fine-tunings named their classifier": dict(base),
+             "on another dataset: no zoo entry": dict(base, dataset="digits", weights_sha256="0" * 64),
+             "another mode: no zoo entry": dict(base, protocol="finetune-trades", weights_sha256="0" * 64)}
+    results = [Result(d, Path(name)) for name, d in cases.items()]
+    assert len(of_shipped_weights(results)) == len(cases)  # without the map, nothing says what they ship as
+    kept = of_shipped_weights(results, FINETUNED)
+    assert [str(r.path) for r in kept] == [n for n in cases if n != "a new fine-tuning, not released yet"]
