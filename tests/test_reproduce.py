@@ -84,6 +84,17 @@ def test_a_lost_result_is_remade_with_only_what_depends_on_it(toy):
     assert "0 items to run" in reproduce(tmp, "--dry-run").stdout
 
 
+def test_items_run_in_the_order_named(toy):
+    tmp, _ = toy
+    first, second = "eval/cnn4_rocl.fmnist_at/none/Linf-8_255/pgd-n12", "eval/cnn4_rocl.fmnist_at/none/L2-1.5/pgd-n12"
+    matrix = list(items(Paths(tmp / "results", tmp / "runs", tmp / "weights"), "toy"))
+    assert matrix.index(first) < matrix.index(second)
+    for victim in (first, second):
+        (tmp / "results" / (victim.removeprefix("eval/") + ".json")).unlink()
+    assert ran(reproduce(tmp, second, first)) == [second, first]  # not the matrix's order
+    assert ran(reproduce(tmp, "all")) == ["release/cnn4_rocl.fmnist_at"]  # re-ships with the new files
+
+
 def test_changed_weights_make_their_measurements_stale(toy):
     tmp, _ = toy
     weights = tmp / "results" / "curves" / "fmnist_trades" / "best" / "model.safetensors"

@@ -4,6 +4,7 @@
     python -m training.reproduce cnn4_rocl.fmnist_at          # one entry: train, evaluate, release
     python -m training.reproduce all                          # the whole zoo, in dependency order
     python -m training.reproduce eval/cnn4_rocl.fmnist_at/none/Linf-0.1/apgd-n10000   # one item
+    python -m training.reproduce ITEM_B ITEM_A                # in the order named, each after what it needs
 
 An item is `done` when its outputs exist and were made from the inputs it has now, `stale` when its inputs or
 settings changed since (the weights it measured, its recipe), `partial` when an interrupted run left a checkpoint
@@ -124,22 +125,23 @@ class Matrix:
         return "done" if stood_in and not self.outdated(item) else "missing"
 
     def plan(self, selected: list[str]) -> list[str]:
-        """The items to run now, in matrix order: each selected item that is not done, and every item they need
-        that is not done. (What a run changes can make other items stale: `after` says which may follow.)"""
+        """The items to run now: each selected item that is not done, in the order selected, each after the items
+        it needs that are not done. (What a run changes can make other items stale: `after` says which may
+        follow.)"""
         states = {name: self.state(it) for name, it in self.items.items()}
-        todo: set[str] = set()
+        todo: dict[str, None] = {}  # an ordered set
 
         def visit(name):
             if name not in todo:
-                todo.add(name)
                 for d in self.items[name].needs:
                     if states[d] != "done":
                         visit(d)
+                todo[name] = None
 
         for name in selected:
             if states[name] != "done":
                 visit(name)
-        return [n for n in self.items if n in todo]
+        return list(todo)
 
     def after(self, selected: list[str], todo: list[str]) -> list[str]:
         """Selected items that are done now but need an item that will run: they run again if its outputs change."""
@@ -393,7 +395,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.reproduce", description=__doc__.split("\n")[0],
                                 epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("names", nargs="*", help="zoo entries, item names or prefixes (eval/cnn4_rocl.fmnist_at), or "
-                                            "all (default)")
+                                            "all (default); run in the order named, each after what it needs")
     p.add_argument("--dry-run", action="store_true", help="show each item's state, cost and command; run nothing")
     p.add_argument("--list", action="store_true", help="with --dry-run: every selected item, not only those to run")
     p.add_argument("--record", action="store_true",
