@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 from rocl_zoo.results import Accuracy, lookup, most_examples, of_shipped_weights, read_all  # noqa: E402
 
 from training import heldout  # noqa: E402
-from training.matrix import BY_NAME, CURVES, FINETUNED, trainer  # noqa: E402  (the entries compared here are the matrix's)
+from training.matrix import BY_NAME, CURVES, FINETUNED, trainer  # noqa: E402  (the matrix's entries)
 
 ROCL, SIMCLR, AT = "cnn4_rocl.fmnist", "cnn4_rocl.fmnist_simclr", "cnn4_rocl.fmnist_at"
 TRADES = "cnn4_rocl.fmnist_trades"
