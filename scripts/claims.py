@@ -26,10 +26,16 @@ ROCL, SIMCLR, AT = "cnn4_rocl.fmnist", "cnn4_rocl.fmnist_simclr", "cnn4_rocl.fmn
 TRADES = "cnn4_rocl.fmnist_trades"
 FLAGSHIP = "resnet18_rocl.fmnist"  # the paper's ResNet-18, RoCL on Fashion-MNIST
 ROCL_AT = "cnn4_rocl.fmnist_rocl_at"  # the shipped RoCL+AT classifier: `finetune-at` results of ROCL, as it is
-# where RoCL+AT's numbers live: rocl_zoo.finetune's results (under the encoder), or the zoo entry re-evaluated
-ROCL_AT_SOURCES = [(ROCL, "finetune-at"), (ROCL_AT, "none")]
 SIMCLR_AT = "cnn4_rocl.fmnist_simclr_at"  # the same fine-tuning of the SimCLR encoder
-SIMCLR_AT_SOURCES = [(SIMCLR, "finetune-at"), (SIMCLR_AT, "none")]
+
+
+def sources(entry: str) -> list[tuple[str, str]]:
+    """Where a fine-tuned entry's numbers live: rocl_zoo.finetune's results (under the encoder it started from,
+    training.matrix.FINETUNED), or the zoo entry re-evaluated."""
+    return [key for key, name in FINETUNED.items() if name == entry] + [(entry, "none")]
+
+
+ROCL_AT_SOURCES, SIMCLR_AT_SOURCES = sources(ROCL_AT), sources(SIMCLR_AT)
 # RoCL's label-free successors (issue #20), each read out like RoCL (SLF shipped, ALF beside it)
 ROCL_IP, DEACL, DYNACL, DYNACL_PP = (f"cnn4_rocl.fmnist_{t}" for t in ("rocl_ip", "deacl", "dynacl", "dynacl_pp"))
 LABEL_FREE = {"RoCL": ROCL, "RoCL-IP": ROCL_IP, "DeACL": DEACL, "DynACL": DYNACL, "DynACL++": DYNACL_PP}
