@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rocl_zoo.results import is_results_file, read
-from training.matrix import ENTRIES, Paths, items
+from training.matrix import ENTRIES, TRAIN_IMAGES, Paths, items
 from training.reproduce import STAMPS, Matrix
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,3 +224,39 @@ def test_slow_attacks_are_costed_by_what_the_classifier_keeps():
     new = item["eval/cnn4_rocl.fmnist_dynacl/linear/Linf-0.1/autoattack-n1000"]
     new.cost["attacks"] = ["autoattack"]
     assert estimate(new, rates) == pytest.approx(4250.0)  # not measured yet: the median rate
+
+
+def test_an_interrupted_evaluation_is_costed_by_the_images_it_has_left(tmp_path):
+    from training.reproduce import estimate, evaluated_images
+
+    rates = {"attack": {("cnn4_rocl", "autoattack"): 4.0, ("cnn4_rocl", "sanity"): 0.25}, "survivors": {},
+             "robust": {}}
+    m = Matrix(Paths(tmp_path / "results", tmp_path / "runs", tmp_path / "weights"), "full")
+    item = m.items["eval/cnn4_rocl.fmnist_dynacl/linear/Linf-0.1/autoattack-n1000"]
+    item.cost["attacks"] = ["autoattack"]
+    partial = Path(item.partial[0])
+    partial.parent.mkdir(parents=True)
+    partial.write_text(json.dumps({"fingerprint": "f", "batches": {"autoattack@0": "1" * 100}}))
+    partial.with_name(partial.name + ".rank1").write_text(  # a torchrun sibling's batches count too
+        json.dumps({"fingerprint": "f", "batches": {"autoattack@100": "01" * 50, "clean@0": "1" * 100}}))
+    assert evaluated_images(item) == {"autoattack": 200, "clean": 100}
+    assert estimate(item, rates) == pytest.approx(800 * 4.0 + 1000 * 0.25)  # the sanity checks run at the end
+
+
+def test_a_recipe_never_run_here_is_costed_like_runs_of_its_kind(tmp_path):
+    """RoCL-IP's step is RoCL's (same kind, architecture and attack): its estimate is fmnist_rocl's rate."""
+    from rocl_zoo.precision import resolve
+    from training.reproduce import estimate, measured_rates
+
+    run = tmp_path / "results" / "curves" / "fmnist_rocl"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"name": "fmnist_rocl", "kind": "rocl", "arch": "cnn4_rocl",
+                                                 "attack_steps": 7, "precision": resolve("auto", "cpu"),
+                                                 "hardware": "a CPU, 2 cores, 1 torch threads"}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "images_per_s": 100.0}) + "\n"
+                                               for i in range(8)))
+    rates = measured_rates(tmp_path / "results")
+    m = Matrix(Paths(tmp_path / "results", tmp_path / "runs", tmp_path / "weights"), "full")
+    ip, wide = m.items["train/fmnist_rocl_ip"], m.items.get("train/fmnist_rocl_wide")
+    assert estimate(ip, rates) == pytest.approx(0.01 * ip.cost["epochs"] * TRAIN_IMAGES)
+    assert wide is None or estimate(wide, rates) is None  # another architecture: nothing comparable measured

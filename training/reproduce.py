@@ -31,6 +31,7 @@ from pathlib import Path
 from rocl_zoo.loop import RunFolder
 from rocl_zoo.utils import hardware_threads, write_json
 from training.matrix import SCALES, TRAIN_IMAGES, Item, Paths, entry_items, items as matrix_items, stand_ins
+from training.recipes import get_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 STAMPS = "stamps.json"
@@ -223,12 +224,35 @@ def measured_rates(results_root: Path) -> dict:
             continue
         rates = [rec["images_per_s"] for rec in RunFolder(config.parent).records() if rec.get("images_per_s")]
         if len(rates) >= 4:  # the upper quartile: a run's rate when nothing else shared its cores
-            key = (cfg["name"], cfg.get("precision", "fp32"))  # records from before precision was recorded: fp32
-            train.setdefault(key, []).append(hardware_threads(cfg.get("hardware")) / statistics.quantiles(rates)[2])
+            precision = cfg.get("precision", "fp32")  # records from before precision was recorded: fp32
+            per_image = hardware_threads(cfg.get("hardware")) / statistics.quantiles(rates)[2]
+            for key in (cfg["name"], _alike(cfg)):
+                train.setdefault((key, precision), []).append(per_image)
     med = lambda d: {k: statistics.median(v) for k, v in d.items()}  # noqa: E731
     fits = {k: f for k, v in survivors.items() if (f := survivor_fit(v))}
     return {"attack": med(attack), "attack_files": {k: len(v) for k, v in attack.items()}, "head": med(head),
             "train": med(train), "survivors": fits, "robust": robust}
+
+
+def _alike(recipe) -> tuple:
+    """What a training step's cost follows: a recipe never run here is estimated from runs that share it."""
+    get = recipe.get if isinstance(recipe, dict) else lambda k: getattr(recipe, k)
+    return get("kind"), get("arch"), get("attack_steps")
+
+
+def evaluated_images(item: Item) -> dict:
+    """Images each attack has finished in an interrupted evaluation's .partial files (this and every rank's)."""
+    done: dict = {}
+    for base in map(Path, item.partial):
+        for p in [base, *base.parent.glob(f"{base.name}.rank*")] if base.parent.is_dir() else []:
+            try:
+                batches = json.loads(p.read_text()).get("batches") or {}
+            except (OSError, ValueError, AttributeError):
+                continue
+            for key, bits in batches.items():
+                attack = key.rsplit("@", 1)[0]
+                done[attack] = done.get(attack, 0) + len(bits)
+    return done
 
 
 def trained_fraction(item: Item) -> float:
@@ -248,7 +272,9 @@ def estimate(item: Item, rates: dict) -> float | None:
     if item.kind == "train":  # at the precision this machine trains in
         from rocl_zoo.precision import resolve
 
-        per_image = rates["train"].get((c["recipe"], resolve("auto", "cpu")))
+        precision = resolve("auto", "cpu")
+        per_image = rates["train"].get((c["recipe"], precision)) or \
+            rates["train"].get((_alike(get_recipe(c["recipe"])), precision))
         return per_image and per_image * c["epochs"] * TRAIN_IMAGES * (1 - trained_fraction(item))
     if item.kind == "head":
         return rates["head"].get((arch, c["protocol"]))
@@ -257,7 +283,7 @@ def estimate(item: Item, rates: dict) -> float | None:
     if item.kind == "release":
         pgd = rates["attack"].get((arch, "pgd20"))
         return pgd and 500 * pgd + 30
-    total = 0.0
+    total, done = 0.0, evaluated_images(item)
     robust = rates["robust"].get((c["name"], c.get("protocol")))  # its PGD-20, where measured
     for attack in c["attacks"] + (["sanity"] if "--sanity" in item.argv else []):
         per_image = rates["attack"].get((arch, attack))
@@ -266,7 +292,7 @@ def estimate(item: Item, rates: dict) -> float | None:
             per_image = fit[0] + fit[1] * robust
         if per_image is None:
             return None
-        total += per_image * c["n"]
+        total += per_image * max(c["n"] - done.get(attack, 0), 0)
     return total
 
 
