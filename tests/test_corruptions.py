@@ -189,8 +189,7 @@ def test_matrix_measures_every_shipped_entry_and_the_zoo_ships_the_numbers():
             assert not (registry.get(e.name) or {}).get("sha256"), f"{e.name} ships without its corruptions result"
             continue
         # the release's copy: results/ may hold a newer run's measurement that waits for its release
-        copy = ROOT / "rocl_zoo/weights" / e.name / (
-            f"results_{e.protocols[0]}_corruptions_corruptions-n{e.corruptions_n}.json")
+        copy = ROOT / "rocl_zoo/weights" / e.name / R.folder_name(path)
         shipped, measured = R.read(copy if copy.is_file() else path), measured + 1
         assert shipped.n == e.corruptions_n
         if shipped.n == 10000:  # the reference checksums are of the whole test split's corrupted images
