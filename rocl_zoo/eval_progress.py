@@ -13,6 +13,13 @@ from .distributed import world_and_rank
 from .utils import write_json
 
 
+def partial_files(path) -> list[Path]:
+    """The files an evaluation's progress at `path` is kept in: one process's, and under torchrun each rank's
+    (PATH.rank<R>), those that exist."""
+    base = Path(path)
+    return [p for p in [base, *base.parent.glob(f"{base.name}.rank*")] if p.is_file()] if base.parent.is_dir() else []
+
+
 class EvalProgress:
     """The finished batches of one evaluation, saved after each, so that an interrupted run resumes there.
 
@@ -27,7 +34,7 @@ class EvalProgress:
         base = Path(path)
         self.path = base if world == 1 else base.with_name(f"{base.name}.rank{rank}")
         self.fingerprint, self.batches = fingerprint, {}
-        siblings = [p for p in [base, *base.parent.glob(f"{base.name}.rank*")] if p.is_file()]
+        siblings = partial_files(base)
         for p in siblings:
             try:
                 state = json.loads(p.read_text())

@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from rocl_zoo.eval_progress import partial_files
 from rocl_zoo.loop import RunFolder
 from rocl_zoo.utils import hardware_threads, write_json
 from training.matrix import SCALES, TRAIN_IMAGES, Item, Paths, entry_items, items as matrix_items, stand_ins
@@ -243,15 +244,14 @@ def _alike(recipe) -> tuple:
 def evaluated_images(item: Item) -> dict:
     """Images each attack has finished in an interrupted evaluation's .partial files (this and every rank's)."""
     done: dict = {}
-    for base in map(Path, item.partial):
-        for p in [base, *base.parent.glob(f"{base.name}.rank*")] if base.parent.is_dir() else []:
-            try:
-                batches = json.loads(p.read_text()).get("batches") or {}
-            except (OSError, ValueError, AttributeError):
-                continue
-            for key, bits in batches.items():
-                attack = key.rsplit("@", 1)[0]
-                done[attack] = done.get(attack, 0) + len(bits)
+    for p in (f for base in item.partial for f in partial_files(base)):
+        try:
+            batches = json.loads(p.read_text()).get("batches") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        for key, bits in batches.items():
+            attack = key.rsplit("@", 1)[0]
+            done[attack] = done.get(attack, 0) + len(bits)
     return done
 
 
