@@ -145,6 +145,15 @@ def test_kmeans_finds_well_separated_clusters_and_the_labels_are_kept_for_a_resu
     assert torch.equal(pseudo.relabel(ds, "enc", tmp_path, seed=0).labels, labels)
 
 
+def test_cluster_accuracy_matches_clusters_to_classes_one_to_one():
+    from training.pseudo import cluster_accuracy
+
+    assert cluster_accuracy(torch.tensor([2, 2, 0, 0, 1]), torch.tensor([0, 0, 1, 1, 2])) == 100.0  # renamed only
+    # best match 0->1, 1->0, 2->2: 5 of 6 (cluster 2's second image is class 1, which cluster 0 already holds)
+    assert cluster_accuracy(torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([1, 1, 0, 0, 2, 1])) == 83.33
+    assert cluster_accuracy(torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 2, 3])) == 25.0  # one cluster
+
+
 def test_dynacl_pp_trains_on_pseudo_labels_from_the_best_dynacl_epoch_and_releases_an_encoder(tmp_path):
     from training import supervised
 
@@ -164,6 +173,8 @@ def test_dynacl_pp_trains_on_pseudo_labels_from_the_best_dynacl_epoch_and_releas
     labels = torch.load(out / "pseudo_labels.pt", weights_only=True)
     assert len(labels) == 64 - 32 and 0 <= labels.min() and labels.max() < 10  # the held-out 32 get none
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    clusters = [r for r in records if r["record"] == "pseudo_labels"]
+    assert len(clusters) == 1 and 10 <= clusters[0]["cluster_accuracy"] <= 100  # 10 clusters: at least 1 in 10
     assert "heldout_pgd" in [r for r in records if r["record"] == "epoch"][-1] and (out / "best" / "model.safetensors").is_file()
     encoder = rocl_zoo.load(out / "encoder")
     assert encoder.num_classes == 0 and not (out / "model").exists()

@@ -4,7 +4,8 @@ k-means (k = the dataset's number of classes) on an encoder's features of the tr
 a linear probe on them starts the head; TRADES (training.supervised) then trains the whole network on them. No
 true label is read: `relabel` replaces them before training, and the held-out curve reads the encoder out through
 its own probe. The pseudo-labels are written to the run folder once (pseudo_labels.pt) so a resumed run trains on
-the same ones.
+the same ones. Their clustering accuracy against the true classes is logged once (metrics.jsonl's pseudo_labels
+record), for the record only.
 """
 from __future__ import annotations
 
@@ -42,6 +43,17 @@ def kmeans_labels(feats: torch.Tensor, k: int, seed: int) -> torch.Tensor:
         raise ImportError('pseudo-labels need scikit-learn: pip install "rocl-zoo[eval]"') from e
     x = nn.functional.normalize(feats, dim=1).numpy()
     return torch.as_tensor(KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x), dtype=torch.long)
+
+
+def cluster_accuracy(pseudo: torch.Tensor, true: torch.Tensor) -> float:
+    """% of images whose cluster is their class under the best one-to-one match of clusters to classes (the
+    Hungarian algorithm, as clustering accuracy is usually reported). A diagnostic only: nothing trains on it."""
+    from scipy.optimize import linear_sum_assignment
+
+    k = int(max(pseudo.max(), true.max())) + 1
+    counts = torch.zeros(k, k, dtype=torch.long).index_put_((pseudo, true), torch.tensor(1), accumulate=True)
+    rows, cols = linear_sum_assignment(counts.numpy(), maximize=True)
+    return round(100 * counts[rows, cols].sum().item() / len(true), 2)
 
 
 def relabel(ds: ImageTensorDataset, source: str, run_path, seed: int) -> ImageTensorDataset:

@@ -79,6 +79,9 @@ def train(args) -> Path:
     recipe, labelled = setup.recipe, setup.ds
     if recipe.pseudo_labels:  # DynACL++: no true label trains anything from here on (training/pseudo.py)
         setup.ds = P.relabel(setup.ds, recipe.pseudo_labels, setup.run.path, args.seed)
+        if setup.ckpt is None:  # how good the clusters are, for the record: measured once, never trained on
+            setup.run.log({"record": "pseudo_labels", "source": recipe.pseudo_labels,
+                           "cluster_accuracy": P.cluster_accuracy(setup.ds.labels, labelled.labels)})
     classes = len(setup.ds.classes)
     net = build(recipe, setup.info, classes)
     if recipe.start and setup.ckpt is None:
