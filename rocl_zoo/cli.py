@@ -28,7 +28,8 @@ def model_and_dataset(source: str, dataset: str | None, device):
 
 def run(body: Callable, args) -> int:
     """body(args) with --threads applied: a zoo error prints `error: ...` and exits 2 (a missing optional package
-    too), Ctrl-C during training `interrupted: ...` and 130 (its checkpoint is written); else body's code or 0."""
+    too), Ctrl-C or SIGTERM during training `interrupted: ...` and 130 (its checkpoint is written); else body's
+    code or 0."""
     from .loop import TrainingInterrupted
 
     if getattr(args, "threads", None):

@@ -33,6 +33,14 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
+    def any_rank(self, flag: bool) -> bool:
+        """Whether `flag` is set on any process; every process gets the same answer."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def close(self):
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()

@@ -41,7 +41,7 @@ Output folder OUT:
     metrics.jsonl    one line per epoch: loss, accuracy, LR, the training attack's statistics, validation
                      (a training log: accuracies as fractions)
     checkpoint.pt    weights, optimiser, RNG and position, written atomically at each epoch's end (and every
-                     checkpoint_every steps, and on Ctrl-C); read with torch.load(weights_only=True)
+                     checkpoint_every steps, and on Ctrl-C or SIGTERM); read with torch.load(weights_only=True)
     classifier/      the fine-tuned classifier in the Hub layout (rocl_zoo.load, timm "local-dir:", model card)
     results.json     rocl_zoo.evaluate's results file on the test split (clean, PGD-20, AutoAttack on request;
                      accuracies in percent, rocl_zoo.results); results/ files it under
@@ -80,7 +80,7 @@ from .loop import RunFolder, TrainingInterrupted
 CONFIG_NAME, METRICS_NAME, CHECKPOINT_NAME, RESULTS_NAME, CLASSIFIER_DIR = (
     "config.json", "metrics.jsonl", "checkpoint.pt", "results.json", "classifier")
 OUTPUT_NAMES = (CONFIG_NAME, METRICS_NAME, CHECKPOINT_NAME, RESULTS_NAME, CLASSIFIER_DIR)
-# Training stopped on Ctrl-C or at max_steps after a checkpoint; resume=True continues it.
+# Training stopped on Ctrl-C, SIGTERM or at max_steps after a checkpoint; resume=True continues it.
 FinetuneInterrupted = TrainingInterrupted
 
 

@@ -13,7 +13,8 @@ Exact resume. Every random draw of step s comes from `step_generator(seed, s)` (
 or `epoch_permutation(n, seed, epoch)` (the data order), never from the global RNG, so a run restarted from the
 checkpoint of step s draws what the uninterrupted run drew. A checkpoint holds the model, the optimiser, the
 step, the epoch's running sums and the epoch records; it is written atomically (a kill never leaves half of
-one) every `ckpt_every` steps, at each epoch's end, where the run stops, and on Ctrl-C (after the current step).
+one) every `ckpt_every` steps, at each epoch's end, where the run stops, and on Ctrl-C or SIGTERM (after the
+current step).
 
 The run folder: config.json (the resolved settings; a resumed run must match them, VOLATILE keys aside),
 metrics.jsonl (a "step" record every `log_every` steps and an "epoch" record at each epoch's end) and
@@ -50,7 +51,7 @@ VOLATILE = frozenset({
 
 
 class TrainingInterrupted(RoclZooError):
-    """Training stopped on Ctrl-C after writing a checkpoint; resume continues it."""
+    """Training stopped on Ctrl-C or SIGTERM after writing a checkpoint; resume continues it."""
 
 
 # ------------------------------------------------------------------------------------------------ randomness
@@ -187,27 +188,31 @@ def check_resume(saved: dict, current: dict, where) -> None:
 # ------------------------------------------------------------------------------------------------ the loop
 
 
-class _CtrlC:
-    """While the loop runs in the main thread, Ctrl-C asks it to stop after the current step (a second Ctrl-C
-    aborts at once, without a checkpoint)."""
+class _StopSignals:
+    """While the loop runs in the main thread, Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption, `timeout`,
+    `docker stop`, torchrun passing either on) asks it to stop after the current step; a second signal aborts at
+    once, without a checkpoint."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested, self.previous = False, None
+        self.requested, self.previous = False, {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nstopping after this step (Ctrl-C again to abort without a checkpoint)...", file=sys.stderr)
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (again to abort without a checkpoint)...",
+              file=sys.stderr)
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
         return False
 
 
@@ -255,12 +260,14 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, step_fn: Callable, 
                run: RunFolder | None = None, ckpt: dict | None = None, config: dict | None = None,
                log_every: int = 10, ckpt_every: int = 0, on_epoch_end: Callable | None = None,
                progress: bool = True, desc: str = "train", barrier: Callable = lambda: None,
-               main: bool = True, precision: str | None = None) -> list[dict]:
+               main: bool = True, precision: str | None = None,
+               any_rank: Callable[[bool], bool] = lambda flag: flag) -> list[dict]:
     """Train from step 0 (or the checkpoint's step) to `stop` (default: `total`); return the epoch records.
 
     step_fn(step, generator) -> StepOut (rocl_zoo.steps). on_epoch_end(epoch) -> dict of extra fields for the
-    epoch record (validation). precision: recorded in every epoch record. Ctrl-C stops after the current step
-    with a checkpoint and raises TrainingInterrupted.
+    epoch record (validation). precision: recorded in every epoch record. Ctrl-C or SIGTERM stops after the current
+    step with a checkpoint and raises TrainingInterrupted; any_rank(flag) tells whether any process has it set, so
+    that under torchrun every process stops after the same step, however the signal reached them.
     """
     stop = total if stop is None else min(stop, total)
     step, running, epochs = 0, _new_running(), []
@@ -281,7 +288,7 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, step_fn: Callable, 
 
     bar = progress_bar(stop, step, progress and main, desc)
     meter_t, meter_n = time.perf_counter(), 0
-    with _CtrlC() as ctrl_c:
+    with _StopSignals() as signalled:
         while step < stop:
             epoch = step // steps_per_epoch
             lr = lr_at(step)
@@ -319,10 +326,11 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, step_fn: Callable, 
                 if run is not None:
                     run.log(rec)
                 running = _new_running()
-            if epoch_done or step == stop or ctrl_c.requested or (ckpt_every and step % ckpt_every == 0):
+            stopping = any_rank(signalled.requested)
+            if epoch_done or step == stop or stopping or (ckpt_every and step % ckpt_every == 0):
                 with record_function("loop/checkpoint"):
                     checkpoint()
-            if ctrl_c.requested and step < stop:
+            if stopping and step < stop:
                 bar.close()
                 where = f"; checkpoint written to {run.path}. Continue with --resume (same settings)" if run else ""
                 raise TrainingInterrupted(f"stopped at step {step} of {total}{where}.")

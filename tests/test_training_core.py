@@ -194,17 +194,57 @@ def test_resume_after_a_kill_is_bit_identical(tmp_path, trainer):
     assert not list((tmp_path / "killed").rglob(".*.tmp"))
 
 
+def _assert_stopped_with_a_checkpoint(out: Path, total: int = 120):
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert 1 <= ck["step"] < total and logged[-1]["step"] == ck["step"]
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_after_a_step_with_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_after_a_step_with_a_checkpoint(tmp_path, sig):
     proc = subprocess.Popen(_pretrain_cmd(tmp_path / "r", "--set", "ckpt_every=1000"), cwd=ROOT, env=ENV,
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     _wait_for(tmp_path / "r" / "metrics.jsonl", proc)  # the loop runs
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "--resume" in err
-    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
-    logged = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    assert 1 <= ck["step"] < 120 and logged[-1]["step"] == ck["step"]
+    assert proc.returncode == 130 and "--resume" in err and sig.name in err
+    _assert_stopped_with_a_checkpoint(tmp_path / "r")
+
+
+def _rank_process(parent: int, rank: int) -> int:
+    """The pid of torchrun's worker of `rank` (its children, read from /proc)."""
+    for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in env:
+            return int(pid)
+    raise AssertionError(f"no rank {rank} among torchrun's processes")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds torchrun's workers in /proc")
+def test_sigterm_to_one_torchrun_process_stops_every_process_after_the_same_step(tmp_path):
+    """A signal that reaches one process only (rank 1 here): every rank stops after the same step, rank 0 writes
+    the checkpoint, and none waits forever in a collective the other has left."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                f"--master_port={port}", "-m"]
+    cmd = [*torchrun, *_pretrain_cmd(tmp_path / "r", "--set", "ckpt_every=1000", "--device", "cpu")[2:]]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    try:
+        _wait_for(tmp_path / "r" / "metrics.jsonl", proc)
+        os.kill(_rank_process(proc.pid, 1), signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:  # a hung rank must not outlive the test
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0 and err.count("SIGTERM: stopping after this step") == 1, err[-3000:]
+    _assert_stopped_with_a_checkpoint(tmp_path / "r")
 
 
 def test_stale_temporaries_are_removed_on_resume(tmp_path):

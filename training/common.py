@@ -291,7 +291,8 @@ def fit(args, setup: RunSetup, net: nn.Module, model: nn.Module, opt, step_fn, l
     train_loop(net, opt, step_fn, steps_per_epoch=setup.steps_per_epoch, total=setup.total, stop=setup.stop,
                seed=args.seed, lr_at=lr_at, run=setup.run, ckpt=setup.ckpt, config=setup.config,
                log_every=recipe.log_every, ckpt_every=recipe.ckpt_every, progress=not args.quiet, desc=recipe.name,
-               barrier=dist.barrier, main=dist.main, precision=setup.precision, on_epoch_end=on_epoch_end)
+               barrier=dist.barrier, any_rank=dist.any_rank, main=dist.main, precision=setup.precision,
+               on_epoch_end=on_epoch_end)
     if setup.stop == setup.total and dist.main:
         export()
     dist.barrier()
