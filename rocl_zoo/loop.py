@@ -191,12 +191,14 @@ def check_resume(saved: dict, current: dict, where) -> None:
 class _StopSignals:
     """While the loop runs in the main thread, Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption, `timeout`,
     `docker stop`, torchrun passing either on) asks it to stop after the current step; a second signal aborts at
-    once, without a checkpoint."""
+    once, without a checkpoint. Repeats within `SAME` seconds of the first are the same request: a scheduler that
+    signals every process of a job reaches a torchrun worker twice, itself and through torchrun."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SAME = 2.0
 
     def __init__(self):
-        self.requested, self.previous = False, {}
+        self.requested, self.previous, self.first = False, {}, 0.0
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -205,8 +207,10 @@ class _StopSignals:
 
     def _handle(self, signum, frame):
         if self.requested:
+            if time.monotonic() - self.first < self.SAME:
+                return
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.first = True, time.monotonic()
         print(f"\n{signal.Signals(signum).name}: stopping after this step (again to abort without a checkpoint)...",
               file=sys.stderr)
 

@@ -212,6 +212,20 @@ def test_ctrl_c_or_sigterm_stops_after_a_step_with_a_checkpoint(tmp_path, sig):
     _assert_stopped_with_a_checkpoint(tmp_path / "r")
 
 
+def test_a_repeated_signal_aborts_only_once_the_first_is_seconds_old(capsys):
+    """A scheduler's SIGTERM and torchrun's copy of it reach a worker together: one request to stop, not an abort;
+    a second Ctrl-C seconds later aborts."""
+    from rocl_zoo.loop import _StopSignals
+
+    stop = _StopSignals()
+    stop._handle(signal.SIGTERM, None)
+    stop._handle(signal.SIGTERM, None)
+    assert stop.requested and "SIGTERM: stopping after this step" in capsys.readouterr().err
+    stop.first -= _StopSignals.SAME
+    with pytest.raises(KeyboardInterrupt):
+        stop._handle(signal.SIGINT, None)
+
+
 def _rank_process(parent: int, rank: int) -> int:
     """The pid of torchrun's worker of `rank` (its children, read from /proc)."""
     for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
