@@ -260,3 +260,31 @@ def test_a_recipe_never_run_here_is_costed_like_runs_of_its_kind(tmp_path):
     ip, resnet = m.items["train/fmnist_rocl_ip"], m.items["train/fmnist_resnet18_rocl"]
     assert estimate(ip, rates) == pytest.approx(0.01 * ip.cost["epochs"] * TRAIN_IMAGES)
     assert estimate(resnet, rates) is None  # RoCL too, on another architecture: nothing comparable measured
+
+
+def test_sigterm_to_reproduce_is_passed_on_to_the_running_item(tmp_path):
+    """`kill PID` of the reproduce process alone: the child gets SIGTERM too (a training run checkpoints, an
+    evaluation keeps its batches) and reproduce stops after it, as on Ctrl-C."""
+    import signal
+    import threading
+
+    from training.reproduce import _run_child
+
+    marker = tmp_path / "child got SIGTERM"
+    child = ("import pathlib, signal, sys, time\n"
+             f"signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path({str(marker)!r}).touch(), sys.exit(0)))\n"
+             f"pathlib.Path({str(tmp_path / 'started')!r}).touch()\n"
+             "time.sleep(60)\n")
+    started = tmp_path / "started"
+
+    def terminate_once_started():
+        while not started.exists():
+            threading.Event().wait(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=terminate_once_started, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        _run_child([sys.executable, "-c", child])
+    assert marker.exists()
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler was this call's only

@@ -14,6 +14,8 @@ where its run folder is not on this machine and neither is the run it was made f
 shipped weights: the same tensors).
 What each item was made from is recorded in results/stamps.json. Costs are CPU-seconds (threads x wall time)
 estimated from the rates the committed results and training records measured; `?` where none was measured.
+Ctrl-C, or SIGTERM to this process (`kill PID`), stops the running item where it resumes from (a training run
+after its step, with a checkpoint; an evaluation at its last finished batch) and then this process.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -336,12 +339,23 @@ def _run_here(argv: list) -> int:
 
 
 def _run_child(cmd: list) -> int:
+    """The command as a child process; its exit code. Ctrl-C reaches both: the child writes its checkpoint (or keeps
+    its finished batches) and this process stops after it. SIGTERM sent to this process alone is passed on to the
+    child, then handled the same way."""
     proc = subprocess.Popen(cmd, cwd=ROOT)
+
+    def pass_on(signum, frame):
+        proc.send_signal(signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, pass_on)
     try:
         return proc.wait()
-    except KeyboardInterrupt:  # the child got the same Ctrl-C: let it write its checkpoint before we stop
+    except KeyboardInterrupt:
         proc.wait()
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_item(m: Matrix, item: Item, threads: int, in_process: bool = False, procs: int = 1,
