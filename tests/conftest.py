@@ -1,5 +1,7 @@
 """Test-wide settings: never touch the network, keep torch small on a 2-core machine."""
 import os
+import socket
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -41,3 +43,15 @@ def hf_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     return cache
+
+
+@pytest.fixture
+def torchrun():
+    """torchrun(MODULE): the command that runs `python -m MODULE` as 2 processes (gloo on the CPU) on a free port."""
+    def command(module: str, processes: int = 2) -> list[str]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+                "--master_addr=127.0.0.1", f"--master_port={port}", "-m", module]
+    return command

@@ -417,13 +417,11 @@ def test_cli_refuses_images_of_another_size(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_equal_one(saved_encoder, tmp_path):
+def test_torchrun_two_processes_equal_one(saved_encoder, tmp_path, torchrun):
     """torchrun --nproc_per_node=2 (gloo, CPU): each process attacks half the batches; the merged results file
     equals a one-process run on the same images and seed, and an interrupted sharded run resumes from its shards."""
     import os
-    import socket
     import subprocess
-    import sys
     from pathlib import Path
 
     from rocl_zoo.hub import load, save_pretrained
@@ -437,13 +435,8 @@ def test_torchrun_two_processes_equal_one(saved_encoder, tmp_path):
     argv = [str(folder), "--attacks", "clean,pgd5,fgsm", "--eps", "0.1", "--n-examples", "100", "--batch-size", "16",
             "--threads", "1", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                f"--master_port={port}", "-m", "rocl_zoo.evaluate"]
-    r = subprocess.run([*torchrun, *argv, "--out", str(tmp_path / "two.json")], cwd=root, env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run([*torchrun("rocl_zoo.evaluate"), *argv, "--out", str(tmp_path / "two.json")], cwd=root,
+                       env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert E.main([*argv, "--out", str(tmp_path / "one.json")]) == 0
     two, one = (json.loads((tmp_path / f).read_text()) for f in ("two.json", "one.json"))

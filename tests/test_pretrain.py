@@ -2,7 +2,6 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -97,19 +96,11 @@ def test_lars_and_schedule():
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_one(tmp_path):
+def test_ddp_two_processes_match_one(tmp_path, torchrun):
     """torchrun --nproc_per_node=2 (gloo) vs one process on the same global batch: same losses, same weights."""
     common = [*TINY, "--max-steps", "3", "--set", "attack_negatives=global", "--amp", "off"]  # an fp32 identity
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                f"--master_port={port}",
-                "-m", "training.pretrain"]
-    r = subprocess.run([*torchrun, *common, "--out", str(tmp_path / "ddp"), "--device", "cpu"], cwd=ROOT, env=env,
+    r = subprocess.run([*torchrun("training.pretrain"), *common, "--out", str(tmp_path / "ddp"), "--device", "cpu"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     run(tmp_path / "one", "--max-steps", "3", "--set", "attack_negatives=global", "--amp", "off")

@@ -237,17 +237,11 @@ def _rank_process(parent: int, rank: int) -> int:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds torchrun's workers in /proc")
-def test_sigterm_to_one_torchrun_process_stops_every_process_after_the_same_step(tmp_path):
+def test_sigterm_to_one_torchrun_process_stops_every_process_after_the_same_step(tmp_path, torchrun):
     """A signal that reaches one process only (rank 1 here): every rank stops after the same step, rank 0 writes
     the checkpoint, and none waits forever in a collective the other has left."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                f"--master_port={port}", "-m"]
-    cmd = [*torchrun, *_pretrain_cmd(tmp_path / "r", "--set", "ckpt_every=1000", "--device", "cpu")[2:]]
+    cmd = [*torchrun("training.pretrain"), *_pretrain_cmd(tmp_path / "r", "--set", "ckpt_every=1000",
+                                                           "--device", "cpu")[3:]]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             start_new_session=True)
     try:
