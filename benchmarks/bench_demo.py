@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from report import RESULTS, Report  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 EPS, STEPS = 0.1, 10
@@ -71,14 +72,14 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", default="cnn4_rocl.fmnist_simclr")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--no-browser", action="store_true", help="skip the Chromium page-ready measurement")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_demo.txt")
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_demo.txt")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
     import app_logic as L
     from rocl_zoo import attacks
-    from rocl_zoo.utils import atomic_write, hardware_name
 
+    report = Report(f"bench_demo: PGD-10 (l-inf, eps {EPS}) on one 28x28 image, and page-ready time")
     demo = L.build_demo(args.model, args.baseline)
     robust = demo.models[L.ROBUST]
     example = str(demo.examples.gallery_examples()[0])
@@ -103,22 +104,15 @@ def main(argv=None) -> int:
         L.stop_server(proc)
 
     untrained = " (untrained fallback: weights not published yet)" if robust.warning else ""
-    lines = ["# " + " ".join(["python", *sys.argv]),
-             f"# bench_demo: PGD-10 (l-inf, eps {EPS}) on one 28x28 image, and page-ready time",
-             f"# machine: {hardware_name('cpu')}; torch {torch.__version__}",
-             f"# model: {args.model}{untrained}; baseline: {args.baseline}; load average "
-             f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}",
-             f"{'measure':<34} {'median':>9} {'best':>9}"]
-    lines += [f"{name:<34} {med * 1000:>7.1f}ms {best * 1000:>7.1f}ms" for name, med, best in rows]
-    lines.append(f"{'page ready: server answers HTTP':<34} {http_ready:>8.2f}s")
+    report.say(f"torch {torch.__version__}; model: {args.model}{untrained}; baseline: {args.baseline}")
+    report.say(f"{'measure':<34} {'median':>9} {'best':>9}")
+    for name, med, best in rows:
+        report.say(f"{name:<34} {med * 1000:>7.1f}ms {best * 1000:>7.1f}ms")
+    report.say(f"{'page ready: server answers HTTP':<34} {http_ready:>8.2f}s")
     if page_ready is not None:
-        lines.append(f"{'page ready: rendered in Chromium':<34} {page_ready:>8.2f}s")
+        report.say(f"{'page ready: rendered in Chromium':<34} {page_ready:>8.2f}s")
     verdict = "met" if max(r[1] for r in rows) < 1.0 else "NOT met"
-    lines.append(f"goal (PGD-10 attack on one image under 1 s, median, every row): {verdict}")
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    with atomic_write(args.out, "w") as f:
-        f.write(text)
+    report.save(args.out, f"goal (PGD-10 attack on one image under 1 s, median, every row): {verdict}.")
     return 0
 
 

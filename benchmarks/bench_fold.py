@@ -4,6 +4,8 @@ test images; wall time per run, the ratio, and whether both measured the same ac
 
     python benchmarks/bench_fold.py                       # cnn4_rocl.fmnist_at (PGD-20 and APGD), resnet18_rocl.fmnist
     python benchmarks/bench_fold.py --threads 2 --repeats 3
+
+Results are printed and written to benchmarks/results/bench_fold.txt.
 """
 from __future__ import annotations
 
@@ -14,8 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from report import RESULTS, Report
 
 CASES = (("cnn4_rocl.fmnist_at", "clean,pgd20", 500), ("cnn4_rocl.fmnist_at", "clean,apgd", 200),
          ("resnet18_rocl.fmnist", "clean,pgd20", 64))
@@ -25,18 +26,19 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each variant (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the matrix runs)")
+    p.add_argument("--out", type=Path, default=RESULTS / "bench_fold.txt",
+                   help="where to write the table (default: %(default)s)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     import rocl_zoo
     from rocl_zoo.data import load_dataset
     from rocl_zoo.evaluate import evaluate
     from rocl_zoo.linear import as_tensors
-    from rocl_zoo.utils import hardware_name
 
     test = load_dataset("fashion_mnist", "test")
-    print(f"# bench_fold: evaluate() with BatchNorm folded (fx) and channels_last against as it is, fp32, "
-          f"{a.repeats} interleaved runs each, median seconds; {hardware_name()}")
-    print(f"{'model':<22} {'attacks':<12} {'images':>6} {'folded':>8} {'as is':>8} {'ratio':>6}  same accuracies")
+    report = Report(f"bench_fold: evaluate() with BatchNorm folded (fx) and channels_last against as it is, fp32, "
+                    f"{a.repeats} interleaved runs each, median seconds, torch {torch.__version__}")
+    report.say(f"{'model':<22} {'attacks':<12} {'images':>6} {'folded':>8} {'as is':>8} {'ratio':>6}  same accuracies")
     ok = True
     for name, attacks, n in CASES:
         model = rocl_zoo.load(name)
@@ -51,8 +53,9 @@ def main(argv=None) -> int:
         folded, plain = statistics.median(times[True]), statistics.median(times[False])
         same = all(abs(accs[True][k] - accs[False][k]) <= 100 / n for k in accs[True])  # one image at most
         ok &= same
-        print(f"{name:<22} {attacks:<12} {n:>6} {folded:>8.1f} {plain:>8.1f} {plain / folded:>5.2f}x  "
-              f"{'yes' if same else 'NO'} {accs[True]}")
+        report.say(f"{name:<22} {attacks:<12} {n:>6} {folded:>8.1f} {plain:>8.1f} {plain / folded:>5.2f}x  "
+                   f"{'yes' if same else 'NO'} {accs[True]}")
+    report.save(a.out, f"ratio = as is / folded; same accuracies: {'yes' if ok else 'NO'}.")
     return 0 if ok else 1
 
 

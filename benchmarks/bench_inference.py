@@ -20,7 +20,6 @@ threads against 47-64 ms with 1, same minute); one thread each gives stable, com
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -34,10 +33,9 @@ import torch  # noqa: E402
 import rocl_zoo  # noqa: E402
 from rocl_zoo.export import export_onnx  # noqa: E402
 from rocl_zoo.onnx import OnnxClassifier  # noqa: E402
-from rocl_zoo.utils import hardware_name  # noqa: E402
+from report import RESULTS, Report  # noqa: E402
 
 ARCHS = ["cnn4_rocl", "cnn4w_rocl", "resnet18_rocl", "resnet50_rocl", "wrn34_10_rocl"]
-RESULTS = Path(__file__).parent / "results" / "bench_inference.txt"
 
 
 def _time(fn) -> float:
@@ -95,7 +93,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-slower-than", type=float, default=30.0, metavar="S",
                    help="skip a batch whose PyTorch call would take more than S seconds, estimated from batch 1 "
                         "(0: never skip; default: %(default)s)")
-    p.add_argument("--out", type=Path, default=RESULTS, help="where to write the table (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=RESULTS / "bench_inference.txt",
+                   help="where to write the table (default: %(default)s)")
     args = p.parse_args(argv)
 
     import onnxruntime as ort
@@ -103,21 +102,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
-    lines = []
-
-    def say(s=""):
-        print(s, flush=True)
-        lines.append(s)
-
-    say("# " + " ".join(["python", *sys.argv]))
-    say("ONNX Runtime vs PyTorch eager, inference (untrained weights; speed does not depend on them)")
-    say(f"hardware: {hardware_name()}")
-    say(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {args.threads} threads each, "
-        f"load average before: {os.getloadavg()[0]:.1f}")
+    report = Report("ONNX Runtime vs PyTorch eager, inference (untrained weights; speed does not depend on them)")
+    say = report.say
+    say(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {args.threads} threads each")
     say(f"{'architecture':<15} {'input':<10} {'batch':>5} {'torch img/s':>12} {'onnx img/s':>12} {'ratio':>7} {'calls':>6}"
         f" {'torch GFLOP/s':>14} {'onnx GFLOP/s':>13} {'3x needs':>9}")
     needs, best_onnx = {}, 0.0  # batch-1 GFLOP/s that 3x would take; ONNX Runtime's best rate in this run
-    t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rocl_bench_") as tmp:
         for arch in args.archs:
             model = rocl_zoo.create_model(arch).eval()
@@ -140,14 +130,11 @@ def main(argv=None) -> int:
                 if batch == 1:
                     needs[arch] = 3 * gf_torch
             path.unlink()
-    say(f"ratio = ONNX Runtime images/s / PyTorch images/s (median call times, alternating blocks of calls); "
-        f"GFLOP/s = images/s x the forward pass's FLOPs (torch.utils.flop_counter); '3x needs' = the GFLOP/s an "
-        f"engine must sustain to be 3x PyTorch. Goal: >= 3x at batch 1. At batch 1, 3x needs more than "
-        f"ONNX Runtime's best rate in this run ({best_onnx:.1f} GFLOP/s, any model) for: "
-        f"{', '.join(a for a, v in needs.items() if v > best_onnx) or 'none'}. Total "
-        f"{time.perf_counter() - t_all:.0f} s, load average after: {os.getloadavg()[0]:.1f}.")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    report.save(args.out, "ratio = ONNX Runtime images/s / PyTorch images/s (median call times, alternating blocks "
+                "of calls); GFLOP/s = images/s x the forward pass's FLOPs (torch.utils.flop_counter); '3x needs' = "
+                "the GFLOP/s an engine must sustain to be 3x PyTorch. Goal: >= 3x at batch 1. At batch 1, 3x needs "
+                f"more than ONNX Runtime's best rate in this run ({best_onnx:.1f} GFLOP/s, any model) for: "
+                f"{', '.join(a for a, v in needs.items() if v > best_onnx) or 'none'}.")
     return 0
 
 

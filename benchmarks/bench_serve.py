@@ -34,10 +34,9 @@ import torch  # noqa: E402
 
 import rocl_zoo  # noqa: E402
 from rocl_zoo.serve import launched  # noqa: E402
-from rocl_zoo.utils import hardware_name  # noqa: E402
+from report import RESULTS, Report  # noqa: E402
 
 IMAGE = ROOT / "rocl_zoo" / "assets" / "fmnist_00000_ankle_boot.png"
-RESULTS = Path(__file__).parent / "results" / "bench_serve.txt"
 
 
 def load_test(url: str, body: bytes, clients: int, seconds: float) -> tuple[list, float]:
@@ -147,20 +146,13 @@ def main(argv=None) -> int:
                    help="the batched server's --batch-timeout (default: %(default)s)")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="both servers' --backend (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=RESULTS, help="where to write the table (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=RESULTS / "bench_serve.txt",
+                   help="where to write the table (default: %(default)s)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    lines = []
-
-    def say(s=""):
-        print(s, flush=True)
-        lines.append(s)
-
-    say("# " + " ".join(["python", *sys.argv]))
-    say(f"Serving {args.model} ({args.backend} backend, batched server's --batch-timeout {args.batch_timeout:g}): "
-        f"LitServe server batched vs unbatched vs rocl_zoo.predict in process")
-    say(f"hardware: {hardware_name()}; load average before: {os.getloadavg()[0]:.1f}")
-    t_all = time.perf_counter()
+    report = Report(f"Serving {args.model} ({args.backend} backend, batched server's --batch-timeout "
+                    f"{args.batch_timeout:g}): LitServe server batched vs unbatched vs rocl_zoo.predict in process")
+    say = report.say
     body = json.dumps({"image": base64.b64encode(IMAGE.read_bytes()).decode(), "topk": 5}).encode()
     runs = measure(args, rocl_zoo.load(args.model), body)
     say(f"{'setting':<34} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'ratio':>7} {'requests':>8}")
@@ -179,15 +171,13 @@ def main(argv=None) -> int:
             line, rate = row(BATCHED_BF16, c, runs[BATCHED_BF16, c], ref)
             say(line)
             ratios[c, "bf16"] = rate / ref
-    say(f"ratio = batched req/s / unbatched req/s at the same clients (forward rows: batch 32 / batch 1 images/s, "
-        f"the most batching can save in compute; latencies there are per image); one image per request; "
-        f"{args.rounds} blocks of {args.seconds:g} s each, alternating. Goal: >= 3x at 32 clients: "
-        f"{ratios.get(32, float('nan')):.2f}x in fp32 ({'met' if ratios.get(32, 0) >= 3 else 'not met'})"
-        + (f", {ratios[32, 'bf16']:.2f}x batched in bf16 ({'met' if ratios[32, 'bf16'] >= 3 else 'not met'})"
-           if (32, "bf16") in ratios else "") + ". Total "
-        f"{time.perf_counter() - t_all:.0f} s, load average after: {os.getloadavg()[0]:.1f}.")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    bf16 = (f", {ratios[32, 'bf16']:.2f}x batched in bf16 ({'met' if ratios[32, 'bf16'] >= 3 else 'not met'})"
+            if (32, "bf16") in ratios else "")
+    report.save(args.out, "ratio = batched req/s / unbatched req/s at the same clients (forward rows: batch 32 / "
+                "batch 1 images/s, the most batching can save in compute; latencies there are per image); one image "
+                f"per request; {args.rounds} blocks of {args.seconds:g} s each, alternating. Goal: >= 3x at 32 "
+                f"clients: {ratios.get(32, float('nan')):.2f}x in fp32 "
+                f"({'met' if ratios.get(32, 0) >= 3 else 'not met'}){bf16}.")
     return 0
 
 
