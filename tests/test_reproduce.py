@@ -193,6 +193,25 @@ def test_two_reproduce_processes_keep_each_others_stamps(tmp_path):
     assert stamps[first] == a.stamps[first] != "before" and stamps[second] == b.stamps[second] != "before"
 
 
+def test_an_unrecorded_marker_does_not_overwrite_a_stamp_recorded_since(tmp_path):
+    """One process remakes a head (its evaluations, never stamped, are marked unrecorded); another then evaluates
+    the new head and stamps that; when the first records again, the evaluation's real stamp must stay."""
+    from training.reproduce import UNRECORDED
+
+    paths = Paths(tmp_path / "results", tmp_path / "runs", tmp_path / "weights")
+    paths.results.mkdir()
+    a = Matrix(paths, "toy")
+    head = next(i for i in a.items.values() if any(i.name in o.needs for o in a.items.values()))
+    dependant = next(o for o in a.items.values() if head.name in o.needs)
+    a.record(head)
+    assert json.loads((paths.results / STAMPS).read_text())[dependant.name] == UNRECORDED
+    b = Matrix(paths, "toy")
+    b.stamp = lambda item: "made from the new head"  # its inputs need not exist here
+    b.record(dependant, remade=False)
+    a.record(head)  # e.g. the next item of a's run
+    assert json.loads((paths.results / STAMPS).read_text())[dependant.name] == "made from the new head"
+
+
 def test_eval_batch_changes_how_an_evaluation_runs_not_what_it_is(tmp_path):
     from training.reproduce import command
 

@@ -164,8 +164,10 @@ class Matrix:
             self.stamps = {**json.loads(self.stamps_path.read_text()), **self.recorded}
         self.recorded[item.name] = self.stamps[item.name] = self.stamp(item)
         for other in self.items.values() if remade else ():
+            # a marker, not a record of this process: another process that makes `other` later writes its real
+            # stamp (its inputs' digests show what it was made from), which the next merge above must keep
             if item.name in other.needs and other.name not in self.stamps:
-                self.recorded[other.name] = self.stamps[other.name] = UNRECORDED
+                self.stamps[other.name] = UNRECORDED
         write_json(self.stamps_path, dict(sorted(self.stamps.items())))
 
 
