@@ -78,6 +78,12 @@ KINDS = {
     "cnn4_rocl.fmnist_trades": ("TRADES", "TRADES adversarial training: supervised"),
     "cnn4_rocl.fmnist_rocl_at": ("RoCL+AT", "RoCL encoder fine-tuned with PGD adversarial training"),
     "cnn4_rocl.fmnist_simclr_at": ("SimCLR+AT", "SimCLR encoder fine-tuned with PGD adversarial training"),
+    "cnn4_rocl.fmnist_deacl": ("DeACL", "DeACL encoder (self-supervised: SimCLR distilled under attack) + linear head"),
+    "cnn4_rocl.fmnist_dynacl": ("DynACL", "DynACL encoder (self-supervised, no labels) + standard linear head"),
+    "cnn4_rocl.fmnist_dynacl_pp": ("DynACL++", "DynACL++ encoder (DynACL + TRADES on k-means pseudo-labels) + "
+                                   "linear head"),
+    "cnn4_rocl.fmnist_rocl_ip": ("RoCL-IP", "RoCL-IP encoder (RoCL with inferior positives, no labels) + linear head"),
+    "cnn4_rocl.fmnist_dynacl_at": ("DynACL+AT", "DynACL encoder fine-tuned with PGD adversarial training"),
 }
 
 

@@ -27,6 +27,7 @@ TRADES = "cnn4_rocl.fmnist_trades"
 FLAGSHIP = "resnet18_rocl.fmnist"  # the paper's ResNet-18, RoCL on Fashion-MNIST
 ROCL_AT = "cnn4_rocl.fmnist_rocl_at"  # the shipped RoCL+AT classifier: `finetune-at` results of ROCL, as it is
 SIMCLR_AT = "cnn4_rocl.fmnist_simclr_at"  # the same fine-tuning of the SimCLR encoder
+DYNACL_AT = "cnn4_rocl.fmnist_dynacl_at"  # ... and of DynACL's (AFF of the best label-free encoder, issue #20)
 
 
 def sources(entry: str) -> list[tuple[str, str]]:
@@ -35,11 +36,11 @@ def sources(entry: str) -> list[tuple[str, str]]:
     return [key for key, name in FINETUNED.items() if name == entry] + [(entry, "none")]
 
 
-ROCL_AT_SOURCES, SIMCLR_AT_SOURCES = sources(ROCL_AT), sources(SIMCLR_AT)
+ROCL_AT_SOURCES, SIMCLR_AT_SOURCES, DYNACL_AT_SOURCES = sources(ROCL_AT), sources(SIMCLR_AT), sources(DYNACL_AT)
 # RoCL's label-free successors (issue #20), each read out like RoCL (SLF shipped, ALF beside it)
 ROCL_IP, DEACL, DYNACL, DYNACL_PP = (f"cnn4_rocl.fmnist_{t}" for t in ("rocl_ip", "deacl", "dynacl", "dynacl_pp"))
 LABEL_FREE = {"RoCL": ROCL, "RoCL-IP": ROCL_IP, "DeACL": DEACL, "DynACL": DYNACL, "DynACL++": DYNACL_PP}
-assert {ROCL, SIMCLR, AT, TRADES, ROCL_AT, SIMCLR_AT, *LABEL_FREE.values()} <= set(BY_NAME), \
+assert {ROCL, SIMCLR, AT, TRADES, ROCL_AT, SIMCLR_AT, DYNACL_AT, *LABEL_FREE.values()} <= set(BY_NAME), \
     "claims name entries the matrix lacks"
 EPS, EPS_L2 = 0.1, 1.5  # Fashion-MNIST's l-inf budget; the unseen l2 budget (the l-inf ball's corner is 2.8)
 
@@ -232,6 +233,7 @@ SUMMARY_ROWS = [
     ("SimCLR, linear eval (SLF)", [(SIMCLR, "linear")]),
     ("SimCLR, robust linear eval (ALF)", [(SIMCLR, "robust-linear")]),
     ("SimCLR+AT (PGD-AT fine-tuning)", SIMCLR_AT_SOURCES),
+    ("DynACL+AT (PGD-AT fine-tuning)", DYNACL_AT_SOURCES),
     ("PGD-AT (supervised)", [(AT, "none")]),
     ("TRADES (supervised)", [(TRADES, "none")]),
 ]

@@ -70,6 +70,8 @@ TAGS = {
                                     "-m rocl_zoo.finetune --mode at), Fashion-MNIST"),
     "cnn4_rocl.fmnist_simclr_at": Tag("fashion_mnist", None, "SimCLR+AT: the SimCLR encoder fine-tuned with PGD-AT, "
                                       "RoCL+AT's budget, Fashion-MNIST"),
+    "cnn4_rocl.fmnist_dynacl_at": Tag("fashion_mnist", None, "DynACL+AT: the DynACL encoder fine-tuned with PGD-AT, "
+                                      "RoCL+AT's budget, Fashion-MNIST"),
     "cnn4w_rocl.fmnist": Tag("fashion_mnist", "fmnist_rocl_wide",
                              "RoCL encoder + linear head, Fashion-MNIST, double-width CNN", default=True),
 }
