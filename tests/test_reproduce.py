@@ -281,6 +281,20 @@ def test_a_recipe_never_run_here_is_costed_like_runs_of_its_kind(tmp_path):
     assert estimate(resnet, rates) is None  # RoCL too, on another architecture: nothing comparable measured
 
 
+def test_a_head_is_costed_from_the_head_records_beside_the_runs(tmp_path):
+    """An ALF head's record stays in runs/ until its classifier ships: the next head's estimate reads it."""
+    from training.reproduce import estimate, measured_rates
+
+    record = json.loads((Path(__file__).parents[1] / "runs/fmnist_dynacl/robust-linear.json").read_text())
+    record["hardware"] = "a CPU, 2 cores, 2 torch threads"
+    record["protocol_config"]["train_time_s"] = 600.0
+    (tmp_path / "runs" / "fmnist_dynacl").mkdir(parents=True)
+    (tmp_path / "runs" / "fmnist_dynacl" / "robust-linear.json").write_text(json.dumps(record))
+    m = Matrix(Paths(tmp_path / "results", tmp_path / "runs", tmp_path / "weights"), "full")
+    head = m.items["head/cnn4_rocl.fmnist_dynacl_pp/robust-linear"]
+    assert estimate(head, measured_rates(tmp_path / "results")) == pytest.approx(1200.0)
+
+
 def test_sigterm_to_reproduce_is_passed_on_to_the_running_item(tmp_path):
     """`kill PID` of the reproduce process alone: the child gets SIGTERM too (a training run checkpoints, an
     evaluation keeps its batches) and reproduce stops after it, as on Ctrl-C."""

@@ -202,6 +202,9 @@ def measured_rates(results_root: Path) -> dict:
     from rocl_zoo.results import read_all
 
     attack, survivors, robust, head, train = {}, {}, {}, {}, {}
+    runs = results_root.parent / "runs"  # head records stay beside their classifier until it ships
+    for r in read_all(runs) if runs.is_dir() else []:
+        _add_head_time(head, r)
     for r in read_all(results_root) if results_root.is_dir() else []:
         cores = hardware_threads(r.data.get("hardware"))
         arch = r.data.get("architecture")
@@ -219,11 +222,7 @@ def measured_rates(results_root: Path) -> dict:
         s = r.data.get("sanity") or {}
         if s.get("wall_time_s"):
             attack.setdefault((arch, "sanity"), []).append(s["wall_time_s"] * cores / s.get("n_examples", r.n))
-        pc = r.data.get("protocol_config") or {}
-        if pc.get("train_time_s"):
-            head.setdefault((arch, pc["protocol"]), []).append(pc["train_time_s"] * cores)
-        if r.data.get("finetune_train_time_s"):
-            head.setdefault(r.protocol + "@" + str(r.dataset), []).append(r.data["finetune_train_time_s"] * cores)
+        _add_head_time(head, r)
     for config in results_root.rglob("config.json") if results_root.is_dir() else []:
         cfg = json.loads(config.read_text())
         if "name" not in cfg or "kind" not in cfg:
@@ -238,6 +237,16 @@ def measured_rates(results_root: Path) -> dict:
     fits = {k: f for k, v in survivors.items() if (f := survivor_fit(v))}
     return {"attack": med(attack), "attack_files": {k: len(v) for k, v in attack.items()}, "head": med(head),
             "train": med(train), "survivors": fits, "robust": robust}
+
+
+def _add_head_time(head: dict, r) -> None:
+    """File a result's head-training or fine-tuning CPU-seconds under what their cost follows."""
+    cores = hardware_threads(r.data.get("hardware"))
+    pc = r.data.get("protocol_config") or {}
+    if pc.get("train_time_s"):
+        head.setdefault((r.data.get("architecture"), pc["protocol"]), []).append(pc["train_time_s"] * cores)
+    if r.data.get("finetune_train_time_s"):
+        head.setdefault(r.protocol + "@" + str(r.dataset), []).append(r.data["finetune_train_time_s"] * cores)
 
 
 def _alike(recipe) -> tuple:
@@ -501,10 +510,6 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def cost_markdown(results_root: Path = ROOT / "results", arch: str = "cnn4_rocl") -> str:
     """What each piece of the protocol costs one classifier, from the committed measurements (the README's)."""
     from training.matrix import PROTOCOL, TRANSFER
@@ -518,3 +523,7 @@ def cost_markdown(results_root: Path = ROOT / "results", arch: str = "cnn4_rocl"
         files = counts.get((arch, attack), 0)
         lines.append(f"| {attack} | {_fmt_cost(None if per is None else 1000 * per)} | {files} files |")
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
