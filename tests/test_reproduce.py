@@ -295,6 +295,22 @@ def test_a_head_is_costed_from_the_head_records_beside_the_runs(tmp_path):
     assert estimate(head, measured_rates(tmp_path / "results")) == pytest.approx(1200.0)
 
 
+def test_an_interrupted_fine_tuning_is_costed_for_the_epochs_it_has_left(tmp_path):
+    """A fine-tuning's config counts epochs, not steps: 5 of 20 epochs done leaves three quarters of its cost."""
+    from training.reproduce import estimate, trained_fraction
+
+    m = Matrix(Paths(tmp_path / "results", tmp_path / "runs", tmp_path / "weights"), "full")
+    item = m.items["finetune/cnn4_rocl.fmnist_simclr_at"]
+    run = Path(item.partial[0]).parent
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"")
+    (run / "config.json").write_text(json.dumps({"epochs": 20}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        *({"record": "epoch", "epoch": e, "step": 100 * e} for e in range(1, 6)), {"record": "step", "step": 520}]))
+    assert trained_fraction(item) == pytest.approx(0.25)
+    assert estimate(item, {"head": {item.cost["key"]: 400.0}}) == pytest.approx(300.0)
+
+
 def test_sigterm_to_reproduce_is_passed_on_to_the_running_item(tmp_path):
     """`kill PID` of the reproduce process alone: the child gets SIGTERM too (a training run checkpoints, an
     evaluation keeps its batches) and reproduce stops after it, as on Ctrl-C."""

@@ -270,13 +270,15 @@ def evaluated_images(item: Item) -> dict:
 
 
 def trained_fraction(item: Item) -> float:
-    """How much of an interrupted training run is done: its last logged step over its steps (0 when none)."""
+    """How much of an interrupted training or fine-tuning run is done: its last logged step over its steps, or
+    (a fine-tuning's config counts epochs) its last finished epoch over its epochs; 0 when none."""
     run = RunFolder(Path(item.partial[0]).parent) if item.partial else None
     if run is None or not run.checkpoint.is_file():
         return 0.0
-    total = json.loads(run.config.read_text()).get("total_steps") or 0
-    steps = [rec.get("step", 0) for rec in run.records()]
-    return min(max(steps, default=0) / total, 1.0) if total else 0.0
+    cfg = json.loads(run.config.read_text())
+    unit, total = ("step", cfg["total_steps"]) if cfg.get("total_steps") else ("epoch", cfg.get("epochs") or 0)
+    done = [rec.get(unit, 0) for rec in run.records() if unit == "step" or rec.get("record") == "epoch"]
+    return min(max(done, default=0) / total, 1.0) if total else 0.0
 
 
 def estimate(item: Item, rates: dict) -> float | None:
@@ -293,7 +295,8 @@ def estimate(item: Item, rates: dict) -> float | None:
     if item.kind == "head":
         return rates["head"].get((arch, c["protocol"]))
     if item.kind == "finetune":
-        return rates["head"].get(c["key"])
+        full = rates["head"].get(c["key"])
+        return full and full * (1 - trained_fraction(item))
     if item.kind == "release":
         pgd = rates["attack"].get((arch, "pgd20"))
         return pgd and 500 * pgd + 30
