@@ -292,7 +292,7 @@ def test_a_head_is_costed_from_the_head_records_beside_the_runs(tmp_path):
     (tmp_path / "runs" / "fmnist_dynacl" / "robust-linear.json").write_text(json.dumps(record))
     m = Matrix(Paths(tmp_path / "results", tmp_path / "runs", tmp_path / "weights"), "full")
     head = m.items["head/cnn4_rocl.fmnist_dynacl_pp/robust-linear"]
-    assert estimate(head, measured_rates(tmp_path / "results")) == pytest.approx(1200.0)
+    assert estimate(head, measured_rates(tmp_path / "results", tmp_path / "runs")) == pytest.approx(1200.0)
 
 
 def test_an_interrupted_fine_tuning_is_costed_for_the_epochs_it_has_left(tmp_path):

@@ -195,15 +195,15 @@ def survivor_fit(points: list[tuple[float, float]]) -> tuple[float, float] | Non
     return (max(mc - b * mr, 0.0), b) if b > 0 else None
 
 
-def measured_rates(results_root: Path) -> dict:
+def measured_rates(results_root: Path, runs_root: Path | None = None) -> dict:
     """CPU-seconds per image of each attack (and, for SURVIVOR_BOUND attacks, its fit on robust accuracy), per head
-    protocol and per training recipe, from committed records; and each classifier's PGD-20 accuracy at l-inf 0.1,
-    where measured: a little above what the slow attacks leave it, so its estimate errs long."""
+    protocol and per training recipe, from committed records (and the head records in `runs_root`, where a head's
+    stays until its classifier ships); and each classifier's PGD-20 accuracy at l-inf 0.1, where measured: a little
+    above what the slow attacks leave it, so its estimate errs long."""
     from rocl_zoo.results import read_all
 
     attack, survivors, robust, head, train = {}, {}, {}, {}, {}
-    runs = results_root.parent / "runs"  # head records stay beside their classifier until it ships
-    for r in read_all(runs) if runs.is_dir() else []:
+    for r in read_all(runs_root) if runs_root and runs_root.is_dir() else []:
         _add_head_time(head, r)
     for r in read_all(results_root) if results_root.is_dir() else []:
         cores = hardware_threads(r.data.get("hardware"))
@@ -420,7 +420,7 @@ def select(m: Matrix, names: list[str]) -> list[str]:
 
 
 def show(m: Matrix, names: list[str], todo: list[str], after: list[str]) -> None:
-    rates = measured_rates(ROOT / "results")
+    rates = measured_rates(m.paths.results, m.paths.runs)
     total, unknown = 0.0, 0
     for name in names + [n for n in after if n not in names]:
         if name in after:
