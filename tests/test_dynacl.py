@@ -154,6 +154,15 @@ def test_cluster_accuracy_matches_clusters_to_classes_one_to_one():
     assert cluster_accuracy(torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 2, 3])) == 25.0  # one cluster
 
 
+def test_cluster_purity_lets_several_clusters_share_a_class():
+    from training.pseudo import cluster_accuracy, cluster_purity
+
+    pseudo, true = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([1, 1, 0, 0, 2, 1])
+    assert cluster_purity(pseudo, true) == 83.33  # cluster 2 is half class 2, half class 1
+    split = torch.tensor([0, 1, 2, 3, 4, 4])  # every class split over clusters: pure, but no one-to-one match
+    assert cluster_purity(split, true) == 83.33 and cluster_accuracy(split, true) == 50.0
+
+
 def test_dynacl_pp_trains_on_pseudo_labels_from_the_best_dynacl_epoch_and_releases_an_encoder(tmp_path):
     from training import supervised
 

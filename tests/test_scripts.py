@@ -112,3 +112,16 @@ def test_bn_statistics_recomputes_a_copy_and_reports_the_three_settings(capsys):
     assert [line.split("  ")[0].strip() for line in lines[1:]] == [
         "as trained", "recomputed on clean images", "recomputed on PGD-10 images"]
     assert all("clean " in line for line in lines[1:])
+
+
+def test_pseudo_labels_scores_each_encoders_clusters_against_the_classes(capsys):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import pseudo_labels
+
+    assert pseudo_labels.main(["cnn4_rocl.fmnist_simclr", "--subset", "300", "--k", "10,30"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| cnn4")]
+    assert [r[1] for r in rows] == ["10", "30"] and rows[1][2] == "–"  # one-to-one matching only with k = classes
+    accuracy, purity10, purity30 = float(rows[0][2]), float(rows[0][3]), float(rows[1][3])
+    assert 10 <= accuracy <= purity10 <= 100 and purity30 >= 20  # a converged SimCLR clusters well above chance

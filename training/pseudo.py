@@ -56,6 +56,14 @@ def cluster_accuracy(pseudo: torch.Tensor, true: torch.Tensor) -> float:
     return round(100 * counts[rows, cols].sum().item() / len(true), 2)
 
 
+def cluster_purity(pseudo: torch.Tensor, true: torch.Tensor) -> float:
+    """% of images whose cluster's most common class is their own: with more clusters than classes (several
+    clusters may share a class), how pure the clusters are. A diagnostic only, like cluster_accuracy."""
+    k, c = int(pseudo.max()) + 1, int(true.max()) + 1
+    counts = torch.zeros(k, c, dtype=torch.long).index_put_((pseudo, true), torch.tensor(1), accumulate=True)
+    return round(100 * counts.max(1).values.sum().item() / len(true), 2)
+
+
 def relabel(ds: ImageTensorDataset, source: str, run_path, seed: int) -> ImageTensorDataset:
     """`ds` with k-means pseudo-labels of `source`'s features instead of its labels (read from the run folder
     when an earlier start of the run made them)."""
