@@ -1,5 +1,6 @@
 """DynACL: its schedules, loss, dual BN, pair attack and momentum network, against hand-computed values, and a tiny
 run end to end."""
+import dataclasses
 import json
 
 import pytest
@@ -143,6 +144,26 @@ def test_kmeans_finds_well_separated_clusters_and_the_labels_are_kept_for_a_resu
     assert torch.equal(first.labels, labels) and first.classes == ["cluster 0", "cluster 1", "cluster 2"]
     monkeypatch.setattr(pseudo, "kmeans_labels", lambda *a: pytest.fail("clustered again on resume"))
     assert torch.equal(pseudo.relabel(ds, "enc", tmp_path, seed=0).labels, labels)
+
+
+def test_more_clusters_than_classes_relabel_into_that_many_and_a_resume_with_other_k_is_refused(tmp_path, monkeypatch):
+    from rocl_zoo.data import ImageTensorDataset
+    from rocl_zoo.errors import ConfigError
+    from training import pseudo
+    from training.recipes import get_recipe, validate
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.cat([c + 0.1 * torch.randn(10, 8, generator=g) for c in torch.eye(6, 8) * 10])
+    ds = ImageTensorDataset(torch.zeros(60, 1, 4, 4, dtype=torch.uint8), torch.arange(60) // 20, ["a", "b", "c"])
+    monkeypatch.setattr(pseudo, "load_encoder", lambda source: nn.Flatten())
+    monkeypatch.setattr(pseudo, "features", lambda encoder, images: feats)
+    six = pseudo.relabel(ds, "enc", tmp_path, seed=0, k=6)
+    assert len(six.classes) == 6 and len(set(six.labels.tolist())) == 6  # one cluster per blob, two per class
+    assert pseudo.cluster_purity(six.labels, ds.labels) == 100.0
+    with pytest.raises(ConfigError, match="--overwrite"):
+        pseudo.relabel(ds, "enc", tmp_path, seed=0)  # the saved 6 clusters are not 3
+    with pytest.raises(ConfigError, match="pseudo_clusters"):
+        validate(dataclasses.replace(get_recipe("fmnist_dynacl_pp"), pseudo_clusters=1))
 
 
 def test_cluster_accuracy_matches_clusters_to_classes_one_to_one():

@@ -227,6 +227,18 @@ def test_eval_batch_changes_how_an_evaluation_runs_not_what_it_is(tmp_path):
     assert m.stamps.get(item.name) == stamp  # nothing recorded: what the item is did not change
 
 
+def test_a_recipe_field_added_since_the_runs_were_stamped_counts_only_away_from_its_neutral_value(tmp_path):
+    import dataclasses
+
+    from training.recipes import ADDED_SINCE_STAMPED, get_recipe
+
+    r = get_recipe("fmnist_dynacl_pp")
+    assert set(r.to_dict()) - set(r.stamped()) == set(ADDED_SINCE_STAMPED)  # each at its neutral value here
+    assert dataclasses.replace(r, pseudo_clusters=30).stamped()["pseudo_clusters"] == 30
+    m = Matrix(Paths(tmp_path / "results", tmp_path / "runs", tmp_path / "weights"), "full")
+    assert m.items["train/fmnist_dynacl_pp"].spec["recipe"] == r.stamped()
+
+
 def test_slow_attacks_are_costed_by_what_the_classifier_keeps():
     """AutoAttack's later stages run on the images still unbroken: a non-robust classifier's costs minutes."""
     from training.reproduce import estimate, survivor_fit

@@ -1,11 +1,12 @@
 """Label-free post-processing (DynACL++, Luo et al., ICLR 2023): labels no human gave, for supervised AT.
 
-k-means (k = the dataset's number of classes) on an encoder's features of the training images gives pseudo-labels;
+k-means (k = the dataset's number of classes, or the recipe's pseudo_clusters: more clusters are purer, a lever the
+paper does not use) on an encoder's features of the training images gives pseudo-labels;
 a linear probe on them starts the head; TRADES (training.supervised) then trains the whole network on them. No
 true label is read: `relabel` replaces them before training, and the held-out curve reads the encoder out through
 its own probe. The pseudo-labels are written to the run folder once (pseudo_labels.pt) so a resumed run trains on
-the same ones. Their clustering accuracy against the true classes is logged once (metrics.jsonl's pseudo_labels
-record), for the record only.
+the same ones. Their clustering accuracy and purity against the true classes are logged once (metrics.jsonl's
+pseudo_labels record), for the record only.
 """
 from __future__ import annotations
 
@@ -64,22 +65,23 @@ def cluster_purity(pseudo: torch.Tensor, true: torch.Tensor) -> float:
     return round(100 * counts.max(1).values.sum().item() / len(true), 2)
 
 
-def relabel(ds: ImageTensorDataset, source: str, run_path, seed: int) -> ImageTensorDataset:
+def relabel(ds: ImageTensorDataset, source: str, run_path, seed: int, k: int = 0) -> ImageTensorDataset:
     """`ds` with k-means pseudo-labels of `source`'s features instead of its labels (read from the run folder
-    when an earlier start of the run made them)."""
+    when an earlier start of the run made them); k clusters, or one per class when k is 0."""
     from rocl_zoo.utils import atomic_write
 
-    path = run_path / LABELS
+    path, k = run_path / LABELS, k or len(ds.classes)
     if path.is_file():
         labels = torch.load(path, weights_only=True)
-        if len(labels) != len(ds):
-            raise ConfigError(f"{path} holds {len(labels)} labels for {len(ds)} images: a run of other data; "
-                              f"start it again with --overwrite.")
+        if len(labels) != len(ds) or int(labels.max()) >= k:
+            raise ConfigError(f"{path} holds {len(labels)} labels in up to {int(labels.max()) + 1} clusters for "
+                              f"{len(ds)} images in {k}: a run of other data or clusters; start it again with "
+                              f"--overwrite.")
     else:
-        labels = kmeans_labels(features(load_encoder(source), ds.images), len(ds.classes), seed)
+        labels = kmeans_labels(features(load_encoder(source), ds.images), k, seed)
         with atomic_write(path) as f:
             torch.save(labels, f)
-    return ImageTensorDataset(ds.images, labels, [f"cluster {i}" for i in range(len(ds.classes))],
+    return ImageTensorDataset(ds.images, labels, [f"cluster {i}" for i in range(k)],
                               f"{ds.name} pseudo-labelled by {source}")
 
 

@@ -78,10 +78,12 @@ def train(args) -> Path:
     torch.manual_seed(args.seed)
     recipe, labelled = setup.recipe, setup.ds
     if recipe.pseudo_labels:  # DynACL++: no true label trains anything from here on (training/pseudo.py)
-        setup.ds = P.relabel(setup.ds, recipe.pseudo_labels, setup.run.path, args.seed)
+        setup.ds = P.relabel(setup.ds, recipe.pseudo_labels, setup.run.path, args.seed, recipe.pseudo_clusters)
         if setup.ckpt is None:  # how good the clusters are, for the record: measured once, never trained on
-            setup.run.log({"record": "pseudo_labels", "source": recipe.pseudo_labels,
-                           "cluster_accuracy": P.cluster_accuracy(setup.ds.labels, labelled.labels)})
+            pseudo, true, k = setup.ds.labels, labelled.labels, len(setup.ds.classes)
+            one_to_one = {"cluster_accuracy": P.cluster_accuracy(pseudo, true)} if k == len(labelled.classes) else {}
+            setup.run.log({"record": "pseudo_labels", "source": recipe.pseudo_labels, "clusters": k,
+                           "cluster_purity": P.cluster_purity(pseudo, true), **one_to_one})
     classes = len(setup.ds.classes)
     net = build(recipe, setup.info, classes)
     if recipe.start and setup.ckpt is None:
