@@ -259,7 +259,7 @@ def _train(entry: Entry, paths: Paths, scale: Scale) -> Item:
     return Item(f"train/{entry.recipe}",
                 _py(module, "--recipe", entry.recipe, *sets, "--out", run, "--quiet", *scale.train, *held),
                 outputs, needs=needs, inputs=inputs,
-                spec={"recipe": recipe, "scale": list(scale.train)}, partial=[run / "checkpoint.pt"], kind="train",
+                spec={"recipe": r.stamped(), "scale": list(scale.train)}, partial=[run / "checkpoint.pt"], kind="train",
                 cost={"recipe": entry.recipe, "epochs": recipe["epochs"], "name": entry.name})
 
 
