@@ -136,8 +136,8 @@ def _finetune_at() -> list:
     job: 15-22 min an epoch, 8 alone). SimCLR+AT's from the converged cnn4_rocl.fmnist_simclr
     (runs/fmnist_simclr_at/metrics.jsonl): 81.3/70.3 at epoch 1, 84.4/76.1 at 5, 83.8-85.8 / 74.0-74.9 at LR 0.1
     (epochs 6-10), 87.0/79.2 at 11, 87.5/80.4 at 15 (the best), 88.1/80.1 at 20 (79.0-80.4 after the first decay: no
-    robust overfitting), about 330 CPU-minutes (the same CPU, 1 bf16 thread beside another job: mostly 15-17 min an epoch): it
-    starts 3 points under RoCL+AT's and ends 0.9 under it."""
+    robust overfitting), about 330 CPU-minutes (the same CPU, 1 bf16 thread beside another job: mostly 15-17 min an
+    epoch): it starts 3 points under RoCL+AT's and ends 0.9 under it."""
     r = get_recipe("fmnist_at")
     return ["--mode", "at", "--epochs", str(r.epochs), "--milestones", ",".join(map(str, r.lr_milestones)),
             "--batch-size", str(r.batch_size), "--weight-decay", str(r.weight_decay), "--eps", str(r.eps),
