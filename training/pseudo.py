@@ -46,13 +46,18 @@ def kmeans_labels(feats: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     return torch.as_tensor(KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x), dtype=torch.long)
 
 
+def _counts(pseudo: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Images per (cluster, class)."""
+    shape = (int(pseudo.max()) + 1, int(true.max()) + 1)
+    return torch.zeros(shape, dtype=torch.long).index_put_((pseudo, true), torch.tensor(1), accumulate=True)
+
+
 def cluster_accuracy(pseudo: torch.Tensor, true: torch.Tensor) -> float:
     """% of images whose cluster is their class under the best one-to-one match of clusters to classes (the
     Hungarian algorithm, as clustering accuracy is usually reported). A diagnostic only: nothing trains on it."""
     from scipy.optimize import linear_sum_assignment
 
-    k = int(max(pseudo.max(), true.max())) + 1
-    counts = torch.zeros(k, k, dtype=torch.long).index_put_((pseudo, true), torch.tensor(1), accumulate=True)
+    counts = _counts(pseudo, true)
     rows, cols = linear_sum_assignment(counts.numpy(), maximize=True)
     return round(100 * counts[rows, cols].sum().item() / len(true), 2)
 
@@ -60,9 +65,7 @@ def cluster_accuracy(pseudo: torch.Tensor, true: torch.Tensor) -> float:
 def cluster_purity(pseudo: torch.Tensor, true: torch.Tensor) -> float:
     """% of images whose cluster's most common class is their own: with more clusters than classes (several
     clusters may share a class), how pure the clusters are. A diagnostic only, like cluster_accuracy."""
-    k, c = int(pseudo.max()) + 1, int(true.max()) + 1
-    counts = torch.zeros(k, c, dtype=torch.long).index_put_((pseudo, true), torch.tensor(1), accumulate=True)
-    return round(100 * counts.max(1).values.sum().item() / len(true), 2)
+    return round(100 * _counts(pseudo, true).max(1).values.sum().item() / len(true), 2)
 
 
 def relabel(ds: ImageTensorDataset, source: str, run_path, seed: int, k: int = 0) -> ImageTensorDataset:
