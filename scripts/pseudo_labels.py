@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     from rocl_zoo.data import load_dataset
     from rocl_zoo.hub import load_encoder
     from rocl_zoo.utils import hardware_name
-    from training.pseudo import cluster_accuracy, cluster_purity, features, kmeans_labels
+    from training.pseudo import cluster_scores, features, kmeans_labels
 
     ds = load_dataset(a.dataset, "train", subset=a.subset)
     print(f"# k-means (10 starts, seed {a.seed}) on {len(ds)} {a.dataset} training images; {hardware_name()}")
@@ -39,9 +39,9 @@ def main(argv=None) -> int:
         feats = features(load_encoder(source), ds.images)
         for k in map(int, a.k.split(",")):
             start = time.process_time()
-            labels = kmeans_labels(feats, k, a.seed)
-            acc = f"{cluster_accuracy(labels, ds.labels):.1f}" if k == len(ds.classes) else "–"
-            print(f"| {source} | {k} | {acc} | {cluster_purity(labels, ds.labels):.1f} | "
+            scores = cluster_scores(kmeans_labels(feats, k, a.seed), ds.labels, len(ds.classes))
+            acc = f"{scores['cluster_accuracy']:.1f}" if "cluster_accuracy" in scores else "–"
+            print(f"| {source} | {k} | {acc} | {scores['cluster_purity']:.1f} | "
                   f"{time.process_time() - start:.0f} s |", flush=True)
     return 0
 

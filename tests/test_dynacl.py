@@ -162,6 +162,8 @@ def test_more_clusters_than_classes_relabel_into_that_many_and_a_resume_with_oth
     assert pseudo.cluster_purity(six.labels, ds.labels) == 100.0
     with pytest.raises(ConfigError, match="--overwrite"):
         pseudo.relabel(ds, "enc", tmp_path, seed=0)  # the saved 6 clusters are not 3
+    with pytest.raises(ConfigError, match="--overwrite"):
+        pseudo.relabel(ds, "enc", tmp_path, seed=0, k=12)  # nor 12: fewer clusters saved are refused too
     with pytest.raises(ConfigError, match="pseudo_clusters"):
         validate(dataclasses.replace(get_recipe("fmnist_dynacl_pp"), pseudo_clusters=1))
 

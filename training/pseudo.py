@@ -68,6 +68,12 @@ def cluster_purity(pseudo: torch.Tensor, true: torch.Tensor) -> float:
     return round(100 * _counts(pseudo, true).max(1).values.sum().item() / len(true), 2)
 
 
+def cluster_scores(pseudo: torch.Tensor, true: torch.Tensor, classes: int) -> dict:
+    """Purity, and cluster accuracy where there is one cluster per class (a one-to-one match needs that)."""
+    one_to_one = {"cluster_accuracy": cluster_accuracy(pseudo, true)} if int(pseudo.max()) + 1 == classes else {}
+    return {"cluster_purity": cluster_purity(pseudo, true), **one_to_one}
+
+
 def relabel(ds: ImageTensorDataset, source: str, run_path, seed: int, k: int = 0) -> ImageTensorDataset:
     """`ds` with k-means pseudo-labels of `source`'s features instead of its labels (read from the run folder
     when an earlier start of the run made them); k clusters, or one per class when k is 0."""
@@ -76,8 +82,8 @@ def relabel(ds: ImageTensorDataset, source: str, run_path, seed: int, k: int = 0
     path, k = run_path / LABELS, k or len(ds.classes)
     if path.is_file():
         labels = torch.load(path, weights_only=True)
-        if len(labels) != len(ds) or int(labels.max()) >= k:
-            raise ConfigError(f"{path} holds {len(labels)} labels in up to {int(labels.max()) + 1} clusters for "
+        if len(labels) != len(ds) or int(labels.max()) + 1 != k:  # k-means leaves no cluster empty
+            raise ConfigError(f"{path} holds {len(labels)} labels in {int(labels.max()) + 1} clusters, this run wants "
                               f"{len(ds)} images in {k}: a run of other data or clusters; start it again with "
                               f"--overwrite.")
     else:

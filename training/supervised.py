@@ -80,10 +80,8 @@ def train(args) -> Path:
     if recipe.pseudo_labels:  # DynACL++: no true label trains anything from here on (training/pseudo.py)
         setup.ds = P.relabel(setup.ds, recipe.pseudo_labels, setup.run.path, args.seed, recipe.pseudo_clusters)
         if setup.ckpt is None:  # how good the clusters are, for the record: measured once, never trained on
-            pseudo, true, k = setup.ds.labels, labelled.labels, len(setup.ds.classes)
-            one_to_one = {"cluster_accuracy": P.cluster_accuracy(pseudo, true)} if k == len(labelled.classes) else {}
-            setup.run.log({"record": "pseudo_labels", "source": recipe.pseudo_labels, "clusters": k,
-                           "cluster_purity": P.cluster_purity(pseudo, true), **one_to_one})
+            setup.run.log({"record": "pseudo_labels", "source": recipe.pseudo_labels, "clusters": len(setup.ds.classes),
+                           **P.cluster_scores(setup.ds.labels, labelled.labels, len(labelled.classes))})
     classes = len(setup.ds.classes)
     net = build(recipe, setup.info, classes)
     if recipe.start and setup.ckpt is None:
