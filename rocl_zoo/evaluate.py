@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ from .errors import ConfigError, DataError
 from .eval_progress import EvalProgress, evaluation_fingerprint, weights_meta
 from .hub import load, save_pretrained
 from .linear import as_tensors, train_linear_head
+from .loop import RunFolder
 from .results import SCHEMA, read_all, render_table
 from .sanity import check_autoattack, run_sanity_checks
 from .threat import THREAT_MODELS, alf_step, default_eps, eps_str, parse_eps
@@ -315,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "budget: 0.0223 at 0.1)")
     g.add_argument("--train-steps", type=int, default=10, help="robust-linear PGD steps (default 10)")
     g.add_argument("--save-classifier", metavar="DIR",
-                   help="where to save encoder + head in the Hub layout (default: next to --out, <out>.classifier/)")
+                   help="where to save encoder + head in the Hub layout (default: next to --out, <out>.classifier/); "
+                        "until it is saved the head's training is kept in DIR.partial/, so that the same command "
+                        "continues an interrupted one")
     g = p.add_argument_group("output")
     g.add_argument("--out", metavar="FILE.json",
                    help="results file (default: print JSON to stdout). Finished attack batches are kept in "
@@ -427,15 +431,18 @@ def _protocol_head(model, args: argparse.Namespace, dataset: str, classes: list,
         train_eps = parse_eps(args.train_eps) if args.train_eps is not None else eps
         train_alpha = parse_eps(args.train_alpha) if args.train_alpha is not None else alf_step(train_eps)
         train = _load_dataset(dataset, "train", args.data_root, args.download)
+        keep = _head_progress(args)
         model = train_linear_head(model, train, num_classes=len(classes) or None, robust=robust,
                                   epochs=args.epochs, lr=args.lr, eps=train_eps, alpha=train_alpha,
                                   steps=args.train_steps, norm=args.norm,
                                   n_examples=args.train_examples or None, seed=args.seed, progress=progress,
-                                  label_names=classes or None, batch_size=args.linear_batch_size)
+                                  label_names=classes or None, batch_size=args.linear_batch_size, resume=keep)
+        # a resumed head cost its steps in every session, not only this one's wall time
+        spent = max(time.time() - t0, sum(r.get("time_s", 0) for r in RunFolder(keep).epochs()) if keep else 0)
         protocol_cfg.update(epochs=args.epochs, lr=args.lr, momentum=0.9, weight_decay=5e-4,
                             batch_size=args.linear_batch_size,
                             train_examples=args.train_examples or len(train), frozen_encoder=True,
-                            features_precomputed=not robust, train_time_s=round(time.time() - t0, 3))
+                            features_precomputed=not robust, train_time_s=round(spent, 3))
         if robust:
             protocol_cfg.update(train_attack={"attack": "pgd", "norm": args.norm, "eps": train_eps,
                                               "alpha": train_alpha, "steps": args.train_steps,
@@ -449,9 +456,21 @@ def _protocol_head(model, args: argparse.Namespace, dataset: str, classes: list,
     return model, protocol_cfg
 
 
+def _classifier_folder(args: argparse.Namespace) -> str | None:
+    """Where the classifier trained here is saved: --save-classifier, or next to --out (None: neither given)."""
+    return args.save_classifier or (str(Path(args.out).with_suffix("")) + ".classifier" if args.out else None)
+
+
+def _head_progress(args: argparse.Namespace) -> str | None:
+    """The run folder an interrupted head's training resumes from (FOLDER.partial, removed once the classifier is
+    saved); one process's only: under torchrun every process trains the same head."""
+    folder = _classifier_folder(args)
+    return f"{folder}.partial" if folder and world_and_rank()[0] == 1 else None
+
+
 def _save_classifier(model, args: argparse.Namespace, dataset: str, protocol_cfg: dict, result: dict) -> None:
     """Encoder + the head trained here, as a Hub folder (--save-classifier, or next to --out)."""
-    folder = args.save_classifier or (str(Path(args.out).with_suffix("")) + ".classifier" if args.out else None)
+    folder = _classifier_folder(args)
     if not folder:
         return
     metrics = {k: result[k] for k in ("clean_acc", "pgd_acc", "autoattack_acc", "robust_acc", "eps_str",
@@ -459,6 +478,8 @@ def _save_classifier(model, args: argparse.Namespace, dataset: str, protocol_cfg
     save_pretrained(model, folder, dataset=dataset, metrics=metrics,
                     recipe=f"{args.protocol} evaluation of {args.source}", extra={"encoder": args.source, "protocol": protocol_cfg})
     result["classifier"] = str(folder)
+    if _head_progress(args):
+        shutil.rmtree(_head_progress(args), ignore_errors=True)
 
 
 def main(argv=None) -> int:

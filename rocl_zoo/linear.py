@@ -11,10 +11,13 @@ encoder with its `fc` set to the trained head, ready for `rocl_zoo.hub.save_pret
 SLF computes the frozen features once and trains the head on them: with no augmentation and a frozen encoder
 the features never change, so this is the same optimisation at a fraction of the cost. ALF cannot: each step
 makes PGD-10 examples through the frozen encoder and the current head, then trains the head on their features.
+On a large encoder and a CPU that takes hours, so `resume=DIR` keeps the head's training in a run folder (a
+head-only checkpoint after every step, kilobytes) and an interrupted run continues where it stopped.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 
 import torch
 from torch import nn
@@ -22,7 +25,8 @@ from tqdm.auto import tqdm
 
 from . import steps as S
 from .errors import ConfigError, DataError
-from .loop import batch_indices, multistep_lr, train_loop
+from .eval_progress import weights_digest
+from .loop import RunFolder, TrainingInterrupted, batch_indices, multistep_lr, train_loop
 from .precision import autocast
 from .precision import resolve as resolve_precision
 from .threat import alf_step
@@ -87,15 +91,17 @@ def train_linear_head(encoder: nn.Module, train_set, *, num_classes: int | None 
                       epochs: int = 150, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
                       batch_size: int = 256, eps: float = 8 / 255, alpha: float | None = None, steps: int = 10,
                       norm: str = "linf", n_examples: int | None = None, seed: int = 0, device=None,
-                      progress: bool = True, label_names=None, amp: str = "off") -> nn.Module:
+                      progress: bool = True, label_names=None, amp: str = "off", resume=None) -> nn.Module:
     """Train a linear head on a frozen encoder; return a classifier (a copy of the encoder with `fc` set).
 
     robust=False: standard linear evaluation (SLF), on precomputed features. robust=True: robust linear
     evaluation (ALF), each step on PGD examples (eps, alpha, steps, norm; random start) made through the frozen
     encoder and the current head; alpha defaults to RoCL's 0.007 at 8/255, scaled with eps (0.0223 at 0.1). The
     steps are rocl_zoo.steps' SLF and ALF head steps, through the zoo's one loop (rocl_zoo.loop); amp: the ALF
-    attack's precision (auto | bf16 | off; default off, an evaluation's fp32). The encoder passed in is not
-    modified.
+    attack's precision (auto | bf16 | off; default off, an evaluation's fp32). resume: a folder for the head's
+    checkpoint; a run stopped by Ctrl-C or SIGTERM continues there when called again with the same encoder, data
+    and settings (a folder from any other run starts over), and its numbers equal an uninterrupted run's. The
+    encoder passed in is not modified.
     """
     check_encoder(encoder)
     alpha = alf_step(eps) if alpha is None else alpha
@@ -130,10 +136,20 @@ def train_linear_head(encoder: nn.Module, train_set, *, num_classes: int | None 
         return S.alf_head_step(clf, x[idx].to(device, non_blocking=True), yb, eps=eps, alpha=alpha, steps=steps,
                                norm=norm, generator=g, amp=lambda: autocast(precision, device))
 
+    total = epochs * steps_per_epoch
+    settings = dict(robust=robust, num_classes=num_classes, epochs=epochs, lr=lr, momentum=momentum,
+                    weight_decay=weight_decay, batch_size=batch_size, eps=eps, alpha=alpha, steps=steps, norm=norm,
+                    seed=seed, amp=precision, total_steps=total)
+    run, ckpt = _head_run(resume, settings, encoder, x, y) if resume is not None else (None, None)
     try:
-        train_loop(clf, opt, step_fn, steps_per_epoch=steps_per_epoch, total=epochs * steps_per_epoch, seed=seed,
+        # the head is the whole trainable state: its checkpoint stays kilobytes whatever the encoder
+        train_loop(head, opt, step_fn, steps_per_epoch=steps_per_epoch, total=total, seed=seed,
                    lr_at=lambda step: multistep_lr(step, steps_per_epoch, lr, marks), log_every=0,
+                   run=run, ckpt=ckpt, config=settings, ckpt_every=1 if robust else 0,
                    progress=progress, desc=("robust " if robust else "") + "linear eval")
+    except TrainingInterrupted as e:
+        raise TrainingInterrupted(f"{str(e).split(';')[0]}; the head's progress is kept in {run.path}: the same "
+                                  "command continues it." if run else str(e)) from None
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
@@ -146,3 +162,18 @@ def train_linear_head(encoder: nn.Module, train_set, *, num_classes: int | None 
     cfg["num_classes"] = num_classes
     clf.pretrained_cfg = clf.default_cfg = cfg
     return clf.eval()
+
+
+def _head_run(folder, settings: dict, encoder: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """(run folder, checkpoint or None) for a resumable head: valid only for the same encoder weights, training
+    images and settings; a folder holding any other run is started over."""
+    data = hashlib.sha256()
+    for t in (x, y):
+        data.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    config = dict(settings, encoder_sha256=weights_digest(encoder), data_sha256=data.hexdigest())
+    run = RunFolder(folder)
+    try:
+        return run, run.start(config, resume=True)
+    except ConfigError:
+        tqdm.write(f"{run.path} holds another head's training (encoder, data or settings differ): starting over")
+        return run, run.start(config, overwrite=True)

@@ -362,6 +362,54 @@ def test_cli_robust_linear_and_sanity(saved_encoder, tmp_path):
     assert a["clean_acc"] == r["clean_acc"]
 
 
+def test_an_interrupted_robust_head_resumes_and_equals_an_uninterrupted_one(saved_encoder, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import rocl_zoo
+    from rocl_zoo import steps
+
+    def argv(name):
+        return [str(saved_encoder), "--protocol", "robust-linear", "--epochs", "2", "--linear-batch-size", "16",
+                "--train-examples", "64", "--train-steps", "2", "--attacks", "clean", "--n-examples", "16",
+                "--out", str(tmp_path / f"{name}.json"), "--quiet"]
+
+    assert E.main(argv("whole")) == 0
+    real, calls = steps.alf_head_step, []
+
+    def preempted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # a scheduler's SIGTERM mid-epoch: the loop stops after this step, checkpointed
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "alf_head_step", preempted)
+    assert E.main(argv("cut")) == 130
+    keep = tmp_path / "cut.classifier.partial"
+    assert (keep / "checkpoint.pt").stat().st_size < 100_000  # the head's state only, not the encoder's
+    assert not (tmp_path / "cut.json").exists()
+    calls.clear()
+    monkeypatch.setattr(steps, "alf_head_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert E.main(argv("cut")) == 0 and not keep.exists()
+    assert len(calls) == 2 * 64 // 16 - 3  # only the steps the first run had not taken
+    whole, cut = (rocl_zoo.load(tmp_path / f"{n}.classifier") for n in ("whole", "cut"))
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), cut.state_dict().values()))
+    assert json.loads((tmp_path / "cut.json").read_text())["clean_acc"] == \
+        json.loads((tmp_path / "whole.json").read_text())["clean_acc"]
+
+
+def test_a_head_progress_folder_from_other_settings_starts_over(tmp_path):
+    from rocl_zoo.linear import train_linear_head
+
+    enc, data = encoder(), blobs(32, 0)
+    kw = dict(num_classes=2, robust=True, steps=2, batch_size=16, progress=False)
+    train_linear_head(enc, data, epochs=1, resume=tmp_path / "h", **kw)
+    again = train_linear_head(enc, data, epochs=2, resume=tmp_path / "h", **kw)  # not a resume of the 1-epoch run
+    fresh = train_linear_head(enc, data, epochs=2, **kw)
+    assert torch.equal(again.get_classifier().weight, fresh.get_classifier().weight)
+    assert json.loads((tmp_path / "h" / "config.json").read_text())["epochs"] == 2
+
+
 @pytest.mark.parametrize("argv,match", [
     (["no_such_arch.tag"], "No zoo entry|Unknown architecture|not"),
     (["{enc}", "--dataset", "no_such_data"], "unknown dataset"),

@@ -304,7 +304,15 @@ def test_a_head_is_costed_from_the_head_records_beside_the_runs(tmp_path):
     (tmp_path / "runs" / "fmnist_dynacl" / "robust-linear.json").write_text(json.dumps(record))
     m = Matrix(Paths(tmp_path / "results", tmp_path / "runs", tmp_path / "weights"), "full")
     head = m.items["head/cnn4_rocl.fmnist_dynacl_pp/robust-linear"]
-    assert estimate(head, measured_rates(tmp_path / "results", tmp_path / "runs")) == pytest.approx(1200.0)
+    rates = measured_rates(tmp_path / "results", tmp_path / "runs")
+    assert estimate(head, rates) == pytest.approx(1200.0)
+    # interrupted after 1 of its 5 epochs: the head's progress folder (rocl_zoo.linear's resume) says so
+    keep = Path(head.partial[0]).parent
+    keep.mkdir(parents=True)
+    (keep / "checkpoint.pt").write_bytes(b"")
+    (keep / "config.json").write_text(json.dumps({"epochs": 5, "total_steps": 200}))
+    (keep / "metrics.jsonl").write_text(json.dumps({"record": "epoch", "epoch": 1, "step": 40}) + "\n")
+    assert m.state(head) == "partial" and estimate(head, rates) == pytest.approx(960.0)
 
 
 def test_an_interrupted_fine_tuning_is_costed_for_the_epochs_it_has_left(tmp_path):

@@ -273,6 +273,7 @@ def _head(entry: Entry, protocol: str, paths: Paths, scale: Scale) -> Item:
                     "--save-classifier", out, "--out", run / f"{protocol}.json"),
                 [out / "model.safetensors", run / f"{protocol}.json"], needs=[f"train/{entry.recipe}"],
                 inputs=[encoder / "model.safetensors"], spec={"args": args}, kind="head",
+                partial=[Path(f"{out}.partial") / "checkpoint.pt"],
                 cost={"protocol": protocol, "name": entry.name})
 
 

@@ -270,7 +270,7 @@ def evaluated_images(item: Item) -> dict:
 
 
 def trained_fraction(item: Item) -> float:
-    """How much of an interrupted training or fine-tuning run is done: its last logged step over its steps, or
+    """How much of an interrupted training, fine-tuning or head run is done: its last logged step over its steps, or
     (a fine-tuning's config counts epochs) its last finished epoch over its epochs; 0 when none."""
     run = RunFolder(Path(item.partial[0]).parent) if item.partial else None
     if run is None or not run.checkpoint.is_file():
@@ -293,7 +293,8 @@ def estimate(item: Item, rates: dict) -> float | None:
             rates["train"].get((_alike(get_recipe(c["recipe"])), precision))
         return per_image and per_image * c["epochs"] * TRAIN_IMAGES * (1 - trained_fraction(item))
     if item.kind == "head":
-        return rates["head"].get((arch, c["protocol"]))
+        full = rates["head"].get((arch, c["protocol"]))
+        return full and full * (1 - trained_fraction(item))
     if item.kind == "finetune":
         full = rates["head"].get(c["key"])
         return full and full * (1 - trained_fraction(item))
