@@ -30,8 +30,7 @@ class Dist:
         self.main = self.rank == 0
 
     def barrier(self):
-        if self.world > 1:
-            dist.barrier()
+        barrier()
 
     def any_rank(self, flag: bool) -> bool:
         """Whether `flag` is set on any process; every process gets the same answer."""
@@ -51,6 +50,12 @@ def world_and_rank() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
+
+
+def barrier() -> None:
+    """Wait for every process of the initialised group; nothing without one."""
+    if world_and_rank()[0] > 1:
+        dist.barrier()
 
 
 def my_share(items: list) -> list:

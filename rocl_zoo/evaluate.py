@@ -34,7 +34,7 @@ from . import __version__, cli, precision
 from . import attacks as A
 from .attack_suite import DEFAULT_ATTACKS, correct_under, fraction, parse_attacks
 from .cli import add_runtime_args, model_and_dataset
-from .distributed import Dist, world_and_rank
+from .distributed import Dist, barrier, world_and_rank
 from .data import load_dataset
 from .errors import ConfigError, DataError
 from .eval_progress import EvalProgress, evaluation_fingerprint, weights_meta
@@ -106,13 +106,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
         out["autoattack_subset"] = {"n_examples": len(aa_idx), "clean_acc": _pct(_min_on(per_example, clean_names,
                                                                                           aa_idx)),
                                     "pgd_acc": _pct(_min_on(per_example, white_pgd, aa_idx))}
-    if sanity and world_and_rank()[1] == 0:  # under torchrun the first process runs them, and writes the file
+    if sanity:  # under torchrun every process runs its share of their batches, as of the attacks' (merged alike)
         out["sanity"] = _sanity(net, x, y, perm[:min(sanity_examples, len(y))], results, per_example, white_pgd,
                                 aa_names, aa_idx, eps=eps, norm=norm, num_classes=num_classes,
                                 source_model=source_net, source_name=source_name, batch_size=batch_size,
                                 seed=seed, progress=progress)
     out["wall_time_s"] = round(time.time() - t_start, 3)
     if log:
+        barrier()  # no process removes the batches it kept (and its siblings') while another may still fail
         log.remove()
     return out
 

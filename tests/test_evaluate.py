@@ -481,7 +481,7 @@ def test_torchrun_two_processes_equal_one(saved_encoder, tmp_path, torchrun):
     clf.pretrained_cfg = {**clf.pretrained_cfg, "num_classes": 10}
     folder = save_pretrained(clf.eval(), tmp_path / "clf", dataset="digits", recipe="test")
     argv = [str(folder), "--attacks", "clean,pgd5,fgsm", "--eps", "0.1", "--n-examples", "100", "--batch-size", "16",
-            "--threads", "1", "--quiet"]
+            "--sanity", "--sanity-examples", "40", "--threads", "1", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     r = subprocess.run([*torchrun("rocl_zoo.evaluate"), *argv, "--out", str(tmp_path / "two.json")], cwd=root,
                        env=env, capture_output=True, text=True, timeout=300)
@@ -492,6 +492,8 @@ def test_torchrun_two_processes_equal_one(saved_encoder, tmp_path, torchrun):
     for key in ("clean_acc", "pgd_acc", "robust_acc"):
         assert two[key] == one[key], key
     assert {n: a["acc"] for n, a in two["attacks"].items()} == {n: a["acc"] for n, a in one["attacks"].items()}
+    # the gradient-masking checks are sharded too: a first process running them alone failed once its peers exited
+    assert [c["values"] for c in two["sanity"]["checks"]] == [c["values"] for c in one["sanity"]["checks"]]
     assert not list(tmp_path.glob("*.partial*"))
 
 
