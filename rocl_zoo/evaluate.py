@@ -479,8 +479,9 @@ def _save_classifier(model, args: argparse.Namespace, dataset: str, protocol_cfg
     save_pretrained(model, folder, dataset=dataset, metrics=metrics,
                     recipe=f"{args.protocol} evaluation of {args.source}", extra={"encoder": args.source, "protocol": protocol_cfg})
     result["classifier"] = str(folder)
-    if _head_progress(args):
-        shutil.rmtree(_head_progress(args), ignore_errors=True)
+    keep = _head_progress(args)
+    if keep:
+        shutil.rmtree(keep, ignore_errors=True)
 
 
 def main(argv=None) -> int:

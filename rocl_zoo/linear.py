@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from . import steps as S
 from .errors import ConfigError, DataError
 from .eval_progress import weights_digest
-from .loop import RunFolder, TrainingInterrupted, batch_indices, multistep_lr, train_loop
+from .loop import RunFolder, batch_indices, multistep_lr, train_loop
 from .precision import autocast
 from .precision import resolve as resolve_precision
 from .threat import alf_step
@@ -146,10 +146,8 @@ def train_linear_head(encoder: nn.Module, train_set, *, num_classes: int | None 
         train_loop(head, opt, step_fn, steps_per_epoch=steps_per_epoch, total=total, seed=seed,
                    lr_at=lambda step: multistep_lr(step, steps_per_epoch, lr, marks), log_every=0,
                    run=run, ckpt=ckpt, config=settings, ckpt_every=1 if robust else 0,
+                   resume_hint="The same command continues it.",
                    progress=progress, desc=("robust " if robust else "") + "linear eval")
-    except TrainingInterrupted as e:
-        raise TrainingInterrupted(f"{str(e).split(';')[0]}; the head's progress is kept in {run.path}: the same "
-                                  "command continues it." if run else str(e)) from None
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)

@@ -265,13 +265,15 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, step_fn: Callable, 
                log_every: int = 10, ckpt_every: int = 0, on_epoch_end: Callable | None = None,
                progress: bool = True, desc: str = "train", barrier: Callable = lambda: None,
                main: bool = True, precision: str | None = None,
-               any_rank: Callable[[bool], bool] = lambda flag: flag) -> list[dict]:
+               any_rank: Callable[[bool], bool] = lambda flag: flag,
+               resume_hint: str = "Continue with --resume (same settings)") -> list[dict]:
     """Train from step 0 (or the checkpoint's step) to `stop` (default: `total`); return the epoch records.
 
     step_fn(step, generator) -> StepOut (rocl_zoo.steps). on_epoch_end(epoch) -> dict of extra fields for the
     epoch record (validation). precision: recorded in every epoch record. Ctrl-C or SIGTERM stops after the current
     step with a checkpoint and raises TrainingInterrupted; any_rank(flag) tells whether any process has it set, so
-    that under torchrun every process stops after the same step, however the signal reached them.
+    that under torchrun every process stops after the same step, however the signal reached them; resume_hint
+    ends its message (how the caller's user continues the run).
     """
     stop = total if stop is None else min(stop, total)
     step, running, epochs = 0, _new_running(), []
@@ -336,7 +338,7 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, step_fn: Callable, 
                     checkpoint()
             if stopping and step < stop:
                 bar.close()
-                where = f"; checkpoint written to {run.path}. Continue with --resume (same settings)" if run else ""
+                where = f"; checkpoint written to {run.path}. {resume_hint}" if run else ""
                 raise TrainingInterrupted(f"stopped at step {step} of {total}{where}.")
     bar.close()
     return epochs
