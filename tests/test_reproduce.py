@@ -257,6 +257,23 @@ def test_slow_attacks_are_costed_by_what_the_classifier_keeps():
     assert estimate(new, rates) == pytest.approx(4250.0)  # not measured yet: the median rate
 
 
+def test_times_measured_on_a_gpu_do_not_cost_a_cpu_run(tmp_path):
+    """The flagship's AutoAttack ran on an H200 in 70 s: a CPU's estimate must not read it (its accuracy still counts)."""
+    from training.reproduce import measured_rates
+
+    source = Path(__file__).parents[1] / "results/resnet18_rocl.fmnist/linear/Linf-0.1/autoattack-n100.json"
+    record = json.loads(source.read_text())
+    assert "CUDA" in record["hardware"]
+    out = tmp_path / "results" / "resnet18_rocl.fmnist" / "linear" / "Linf-0.1" / "autoattack-n100.json"
+    out.parent.mkdir(parents=True)
+    out.write_text(json.dumps(record))
+    rates = measured_rates(tmp_path / "results")
+    assert ("resnet18_rocl", "autoattack") not in rates["attack"] and not rates["head"]
+    assert rates["robust"][("resnet18_rocl.fmnist", "linear")] == pytest.approx(record["attacks"]["pgd20"]["acc"] / 100)
+    out.write_text(json.dumps({**record, "hardware": "a CPU, 2 cores, 2 torch threads"}))
+    assert measured_rates(tmp_path / "results")["attack"][("resnet18_rocl", "autoattack")] > 0
+
+
 def test_an_interrupted_evaluation_is_costed_by_the_images_it_has_left(tmp_path):
     from training.reproduce import estimate, evaluated_images
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from rocl_zoo.eval_progress import partial_files
 from rocl_zoo.loop import RunFolder
-from rocl_zoo.utils import hardware_threads, write_json
+from rocl_zoo.utils import hardware_clock, hardware_threads, write_json
 from training.matrix import SCALES, TRAIN_IMAGES, Item, Paths, entry_items, items as matrix_items, stand_ins
 from training.recipes import get_recipe
 
@@ -199,7 +199,8 @@ def measured_rates(results_root: Path, runs_root: Path | None = None) -> dict:
     """CPU-seconds per image of each attack (and, for SURVIVOR_BOUND attacks, its fit on robust accuracy), per head
     protocol and per training recipe, from committed records (and the head records in `runs_root`, where a head's
     stays until its classifier ships); and each classifier's PGD-20 accuracy at l-inf 0.1, where measured: a little
-    above what the slow attacks leave it, so its estimate errs long."""
+    above what the slow attacks leave it, so its estimate errs long. Times measured on a GPU say nothing of a CPU's:
+    they are left out (a GPU run's is minutes, a tenth of a CPU's or less)."""
     from rocl_zoo.results import read_all
 
     attack, survivors, robust, head, train = {}, {}, {}, {}, {}
@@ -211,6 +212,8 @@ def measured_rates(results_root: Path, runs_root: Path | None = None) -> dict:
         pgd = r.accuracy("pgd20")
         if pgd is not None and r.threat_model == "Linf" and r.eps == 0.1:
             robust[(r.model, r.protocol)] = pgd.pct / 100
+        if hardware_clock(r.data.get("hardware")) == "GPU":
+            continue
         for name, a in r.attacks.items():
             # a resumed run's wall time covers only the examples it attacked itself
             n = a.get("attacked_here", None if r.data.get("resumed_batches") else a.get("n_examples", r.n))
@@ -225,7 +228,7 @@ def measured_rates(results_root: Path, runs_root: Path | None = None) -> dict:
         _add_head_time(head, r)
     for config in results_root.rglob("config.json") if results_root.is_dir() else []:
         cfg = json.loads(config.read_text())
-        if "name" not in cfg or "kind" not in cfg:
+        if "name" not in cfg or "kind" not in cfg or hardware_clock(cfg.get("hardware")) == "GPU":
             continue
         rates = [rec["images_per_s"] for rec in RunFolder(config.parent).records() if rec.get("images_per_s")]
         if len(rates) >= 4:  # the upper quartile: a run's rate when nothing else shared its cores
@@ -241,6 +244,8 @@ def measured_rates(results_root: Path, runs_root: Path | None = None) -> dict:
 
 def _add_head_time(head: dict, r) -> None:
     """File a result's head-training or fine-tuning CPU-seconds under what their cost follows."""
+    if hardware_clock(r.data.get("hardware")) == "GPU":
+        return
     cores = hardware_threads(r.data.get("hardware"))
     pc = r.data.get("protocol_config") or {}
     if pc.get("train_time_s"):
@@ -436,8 +441,8 @@ def show(m: Matrix, names: list[str], todo: list[str], after: list[str]) -> None
         print(f"{mark}{state:8} {_fmt_cost(cost) if name in todo else '':>8}  {name}")
         if name in todo:
             print(f"                        python {' '.join(command(m, item, 1)[1:-2])}")
-    print(f"\n{len(todo)} items to run, about {_fmt_cost(total)} of CPU time"
-          + (f" plus {unknown} not yet measured" if unknown else "") + ".")
+    known = f"about {_fmt_cost(total)} of CPU time" + (f" plus {unknown} not yet measured" if unknown else "")
+    print(f"\n{len(todo)} items to run, " + (known if unknown < len(todo) else "none of them measured here yet") + ".")
 
 
 def _short(path: Path) -> Path:
