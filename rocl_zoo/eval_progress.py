@@ -61,12 +61,24 @@ class EvalProgress:
             p.unlink(missing_ok=True)
 
 
+def _hash_tensor(h, t: torch.Tensor) -> None:
+    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def _hash_weights(h, model: nn.Module, skip: str | None = None) -> None:
     for name, t in model.state_dict().items():
         if skip and (name == skip or name.startswith(f"{skip}.")):
             continue
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        _hash_tensor(h, t)
+
+
+def tensors_digest(*tensors: torch.Tensor) -> str:
+    """sha256 over the tensors' bytes, in order: which images and labels a run or an evaluation used."""
+    h = hashlib.sha256()
+    for t in tensors:
+        _hash_tensor(h, t)
+    return h.hexdigest()
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -103,7 +115,7 @@ def evaluation_fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s
         if m is not None:
             _hash_weights(h, m)
     for t in (x, y):
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        _hash_tensor(h, t)
     return h.hexdigest()
 
 

@@ -17,7 +17,6 @@ head-only checkpoint after every step, kilobytes) and an interrupted run continu
 from __future__ import annotations
 
 import copy
-import hashlib
 
 import torch
 from torch import nn
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import steps as S
 from .errors import ConfigError, DataError
-from .eval_progress import weights_digest
+from .eval_progress import tensors_digest, weights_digest
 from .loop import RunFolder, batch_indices, multistep_lr, train_loop
 from .precision import autocast
 from .precision import resolve as resolve_precision
@@ -165,10 +164,7 @@ def train_linear_head(encoder: nn.Module, train_set, *, num_classes: int | None 
 def _head_run(folder, settings: dict, encoder: nn.Module, x: torch.Tensor, y: torch.Tensor):
     """(run folder, checkpoint or None) for a resumable head: valid only for the same encoder weights, training
     images and settings; a folder holding any other run is started over."""
-    data = hashlib.sha256()
-    for t in (x, y):
-        data.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    config = dict(settings, encoder_sha256=weights_digest(encoder), data_sha256=data.hexdigest())
+    config = dict(settings, encoder_sha256=weights_digest(encoder), data_sha256=tensors_digest(x, y))
     run = RunFolder(folder)
     try:
         return run, run.start(config, resume=True)
