@@ -410,6 +410,21 @@ def test_a_head_progress_folder_from_other_settings_starts_over(tmp_path):
     assert json.loads((tmp_path / "h" / "config.json").read_text())["epochs"] == 2
 
 
+def test_a_finished_heads_progress_folder_rebuilds_its_classifier_without_a_step(tmp_path, monkeypatch):
+    """A head whose last checkpoint is its last step (the classifier lost, or not committed: a ResNet-18's is 45 MB
+    where the head's progress is 49 KB) is remade from the folder without attacking anything, weights equal."""
+    from rocl_zoo import steps
+    from rocl_zoo.linear import train_linear_head
+
+    enc, data = encoder(), blobs(32, 0)
+    kw = dict(num_classes=2, robust=True, steps=2, batch_size=16, epochs=2, progress=False, resume=tmp_path / "h")
+    first = train_linear_head(enc, data, **kw)
+    calls = []
+    monkeypatch.setattr(steps, "alf_head_step", lambda *a, **k: calls.append(1))
+    again = train_linear_head(enc, data, **kw)
+    assert calls == [] and torch.equal(again.get_classifier().weight, first.get_classifier().weight)
+
+
 @pytest.mark.parametrize("argv,match", [
     (["no_such_arch.tag"], "No zoo entry|Unknown architecture|not"),
     (["{enc}", "--dataset", "no_such_data"], "unknown dataset"),
