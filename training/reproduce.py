@@ -441,8 +441,10 @@ def show(m: Matrix, names: list[str], todo: list[str], after: list[str]) -> None
         print(f"{mark}{state:8} {_fmt_cost(cost) if name in todo else '':>8}  {name}")
         if name in todo:
             print(f"                        python {' '.join(command(m, item, 1)[1:-2])}")
-    known = f"about {_fmt_cost(total)} of CPU time" + (f" plus {unknown} not yet measured" if unknown else "")
-    print(f"\n{len(todo)} items to run, " + (known if unknown < len(todo) else "none of them measured here yet") + ".")
+    cost = f"about {_fmt_cost(total)} of CPU time" + (f" plus {unknown} not yet measured" if unknown else "")
+    if todo and unknown == len(todo):
+        cost = "none of them measured here yet"
+    print(f"\n{len(todo)} items to run, {cost}.")
 
 
 def _short(path: Path) -> Path:
