@@ -258,7 +258,7 @@ def test_slow_attacks_are_costed_by_what_the_classifier_keeps():
 
 
 def test_times_measured_on_a_gpu_do_not_cost_a_cpu_run(tmp_path):
-    """The flagship's AutoAttack ran on an H200 in 70 s: a CPU's estimate must not read it (its accuracy still counts)."""
+    """The flagship's AutoAttack took 70 s on an H200: a CPU's estimate must not read that (its accuracy counts)."""
     from training.reproduce import measured_rates
 
     source = Path(__file__).parents[1] / "results/resnet18_rocl.fmnist/linear/Linf-0.1/autoattack-n100.json"

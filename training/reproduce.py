@@ -199,8 +199,8 @@ def measured_rates(results_root: Path, runs_root: Path | None = None) -> dict:
     """CPU-seconds per image of each attack (and, for SURVIVOR_BOUND attacks, its fit on robust accuracy), per head
     protocol and per training recipe, from committed records (and the head records in `runs_root`, where a head's
     stays until its classifier ships); and each classifier's PGD-20 accuracy at l-inf 0.1, where measured: a little
-    above what the slow attacks leave it, so its estimate errs long. Times measured on a GPU say nothing of a CPU's:
-    they are left out (a GPU run's is minutes, a tenth of a CPU's or less)."""
+    above what the slow attacks leave it, so its estimate errs long. Times measured on a GPU are left out: they say
+    nothing of a CPU's."""
     from rocl_zoo.results import read_all
 
     attack, survivors, robust, head, train = {}, {}, {}, {}, {}
