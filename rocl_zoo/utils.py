@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError
+from .precision import cpu_has_native_bf16
 
 
 @contextlib.contextmanager
@@ -102,7 +103,9 @@ def hardware_name(device: torch.device | str | None = None) -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    # Two CPUs of one model name can differ 10x in speed (native bf16 or not): the line names the vector ISA too
+    isa = torch.backends.cpu.get_cpu_capability() + (", native bf16" if cpu_has_native_bf16() else "")
+    return f"{cpu} ({isa}), {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def hardware_threads(hardware: str | None) -> int:

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import rocl_zoo
-from rocl_zoo import precision, steps
+from rocl_zoo import precision, steps, utils
 from rocl_zoo.attacks import attack_view
 from rocl_zoo.errors import ConfigError
 from training import pretrain, supervised
@@ -68,6 +68,15 @@ def test_the_run_records_its_precision(monkeypatch, tmp_path, native):
     assert config["amp"] == "auto"
     epochs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in x]
     assert [e["precision"] for e in epochs if e["record"] == "epoch"] == [config["precision"]]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_hardware_line_names_the_vector_isa_and_its_threads(monkeypatch, native):
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: native)
+    line = utils.hardware_name("cpu")
+    isa = torch.backends.cpu.get_cpu_capability()
+    assert (f"({isa}, native bf16)," if native else f"({isa}),") in line
+    assert utils.hardware_threads(line) == torch.get_num_threads() and utils.hardware_clock(line) == "CPU"
 
 
 # ------------------------------------------------------------------------------------------------ one step per method
