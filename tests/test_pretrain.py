@@ -98,14 +98,15 @@ def test_lars_and_schedule():
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(tmp_path, torchrun):
     """torchrun --nproc_per_node=2 (gloo) vs one process on the same global batch: same losses, same weights."""
-    # one attack step: over several, sign() turns the two sums' fp32 order into pixels stepped the other way (seen
-    # on an AVX2 CPU: losses 1.6e-4 apart, BN statistics 3 %), which says nothing of DDP
-    common = [*TINY, "--max-steps", "3", "--set", "attack_negatives=global", "--amp", "off", "--set", "attack_steps=1"]  # an fp32 identity
+    # an fp32 identity; one attack step: over several, sign() turns the two sums' fp32 order into pixels stepped the
+    # other way (seen on an AVX2 CPU: losses 1.6e-4 apart, BN statistics 3 %), which says nothing of DDP
+    same = ["--max-steps", "3", "--set", "attack_negatives=global", "--amp", "off", "--set", "attack_steps=1"]
+    common = [*TINY, *same]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     r = subprocess.run([*torchrun("training.pretrain"), *common, "--out", str(tmp_path / "ddp"), "--device", "cpu"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
-    run(tmp_path / "one", "--max-steps", "3", "--set", "attack_negatives=global", "--amp", "off", "--set", "attack_steps=1")
+    run(tmp_path / "one", *same)
     two, one = metrics(tmp_path / "ddp"), metrics(tmp_path / "one")
     assert json.loads((tmp_path / "ddp/config.json").read_text())["world_size"] == 2
     assert len(two) == len(one) == 3
