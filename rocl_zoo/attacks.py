@@ -201,6 +201,35 @@ def _better(succ_new, loss_new, succ_old, loss_old):
     return (succ_new & ~succ_old) | ((succ_new == succ_old) & (loss_new > loss_old))
 
 
+class _WorstCase:
+    """Per example, the worst iterate an attack has seen so far (misclassified first, then highest loss)."""
+
+    def __init__(self, x: torch.Tensor, targeted: bool):
+        self.x, self.targeted = x.clone(), targeted
+        self.success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        self.loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
+        self._view = (-1,) + (1,) * (x.dim() - 1)
+
+    def update(self, idx, x_adv, logits, value, y):
+        """Keep the worse of (kept, x_adv) for the examples idx (None = all); return x_adv's success.
+        torch.where, not boolean indexing: no host sync."""
+        succ = _success(logits, y, self.targeted)
+        rows = slice(None) if idx is None else idx
+        take = _better(succ, value, self.success[rows], self.loss[rows])
+        self.x[rows] = torch.where(take.view(self._view), x_adv, self.x[rows])
+        self.success[rows] = torch.where(take, succ, self.success[rows])
+        self.loss[rows] = torch.where(take, value, self.loss[rows])
+        return succ
+
+
+def ascent_step(x_adv: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, alpha: float, eps: float,
+                norm: str = "linf") -> torch.Tensor:
+    """One steepest-ascent step of size alpha in `norm` (l-inf: sign(grad); l2: grad / ||grad||), projected onto
+    the eps-ball around x and into [0, 1]."""
+    step = grad.sign() if norm == "linf" else grad / _flat_norm(grad).clamp_min(1e-12)
+    return project(x_adv.detach() + alpha * step, x, eps, norm)
+
+
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, loss: str = "ce", targeted: bool = False,
          eval_mode: bool = True) -> torch.Tensor:
     """Fast gradient sign method (Goodfellow et al. 2015): one l-inf step of size eps. Returns adversarial images."""
@@ -240,32 +269,12 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
     alpha = madry_step(eps, steps) if alpha is None else float(alpha)
     x = x.detach()
     n = x.shape[0]
-    best = x.clone()
-    best_succ = torch.zeros(n, dtype=torch.bool, device=x.device)
-    best_loss = torch.full((n,), float("-inf"), device=x.device)
-    view = (-1,) + (1,) * (x.dim() - 1)
-
-    def keep(idx, x_adv, logits, value, y_sub):
-        """Per example of idx (None = all), keep the worse case of (best, x_adv); return this iterate's success.
-        torch.where, not boolean indexing: no host sync."""
-        succ = _success(logits, y_sub, targeted)
-        if idx is None:
-            take = _better(succ, value, best_succ, best_loss)
-            best.copy_(torch.where(take.view(view), x_adv, best))
-            best_succ.copy_(torch.where(take, succ, best_succ))
-            best_loss.copy_(torch.where(take, value, best_loss))
-        else:
-            take = _better(succ, value, best_succ[idx], best_loss[idx])
-            best[idx] = torch.where(take.view(view), x_adv, best[idx])
-            best_succ[idx] = torch.where(take, succ, best_succ[idx])
-            best_loss[idx] = torch.where(take, value, best_loss[idx])
-        return succ
-
+    worst = _WorstCase(x, targeted)
     with attack_mode(model, eval_mode):
         for _ in range(restarts):
             idx = None  # None = every example; early_stop narrows it to those still classified correctly
             if early_stop:
-                idx = (~best_succ).nonzero().squeeze(1)
+                idx = (~worst.success).nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
                 if idx.numel() == n:
@@ -275,25 +284,20 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
             for _ in range(steps):
                 logits, value, grad = _input_grad(model, x_adv, y0, loss, targeted)
                 if keep_best:  # score the iterate this step's forward just saw
-                    succ = keep(idx, x_adv, logits, value, y0)
+                    succ = worst.update(idx, x_adv, logits, value, y0)
                     if early_stop and bool(succ.any()):
                         live = ~succ
                         idx = (torch.arange(n, device=x.device) if idx is None else idx)[live]
                         x0, y0, x_adv, grad = x0[live], y0[live], x_adv[live], grad[live]
                         if idx.numel() == 0:
                             break
-                if norm == "linf":
-                    step = grad.sign()
-                else:
-                    step = grad / _flat_norm(grad).clamp_min(1e-12)
-                x_adv = project(x_adv + alpha * step, x0, eps, norm)
+                x_adv = ascent_step(x_adv, x0, grad, alpha, eps, norm)
             if idx is not None and idx.numel() == 0:
                 continue
             with torch.no_grad():
                 logits = model(x_adv)
-                value = per_example_loss(logits, y0, loss, targeted)
-            keep(idx, x_adv, logits, value, y0)
-    return best.detach()
+                worst.update(idx, x_adv, logits, per_example_loss(logits, y0, loss, targeted), y0)
+    return worst.x.detach()
 
 
 @torch.no_grad()
@@ -330,8 +334,7 @@ def trades_attack(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, s
                 x_adv.requires_grad_(True)
                 kl = F.kl_div(F.log_softmax(model(x_adv).float(), dim=1), p_clean, reduction="sum")
                 (grad,) = torch.autograd.grad(kl, x_adv)
-            step = grad.sign() if norm == "linf" else grad / _flat_norm(grad).clamp_min(1e-12)
-            x_adv = project(x_adv.detach() + alpha * step, x, eps, norm)
+            x_adv = ascent_step(x_adv, x, grad, alpha, eps, norm)
     return x_adv.detach()
 
 
@@ -487,7 +490,7 @@ def feature_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor, eps:
             loss = -F.cosine_similarity(model(x_adv).float(), target, dim=1).sum()
             (grad,) = torch.autograd.grad(loss, x_adv)
             with torch.no_grad():
-                x_adv = project(x_adv.detach() + alpha * grad.sign(), x, eps)
+                x_adv = ascent_step(x_adv, x, grad, alpha, eps)
     return x_adv.detach()
 
 
@@ -512,5 +515,5 @@ def pair_attack(embed: Callable, x1: torch.Tensor, x2: torch.Tensor, eps: float,
         z1, z2 = embed(x_adv[:n], x_adv[n:])
         (grad,) = torch.autograd.grad(nt_xent(z1.float(), z2.float(), temperature), x_adv)
         with torch.no_grad():
-            x_adv = project(x_adv.detach() + alpha * grad.sign(), x, eps)
+            x_adv = ascent_step(x_adv, x, grad, alpha, eps)
     return x_adv[:n].detach(), x_adv[n:].detach()

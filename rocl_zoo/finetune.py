@@ -204,20 +204,11 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
                      val_fraction=val_fraction, seed=seed, subset=subset, root=data_root, download=download)
     clf = build_classifier(encoder, data["num_classes"], in_chans=in_chans, image_size=size,
                            label_names=data["classes"], seed=seed)
-    config = {**s, "eps_str": eps_str(s["eps"]), "encoder": source,
-              # the encoder's weights, not only its name: a run resumes only from the encoder it started from
-              "start_encoder_sha256": encoder_digest(encoder) or weights_digest(encoder),
-              "architecture": (clf.pretrained_cfg or {}).get("architecture") or type(clf).__name__,
-              "dataset": dataset_name, "num_classes": data["num_classes"], "classes": list(data["classes"]),
-              "input_size": list(clf.pretrained_cfg["input_size"]),
-              "source_input_size": list(data["source_input_size"]),
-              "adapt": "model" if (in_chans is not None or image_size is not None) else "data",
-              "image_size": image_size, "in_chans": in_chans, "val_fraction": val_fraction,
-              "val_examples": val_examples, "subset": subset, "seed": seed,
-              "n_train": len(data["train"][1]), "n_val": len(data["val"][1]), "n_test": len(data["test"][1]),
-              "train_attack": _train_attack(s), "attacks": suite, "autoattack": autoattack,
-              "autoattack_examples": autoattack_examples, "eval_examples": eval_examples,
-              "checkpoint_every": checkpoint_every, "keep_best": keep_best, **_runtime(device, amp)}
+    config = _run_config(s, encoder, source, clf, data, dataset_name, image_size=image_size, in_chans=in_chans,
+                         val_fraction=val_fraction, val_examples=val_examples, subset=subset, seed=seed,
+                         attacks=suite, autoattack=autoattack, autoattack_examples=autoattack_examples,
+                         eval_examples=eval_examples, checkpoint_every=checkpoint_every, keep_best=keep_best,
+                         **_runtime(device, amp))
     run, ckpt, finished = _open_run(out, config, suite, resume=resume, overwrite=overwrite, progress=progress)
     if finished is not None:
         return FinetuneResult(load(out / CLASSIFIER_DIR, device=device), finished, list(ckpt["epochs"]), out, config)
@@ -247,6 +238,20 @@ def _check_counts(*, resume: bool, overwrite: bool, val_fraction: float, **count
     for name, v in counts.items():
         if v < 0:
             raise ConfigError(f"{name} must be >= 0, got {v}.")
+
+
+def _run_config(s: dict, encoder, source: str, clf, data: dict, dataset_name: str, **settings) -> dict:
+    """The run's config.json: the resolved settings, what the run starts from, the data it sees, and `settings`."""
+    return {**s, "eps_str": eps_str(s["eps"]), "encoder": source,
+            # the encoder's weights, not only its name: a run resumes only from the encoder it started from
+            "start_encoder_sha256": encoder_digest(encoder) or weights_digest(encoder),
+            "architecture": (clf.pretrained_cfg or {}).get("architecture") or type(clf).__name__,
+            "dataset": dataset_name, "num_classes": data["num_classes"], "classes": list(data["classes"]),
+            "input_size": list(clf.pretrained_cfg["input_size"]),
+            "source_input_size": list(data["source_input_size"]),
+            "adapt": "model" if (settings["in_chans"] is not None or settings["image_size"] is not None) else "data",
+            "n_train": len(data["train"][1]), "n_val": len(data["val"][1]), "n_test": len(data["test"][1]),
+            "train_attack": _train_attack(s), **settings}
 
 
 def _runtime(device, amp: str) -> dict:

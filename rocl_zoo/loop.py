@@ -259,6 +259,21 @@ def progress_bar(total: int, initial: int, enabled: bool, desc: str):
                 leave=False)
 
 
+def _apply_gradients(opt: torch.optim.Optimizer, objective: torch.Tensor) -> None:
+    with record_function("loop/backward"):
+        opt.zero_grad(set_to_none=True)
+        objective.backward()
+    with record_function("loop/optimizer"):
+        opt.step()
+
+
+def _step_record(out, step: int, steps_per_epoch: int, lr: float, images_per_s: float) -> dict:
+    """The log line of one optimiser step: loss, the step function's own logs, lr and throughput."""
+    return dict(record="step", step=step, epoch=round(step / steps_per_epoch, 4), loss=float(out.loss),
+                **{k: float(v) for k, v in out.logs.items()}, lr=lr, images_per_s=round(images_per_s, 2),
+                time=time.time())
+
+
 def train_loop(model: nn.Module, opt: torch.optim.Optimizer, step_fn: Callable, *, steps_per_epoch: int,
                total: int, seed: int, lr_at: Callable[[int], float], stop: int | None = None,
                run: RunFolder | None = None, ckpt: dict | None = None, config: dict | None = None,
@@ -302,11 +317,7 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, step_fn: Callable, 
                 group["lr"] = lr
             t0 = time.perf_counter()
             out = step_fn(step, step_generator(seed, step))
-            with record_function("loop/backward"):
-                opt.zero_grad(set_to_none=True)
-                out.objective.backward()
-            with record_function("loop/optimizer"):
-                opt.step()
+            _apply_gradients(opt, out.objective)
             step += 1
             n = out.batch_size
             _accumulate(running, out, n, out.labels, time.perf_counter() - t0)
@@ -314,20 +325,15 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, step_fn: Callable, 
             bar.update(1)
             if log_every and (step % log_every == 0 or step == stop) and run is not None:
                 now = time.perf_counter()
-                rec = dict(record="step", step=step, epoch=round(step / steps_per_epoch, 4), loss=float(out.loss),
-                           **{k: float(v) for k, v in out.logs.items()}, lr=lr,
-                           images_per_s=round(meter_n / max(now - meter_t, 1e-9), 2), time=time.time())
+                rec = _step_record(out, step, steps_per_epoch, lr, meter_n / max(now - meter_t, 1e-9))
                 meter_t, meter_n = now, 0
                 run.log(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
             epoch_done = step % steps_per_epoch == 0
             if epoch_done:
                 rec = _epoch_record(epoch, step, running)
-                if on_epoch_end is not None:
-                    rec.update(on_epoch_end(epoch))
-                rec["lr"] = lr
-                if precision:
-                    rec["precision"] = precision
+                rec.update(on_epoch_end(epoch) if on_epoch_end is not None else {})
+                rec.update(lr=lr, **({"precision": precision} if precision else {}))
                 epochs.append(rec)
                 if run is not None:
                     run.log(rec)

@@ -115,6 +115,19 @@ def test_random_init_l2_inside_ball():
     assert r.max() <= 0.3 + 1e-6 and r.min() > 0.2  # uniform in a 192-d ball sits near its surface
 
 
+def test_ascent_step_matches_hand_computed_steps():
+    x = torch.tensor([[0.5, 0.5, 0.98]])
+    grad = torch.tensor([[3.0, -4.0, 1.0]])
+    # l-inf: +-alpha per pixel, then the box [x - eps, x + eps] and [0, 1]
+    step = attacks.ascent_step(x, x, grad, alpha=0.05, eps=0.1, norm="linf")
+    assert torch.allclose(step, torch.tensor([[0.55, 0.45, 1.0]]))
+    assert torch.allclose(attacks.ascent_step(step, x, grad, 0.08, 0.1), torch.tensor([[0.6, 0.4, 1.0]]))
+    # l2: alpha along grad / ||grad|| (||(3, -4)|| = 5), then back onto the eps-ball
+    x2, g2 = torch.tensor([[0.5, 0.5]]), torch.tensor([[3.0, -4.0]])
+    assert torch.allclose(attacks.ascent_step(x2, x2, g2, 0.1, 1.0, "l2"), torch.tensor([[0.56, 0.42]]))
+    assert torch.allclose(attacks.ascent_step(x2, x2, g2, 0.5, 0.2, "l2"), torch.tensor([[0.62, 0.34]]))
+
+
 def test_pgd_breaks_a_plain_model_and_targeted_hits_target():
     model, x = linear_model(k=4), interior_batch(n=32)
     y = attacks.predict_labels(model, x)
