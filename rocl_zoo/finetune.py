@@ -37,7 +37,8 @@ out of the training split, since none of the datasets ships one; an imagefolder 
 gives 20 % of its images (seeded) to a test split.
 
 Output folder OUT:
-    config.json      the resolved settings (a resumed run must match them)
+    config.json      the resolved settings (a resumed run must match them; its precision follows the machine:
+                     each epoch record says which, classifier/'s config names every one used)
     metrics.jsonl    one line per epoch: loss, accuracy, LR, the training attack's statistics, validation
                      (a training log: accuracies as fractions)
     checkpoint.pt    weights, optimiser, RNG and position, written atomically at each epoch's end (and every
@@ -75,7 +76,7 @@ from .utils import check_output_path, hardware_name, resolve_device, write_json
 from .errors import ConfigError, RoclZooError
 from .adapt import build_classifier, fixed_subset, load_data, to_float
 from .finetune_modes import DEFAULT_BETA, DEFAULT_STEPS, MODES, resolve_settings, train_mode
-from .loop import RunFolder, TrainingInterrupted
+from .loop import RunFolder, TrainingInterrupted, trained_precision
 
 CONFIG_NAME, METRICS_NAME, CHECKPOINT_NAME, RESULTS_NAME, CLASSIFIER_DIR = (
     "config.json", "metrics.jsonl", "checkpoint.pt", "results.json", "classifier")
@@ -315,7 +316,8 @@ def _save_classifier(clf, out: Path, results: dict, config: dict, metrics: list)
     save_pretrained(clf, out / CLASSIFIER_DIR, dataset=config["dataset"], recipe=f"finetune-{config['mode']}",
                     metrics=card_metrics, label_names=config["classes"],
                     extra={"encoder": config["encoder"],
-                           "finetune": {k: v for k, v in config.items() if k not in ("classes",)}},
+                           "finetune": {**{k: v for k, v in config.items() if k not in ("classes",)},
+                                        "precision": trained_precision(metrics, config["precision"])}},
                     results=[(RESULTS_NAME, results)], description=card_description(config, metrics))
     results["classifier"] = str(out / CLASSIFIER_DIR)
     write_json(out / RESULTS_NAME, results)

@@ -47,7 +47,25 @@ VOLATILE = frozenset({
     "device", "threads", "progress", "quiet", "resume", "overwrite", "max_steps", "ckpt_every", "checkpoint_every",
     "log_every", "data_root", "command", "hardware", "cpu_native_bf16", "device_type", "started", "run_id",
     "rocl_zoo_version", "torch", "encoder_source", "attacks", "autoattack", "autoattack_examples", "eval_examples",
-    "description", "notes"})  # words about a recipe, not its settings
+    "description", "notes",  # words about a recipe, not its settings
+    # a run resumed on a machine of another precision trains on in that machine's (bf16 autocast where it is
+    # native, fp32 elsewhere: the other way is ~10x slower); every epoch record says which (trained_precision)
+    "precision"})
+
+
+def trained_precision(epochs: list[dict], default: str) -> str:
+    """The precision a run trained in: its one setting, or each setting with the epochs that ended in it, where the
+    run was resumed on a machine of another precision ("fp32 (epochs 1-4), bf16 (epochs 5-20)")."""
+    spans: list[list] = []  # [precision, first epoch, last epoch]
+    for rec in epochs:
+        p = rec.get("precision", default)
+        if spans and spans[-1][0] == p:
+            spans[-1][2] = rec["epoch"]
+        else:
+            spans.append([p, rec["epoch"], rec["epoch"]])
+    if len(spans) < 2:
+        return spans[0][0] if spans else default
+    return ", ".join(f"{p} (epoch {a})" if a == b else f"{p} (epochs {a}-{b})" for p, a, b in spans)
 
 
 class TrainingInterrupted(RoclZooError):

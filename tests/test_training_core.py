@@ -70,6 +70,32 @@ def test_the_run_records_its_precision(monkeypatch, tmp_path, native):
     assert [e["precision"] for e in epochs if e["record"] == "epoch"] == [config["precision"]]
 
 
+def test_a_run_resumed_on_a_machine_of_another_precision_trains_on_in_its_precision(monkeypatch, tmp_path):
+    """Sessions change machines: an fp32 run resumed where bf16 is native continues in bf16, and its export says
+    which epochs trained in which."""
+    argv = ["--recipe", "fmnist_at", *TINY, "--epochs", "2", "--out", str(tmp_path / "r")]
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    supervised.train(trainer_args([*argv, "--max-steps", "4"]))  # the first epoch (4 steps), then a checkpoint
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    out = supervised.train(trainer_args([*argv, "--resume"]))
+    epochs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"record": "epoch"' in x]
+    assert [e["precision"] for e in epochs] == ["fp32", "bf16"]
+    exported = json.loads(next(out.glob("*/config.json")).read_text())["rocl_zoo"]["training"]
+    assert exported["precision"] == "fp32 (epoch 1), bf16 (epoch 2)"
+
+
+def test_trained_precision_names_each_span_of_epochs():
+    from rocl_zoo.loop import trained_precision
+
+    recs = lambda *ps: [{"epoch": i + 1, "precision": p} for i, p in enumerate(ps)]  # noqa: E731
+    assert trained_precision([], "fp32") == "fp32"
+    assert trained_precision(recs("bf16", "bf16"), "fp32") == "bf16"
+    assert trained_precision(recs("fp32", "fp32", "bf16", "fp32"), "bf16") == \
+        "fp32 (epochs 1-2), bf16 (epoch 3), fp32 (epoch 4)"
+    assert trained_precision([{"epoch": 1}, {"epoch": 2, "precision": "bf16"}], "fp32") == \
+        "fp32 (epoch 1), bf16 (epoch 2)"  # records from before precision was recorded: the default
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_the_hardware_line_names_the_vector_isa_and_its_threads(monkeypatch, native):
     monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: native)

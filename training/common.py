@@ -17,7 +17,7 @@ from rocl_zoo import precision
 from rocl_zoo.cli import add_runtime_args, run
 from rocl_zoo.distributed import Dist
 from rocl_zoo.errors import ConfigError
-from rocl_zoo.loop import RunFolder, train_loop
+from rocl_zoo.loop import RunFolder, train_loop, trained_precision
 from rocl_zoo.precision import SETTINGS
 from rocl_zoo.utils import hardware_name
 
@@ -319,6 +319,7 @@ def export_model(state: dict, setup: RunSetup, folder: str, num_classes: int, ke
     model.load_state_dict(state)
     model.pretrained_cfg = {**model.pretrained_cfg, "input_size": tuple(info.input_size),
                             "label_names": tuple(setup.ds.classes)}
-    extra = {"training": {k: setup.config[k] for k in (*EXPORTED_SETTINGS, *keys)}}
+    extra = {"training": {**{k: setup.config[k] for k in (*EXPORTED_SETTINGS, *keys)},
+                          "precision": trained_precision(setup.run.epochs(), setup.precision)}}
     return save_pretrained(model.eval(), setup.run.path / folder, dataset=recipe.dataset, recipe=recipe.name,
                            extra=extra)
