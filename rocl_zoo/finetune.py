@@ -299,6 +299,7 @@ def _test_results(clf, data: dict, s: dict, config: dict, metrics: list, *, suit
                                                        "source_input_size", "n_train", "seed")},
             "start_encoder_sha256": config["start_encoder_sha256"], "weights_sha256": weights_digest(clf),
             "finetune_train_time_s": round(sum(m.get("time_s", 0) for m in metrics), 3),
+            "train_precision": trained_precision(metrics, config["precision"]),
             "rocl_zoo_version": __version__}
     if s["mode"] == "trades":
         meta["protocol_config"]["beta"] = s["beta"]
@@ -317,7 +318,7 @@ def _save_classifier(clf, out: Path, results: dict, config: dict, metrics: list)
                     metrics=card_metrics, label_names=config["classes"],
                     extra={"encoder": config["encoder"],
                            "finetune": {**{k: v for k, v in config.items() if k not in ("classes",)},
-                                        "precision": trained_precision(metrics, config["precision"])}},
+                                        "precision": results["train_precision"]}},
                     results=[(RESULTS_NAME, results)], description=card_description(config, metrics))
     results["classifier"] = str(out / CLASSIFIER_DIR)
     write_json(out / RESULTS_NAME, results)

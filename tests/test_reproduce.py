@@ -333,7 +333,9 @@ def test_a_head_is_costed_from_the_head_records_beside_the_runs(tmp_path):
 
 
 def test_an_interrupted_fine_tuning_is_costed_for_the_epochs_it_has_left(tmp_path):
-    """A fine-tuning's config counts epochs, not steps: 5 of 20 epochs done leaves three quarters of its cost."""
+    """A fine-tuning's config counts epochs, not steps: 5 of 20 epochs done leaves three quarters of its cost, at
+    the precision this machine trains in."""
+    from rocl_zoo.precision import resolve
     from training.reproduce import estimate, trained_fraction
 
     m = Matrix(Paths(tmp_path / "results", tmp_path / "runs", tmp_path / "weights"), "full")
@@ -344,8 +346,16 @@ def test_an_interrupted_fine_tuning_is_costed_for_the_epochs_it_has_left(tmp_pat
     (run / "config.json").write_text(json.dumps({"epochs": 20}))
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
         *({"record": "epoch", "epoch": e, "step": 100 * e} for e in range(1, 6)), {"record": "step", "step": 520}]))
+    here = resolve("auto", "cpu")
+    other = {"bf16": "fp32", "fp32": "bf16"}[here]
     assert trained_fraction(item) == pytest.approx(0.25)
-    assert estimate(item, {"head": {item.cost["key"]: 400.0}}) == pytest.approx(300.0)
+    assert estimate(item, {"head": {(item.cost["key"], here): 400.0}}) == pytest.approx(300.0)
+    # measured only in the other precision: scaled as training recipes measured in both run (median of 2 and 4)
+    train = {("fmnist_at", here): 2.0, ("fmnist_at", other): 1.0, ("fmnist_rocl", here): 8.0,
+             ("fmnist_rocl", other): 2.0, ("fmnist_simclr", here): 5.0}
+    rates = {"head": {(item.cost["key"], other): 400.0}, "train": train}
+    assert estimate(item, rates) == pytest.approx(400.0 * 3 * 0.75)
+    assert estimate(item, {"head": rates["head"], "train": {}}) is None  # nothing to scale by: not guessed
 
 
 def test_sigterm_to_reproduce_is_passed_on_to_the_running_item(tmp_path):

@@ -250,8 +250,11 @@ def _add_head_time(head: dict, r) -> None:
     pc = r.data.get("protocol_config") or {}
     if pc.get("train_time_s"):
         head.setdefault((r.data.get("architecture"), pc["protocol"]), []).append(pc["train_time_s"] * cores)
-    if r.data.get("finetune_train_time_s"):
-        head.setdefault(r.protocol + "@" + str(r.dataset), []).append(r.data["finetune_train_time_s"] * cores)
+    # a fine-tuning's precision; results from before it was recorded trained in --amp auto's choice on their CPU
+    precision = r.data.get("train_precision") or ("bf16" if r.data.get("cpu_native_bf16") else "fp32")
+    if r.data.get("finetune_train_time_s") and precision in ("bf16", "fp32"):  # not a run of mixed precision
+        head.setdefault((r.protocol + "@" + str(r.dataset), precision), []).append(
+            r.data["finetune_train_time_s"] * cores)
 
 
 def _alike(recipe) -> tuple:
@@ -301,7 +304,7 @@ def estimate(item: Item, rates: dict) -> float | None:
         full = rates["head"].get((arch, c["protocol"]))
         return full and full * (1 - trained_fraction(item))
     if item.kind == "finetune":
-        full = rates["head"].get(c["key"])
+        full = _finetune_time(rates, c["key"])
         return full and full * (1 - trained_fraction(item))
     if item.kind == "release":
         pgd = rates["attack"].get((arch, "pgd20"))
@@ -317,6 +320,21 @@ def estimate(item: Item, rates: dict) -> float | None:
             return None
         total += per_image * max(c["n"] - done.get(attack, 0), 0)
     return total
+
+
+def _finetune_time(rates: dict, key: str) -> float | None:
+    """A fine-tuning's CPU-seconds at the precision this machine trains in; where it was measured only in the other,
+    scaled as the training recipes measured in both run (fp32 takes 2.5-4x bf16's time on these CPUs)."""
+    from rocl_zoo.precision import resolve
+
+    here = resolve("auto", "cpu")
+    other = {"bf16": "fp32", "fp32": "bf16"}[here]
+    if (key, here) in rates["head"] or (key, other) not in rates["head"]:
+        return rates["head"].get((key, here))
+    train = rates["train"]
+    ratios = [t / train[(name, other)] for (name, p), t in train.items()
+              if p == here and isinstance(name, str) and (name, other) in train]
+    return rates["head"][(key, other)] * statistics.median(ratios) if ratios else None
 
 
 def _fmt_cost(s: float | None) -> str:
