@@ -16,6 +16,7 @@ head-only checkpoint after every step, kilobytes) and an interrupted run continu
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -107,22 +108,13 @@ def train_linear_head(encoder: nn.Module, train_set, *, num_classes: int | None 
     if epochs < 1 or lr <= 0 or batch_size < 1:
         raise ConfigError(f"epochs and batch_size must be >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}.")
     x, y = as_tensors(train_set, n_examples, seed)
-    if num_classes is None:
-        num_classes = len(getattr(train_set, "classes", None) or []) or int(y.max()) + 1
-    if len(y) and (y.min() < 0 or y.max() >= num_classes):
-        raise DataError(f"labels must be in [0, {num_classes}), got {int(y.min())}..{int(y.max())}.")
+    num_classes = _count_classes(train_set, y, num_classes)
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
     precision = resolve_precision(amp, device)
 
     clf = copy.deepcopy(encoder).to(device).eval()
     clf.reset_classifier(num_classes)
     head = init_head(clf.get_classifier(), seed)
-    flags = [(p, p.requires_grad) for p in clf.parameters()]
-    for p in clf.parameters():
-        p.requires_grad_(False)
-    for p in head.parameters():
-        p.requires_grad_(True)
-
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     feats = None if robust else extract(clf, x, batch_size, device, progress, "features (frozen encoder)")
     steps_per_epoch, marks = -(-len(x) // batch_size), milestones(epochs)
@@ -140,25 +132,50 @@ def train_linear_head(encoder: nn.Module, train_set, *, num_classes: int | None 
                     weight_decay=weight_decay, batch_size=batch_size, eps=eps, alpha=alpha, steps=steps, norm=norm,
                     seed=seed, amp=precision, total_steps=total)
     run, ckpt = _head_run(resume, settings, encoder, x, y) if resume is not None else (None, None)
-    try:
+    with _only_head_trains(clf, head):
         # the head is the whole trainable state: its checkpoint stays kilobytes whatever the encoder
         train_loop(head, opt, step_fn, steps_per_epoch=steps_per_epoch, total=total, seed=seed,
                    lr_at=lambda step: multistep_lr(step, steps_per_epoch, lr, marks), log_every=0,
                    run=run, ckpt=ckpt, config=settings, ckpt_every=1 if robust else 0,
                    resume_hint="The same command continues it.",
                    progress=progress, desc=("robust " if robust else "") + "linear eval")
+    return _name_classes(clf, label_names or getattr(train_set, "classes", None), num_classes).eval()
+
+
+def _count_classes(train_set, y: torch.Tensor, num_classes: int | None) -> int:
+    """num_classes, else the dataset's class count, else the largest label + 1; a label outside is a DataError."""
+    if num_classes is None:
+        num_classes = len(getattr(train_set, "classes", None) or []) or int(y.max()) + 1
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise DataError(f"labels must be in [0, {num_classes}), got {int(y.min())}..{int(y.max())}.")
+    return num_classes
+
+
+@contextlib.contextmanager
+def _only_head_trains(clf: nn.Module, head: nn.Module):
+    """Freeze everything but the head while the block runs; then every parameter trains as before (the head: yes)."""
+    flags = [(p, p.requires_grad) for p in clf.parameters()]
+    for p in clf.parameters():
+        p.requires_grad_(False)
+    for p in head.parameters():
+        p.requires_grad_(True)
+    try:
+        yield
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
         for p in head.parameters():
             p.requires_grad_(True)
+
+
+def _name_classes(clf: nn.Module, names, num_classes: int) -> nn.Module:
+    """The classifier with its pretrained_cfg naming its classes: the dataset's names, else their indices."""
     cfg = dict(getattr(clf, "pretrained_cfg", None) or {})
-    names = label_names or getattr(train_set, "classes", None)
     cfg["label_names"] = tuple(names) if names is not None and len(names) == num_classes else \
         tuple(str(i) for i in range(num_classes))
     cfg["num_classes"] = num_classes
     clf.pretrained_cfg = clf.default_cfg = cfg
-    return clf.eval()
+    return clf
 
 
 def _head_run(folder, settings: dict, encoder: nn.Module, x: torch.Tensor, y: torch.Tensor):
