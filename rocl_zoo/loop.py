@@ -49,23 +49,29 @@ VOLATILE = frozenset({
     "rocl_zoo_version", "torch", "encoder_source", "attacks", "autoattack", "autoattack_examples", "eval_examples",
     "description", "notes",  # words about a recipe, not its settings
     # a run resumed on a machine of another precision trains on in that machine's (bf16 autocast where it is
-    # native, fp32 elsewhere: the other way is ~10x slower); every epoch record says which (trained_precision)
+    # native, fp32 elsewhere: the other way is ~10x slower); every epoch record names its precision and hardware
     "precision"})
 
 
-def trained_precision(epochs: list[dict], default: str) -> str:
-    """The precision a run trained in: its one setting, or each setting with the epochs that ended in it, where the
-    run was resumed on a machine of another precision ("fp32 (epochs 1-4), bf16 (epochs 5-20)")."""
-    spans: list[list] = []  # [precision, first epoch, last epoch]
+def epoch_spans(epochs: list[dict], key: str, default) -> str:
+    """What a run's epoch records say under `key` (`default` where one says nothing): the one value, or each value
+    with the epochs that ended under it, where the run was resumed on another machine ("fp32 (epochs 1-4); bf16
+    (epochs 5-20)")."""
+    spans: list[list] = []  # [value, first epoch, last epoch]
     for rec in epochs:
-        p = rec.get("precision", default)
-        if spans and spans[-1][0] == p:
+        v = rec.get(key) or default
+        if spans and spans[-1][0] == v:
             spans[-1][2] = rec["epoch"]
         else:
-            spans.append([p, rec["epoch"], rec["epoch"]])
+            spans.append([v, rec["epoch"], rec["epoch"]])
     if len(spans) < 2:
         return spans[0][0] if spans else default
-    return ", ".join(f"{p} (epoch {a})" if a == b else f"{p} (epochs {a}-{b})" for p, a, b in spans)
+    return "; ".join(f"{v} (epoch {a})" if a == b else f"{v} (epochs {a}-{b})" for v, a, b in spans)
+
+
+def trained_precision(epochs: list[dict], default: str) -> str:
+    """The precision a run trained in (a run resumed on a machine of another precision trains on in that one's)."""
+    return epoch_spans(epochs, "precision", default)
 
 
 class TrainingInterrupted(RoclZooError):
@@ -167,10 +173,13 @@ class RunFolder:
         if not epochs:
             return None
         hardware = json.loads(self.config.read_text()).get("hardware") if self.config.exists() else None
-        hours = sum(r.get("time_s", 0) for r in epochs) / 3600 * hardware_threads(hardware)  # a GPU's line: 1
+        machines = [r.get("hardware") or hardware for r in epochs]  # a resumed run's epochs may name another
+        hours = sum(r.get("time_s", 0) * hardware_threads(m) for r, m in zip(epochs, machines)) / 3600  # GPU: 1
+        clocks = sorted({hardware_clock(m) for m in machines})
         best = epochs[-1].get("heldout_best_epoch") if shipped == "best" else None
         return {"run": self.path.name, "epochs": epochs[-1]["epoch"], "shipped_epoch": best or epochs[-1]["epoch"],
-                "hardware": hardware, "clock": hardware_clock(hardware), "hours": round(hours, 2)}
+                "hardware": epoch_spans(epochs, "hardware", hardware), "clock": " + ".join(clocks),
+                "hours": round(hours, 2)}
 
     def truncate_metrics(self, step: int) -> None:
         if not self.metrics.exists():
@@ -351,7 +360,8 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, step_fn: Callable, 
             if epoch_done:
                 rec = _epoch_record(epoch, step, running)
                 rec.update(on_epoch_end(epoch) if on_epoch_end is not None else {})
-                rec.update(lr=lr, **({"precision": precision} if precision else {}))
+                rec.update(lr=lr, **({"precision": precision} if precision else {}),
+                           **({"hardware": config["hardware"]} if config and config.get("hardware") else {}))
                 epochs.append(rec)
                 if run is not None:
                     run.log(rec)

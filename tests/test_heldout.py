@@ -99,6 +99,13 @@ def test_a_runs_budget_counts_cpu_threads_and_gpu_wall_time(tmp_path):
     assert RunFolder(tmp_path).budget("encoder")["shipped_epoch"] == 2
     (tmp_path / "config.json").write_text(json.dumps({"hardware": "NVIDIA H200 (CUDA 13.0)"}))
     assert RunFolder(tmp_path).budget("best")["hours"] == 1.0 and RunFolder(tmp_path / "none").budget() is None
+    # resumed on another machine: each epoch counts at its own machine's threads, and the card names both
+    other = [{**recs[0], "hardware": "a CPU, 2 cores, 2 torch threads"}, {**recs[1], "hardware": "a CPU, 1 torch threads"}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in other))
+    assert RunFolder(tmp_path).budget("best") | {"run": None} == {
+        "run": None, "epochs": 2, "shipped_epoch": 1, "clock": "CPU", "hours": 1.5,
+        "hardware": "a CPU, 2 cores, 2 torch threads (epoch 1); a CPU, 1 torch threads (epoch 2)"}
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     # a head on that encoder: the encoder's run first, then the head's own (none here: no metrics beside it)
     (tmp_path / "best").mkdir()
     (tmp_path / "best" / "config.json").write_text("{}")

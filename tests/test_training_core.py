@@ -79,9 +79,9 @@ def test_a_run_resumed_on_a_machine_of_another_precision_trains_on_in_its_precis
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     out = supervised.train(trainer_args([*argv, "--resume"]))
     epochs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"record": "epoch"' in x]
-    assert [e["precision"] for e in epochs] == ["fp32", "bf16"]
+    assert [e["precision"] for e in epochs] == ["fp32", "bf16"] and all(e["hardware"] for e in epochs)
     exported = json.loads(next(out.glob("*/config.json")).read_text())["rocl_zoo"]["training"]
-    assert exported["precision"] == "fp32 (epoch 1), bf16 (epoch 2)"
+    assert exported["precision"] == "fp32 (epoch 1); bf16 (epoch 2)"
 
 
 def test_trained_precision_names_each_span_of_epochs():
@@ -91,9 +91,9 @@ def test_trained_precision_names_each_span_of_epochs():
     assert trained_precision([], "fp32") == "fp32"
     assert trained_precision(recs("bf16", "bf16"), "fp32") == "bf16"
     assert trained_precision(recs("fp32", "fp32", "bf16", "fp32"), "bf16") == \
-        "fp32 (epochs 1-2), bf16 (epoch 3), fp32 (epoch 4)"
+        "fp32 (epochs 1-2); bf16 (epoch 3); fp32 (epoch 4)"
     assert trained_precision([{"epoch": 1}, {"epoch": 2, "precision": "bf16"}], "fp32") == \
-        "fp32 (epoch 1), bf16 (epoch 2)"  # records from before precision was recorded: the default
+        "fp32 (epoch 1); bf16 (epoch 2)"  # records from before precision was recorded: the default
 
 
 @pytest.mark.parametrize("native", [True, False])

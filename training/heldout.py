@@ -84,14 +84,14 @@ def curve(run: Path, epochs: list[dict] | None = None) -> list[dict]:
     of GPU time (wall) for a run on a GPU. `epochs`: the run's epoch records, where the caller has read them."""
     folder = RunFolder(run)
     config = json.loads(folder.config.read_text())
-    threads, n = hardware_threads(config.get("hardware")), config.get("holdout")
-    clock = hardware_clock(config.get("hardware"))
+    n, clock = config.get("holdout"), hardware_clock(config.get("hardware"))
     rows, minutes = [], 0.0
     for rec in epochs if epochs is not None else folder.epochs():
-        minutes += rec.get("time_s", 0) / 60
+        # each epoch at its own machine's threads: a resumed run may have gone on elsewhere
+        minutes += rec.get("time_s", 0) / 60 * hardware_threads(rec.get("hardware") or config.get("hardware"))
         if "heldout_pgd" in rec:
             rows.append({"epoch": rec["epoch"], "clean": rec["heldout_clean"], "pgd": rec["heldout_pgd"], "n": n,
-                         "best": rec["heldout_best_epoch"], "minutes": round(minutes * threads), "clock": clock})
+                         "best": rec["heldout_best_epoch"], "minutes": round(minutes), "clock": clock})
     return rows
 
 
