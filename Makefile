@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml scripts/setup.sh
 demo: setup  ## the Gradio demo on the embedded zoo models, no network
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) app.py --host $(HOST) --port $(PORT)
 
-test: setup  ## the whole test suite
-	$(PYTEST)
+test: setup  ## the whole test suite (its 15 slowest tests listed last: what keeps it from staying fast)
+	$(PYTEST) --durations=15
 
 test-fast: setup  ## the suite without the slow, browser and multi-process tests: the edit-test loop
 	$(PYTEST) -q -m "not slow and not browser"
