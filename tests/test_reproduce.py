@@ -358,6 +358,32 @@ def test_an_interrupted_fine_tuning_is_costed_for_the_epochs_it_has_left(tmp_pat
     assert estimate(item, {"head": rates["head"], "train": {}}) is None  # nothing to scale by: not guessed
 
 
+def test_an_interrupted_run_is_costed_at_its_own_epochs(tmp_path):
+    """Epochs the run itself trained on a CPU in this machine's precision price what it has left (their median,
+    at each epoch's threads), ahead of recipes measured elsewhere; epochs in the other precision or on a GPU don't."""
+    from rocl_zoo.precision import resolve
+    from training.reproduce import estimate
+
+    here = resolve("auto", "cpu")
+    other = {"bf16": "fp32", "fp32": "bf16"}[here]
+    m = Matrix(Paths(tmp_path / "results", tmp_path / "runs", tmp_path / "weights"), "full")
+    item = m.items["finetune/cnn4_rocl.fmnist_simclr_at"]
+    run = Path(item.partial[0]).parent
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"")
+    (run / "config.json").write_text(json.dumps({"epochs": 10, "hardware": "a CPU, 2 cores, 2 torch threads"}))
+    epochs = [(other, None, 50.0), (here, None, 100.0), (here, "a CPU, 4 cores, 4 torch threads", 60.0),
+              (here, None, 130.0), (here, "NVIDIA H200 (CUDA 12.8)", 1.0)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(
+        {"record": "epoch", "epoch": e, "step": 100 * e, "time_s": t, "precision": p, "hardware": h}) + "\n"
+        for e, (p, h, t) in enumerate(epochs, 1)))
+    rates = {"head": {(item.cost["key"], here): 1e6}, "train": {}}
+    assert estimate(item, rates) == pytest.approx(240.0 * 5)  # median of 200, 240, 260 CPU-s, 5 epochs left
+    (run / "metrics.jsonl").write_text("".join(json.dumps(
+        {"record": "epoch", "epoch": e, "step": 100 * e, "time_s": 9.0, "precision": other}) + "\n" for e in (1, 2)))
+    assert estimate(item, rates) == pytest.approx(1e6 * 0.8)  # none in this precision: the recipes' rate
+
+
 def test_sigterm_to_reproduce_is_passed_on_to_the_running_item(tmp_path):
     """`kill PID` of the reproduce process alone: the child gets SIGTERM too (a training run checkpoints, an
     evaluation keeps its batches) and reproduce stops after it, as on Ctrl-C."""

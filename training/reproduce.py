@@ -289,16 +289,33 @@ def trained_fraction(item: Item) -> float:
     return min(max(done, default=0) / total, 1.0) if total else 0.0
 
 
+def own_rate_left(item: Item, precision: str) -> float | None:
+    """CPU-seconds left of an interrupted run, at the median of the epochs it ran on a CPU in `precision`: its own
+    measure beats what recipes alike measured elsewhere. None before such an epoch."""
+    run = RunFolder(Path(item.partial[0]).parent) if item.partial else None
+    if run is None or not run.config.is_file():
+        return None
+    cfg = json.loads(run.config.read_text())
+    costs = [r["time_s"] * hardware_threads(machine) for r in run.epochs()
+             if r.get("time_s") and r.get("precision", cfg.get("precision", "fp32")) == precision
+             and hardware_clock(machine := r.get("hardware") or cfg.get("hardware")) != "GPU"]
+    if not costs or not cfg.get("epochs"):
+        return None
+    return statistics.median(costs) * cfg["epochs"] * (1 - trained_fraction(item))
+
+
 def estimate(item: Item, rates: dict) -> float | None:
     """CPU-seconds the item should take here, or None where nothing comparable was measured."""
+    from rocl_zoo.precision import resolve
+
     c = item.cost
     arch = c.get("name", "").split(".")[0]
-    if item.kind == "train":  # at the precision this machine trains in
-        from rocl_zoo.precision import resolve
-
-        precision = resolve("auto", "cpu")
-        per_image = rates["train"].get((c["recipe"], precision)) or \
-            rates["train"].get((_alike(get_recipe(c["recipe"])), precision))
+    here = resolve("auto", "cpu")  # the precision this machine trains in
+    if item.kind in ("train", "finetune") and (left := own_rate_left(item, here)) is not None:
+        return left
+    if item.kind == "train":
+        train = rates["train"]
+        per_image = train.get((c["recipe"], here)) or train.get((_alike(get_recipe(c["recipe"])), here))
         return per_image and per_image * c["epochs"] * TRAIN_IMAGES * (1 - trained_fraction(item))
     if item.kind == "head":
         full = rates["head"].get((arch, c["protocol"]))
