@@ -358,12 +358,14 @@ def test_an_interrupted_fine_tuning_is_costed_for_the_epochs_it_has_left(tmp_pat
     assert estimate(item, {"head": rates["head"], "train": {}}) is None  # nothing to scale by: not guessed
 
 
-def test_an_interrupted_run_is_costed_at_its_own_epochs(tmp_path):
+def test_an_interrupted_run_is_costed_at_its_own_epochs(tmp_path, capsys, monkeypatch):
     """Epochs the run itself trained on a CPU in this machine's precision price what it has left (their median,
     at each epoch's threads), ahead of recipes measured elsewhere; epochs in the other precision or on a GPU don't."""
     from rocl_zoo.precision import resolve
-    from training.reproduce import estimate
+    import training.reproduce
+    from training.reproduce import estimate, show
 
+    monkeypatch.setattr(training.reproduce, "measured_rates", lambda *a: rates)
     here = resolve("auto", "cpu")
     other = {"bf16": "fp32", "fp32": "bf16"}[here]
     m = Matrix(Paths(tmp_path / "results", tmp_path / "runs", tmp_path / "weights"), "full")
@@ -379,6 +381,8 @@ def test_an_interrupted_run_is_costed_at_its_own_epochs(tmp_path):
         for e, (p, h, t) in enumerate(epochs, 1)))
     rates = {"head": {(item.cost["key"], here): 1e6}, "train": {}}
     assert estimate(item, rates) == pytest.approx(240.0 * 5)  # median of 200, 240, 260 CPU-s, 5 epochs left
+    show(m, [item.name], [item.name], [])
+    assert f"run partial 50%    20 min  {item.name}\n" in capsys.readouterr().out  # the dry run's line
     (run / "metrics.jsonl").write_text("".join(json.dumps(
         {"record": "epoch", "epoch": e, "step": 100 * e, "time_s": 9.0, "precision": other}) + "\n" for e in (1, 2)))
     assert estimate(item, rates) == pytest.approx(1e6 * 0.8)  # none in this precision: the recipes' rate

@@ -465,7 +465,7 @@ def show(m: Matrix, names: list[str], todo: list[str], after: list[str]) -> None
     total, unknown = 0.0, 0
     for name in names + [n for n in after if n not in names]:
         if name in after:
-            print(f"then?    {m.state(m.items[name]):8}  {name}   (again if what it needs changes)")
+            print(f"then?    {m.state(m.items[name]):12}  {name}   (again if what it needs changes)")
             continue
         item = m.items[name]
         state = m.state(item)
@@ -473,9 +473,11 @@ def show(m: Matrix, names: list[str], todo: list[str], after: list[str]) -> None
         total += cost or 0
         unknown += name in todo and cost is None
         mark = "run " if name in todo else "    "
-        print(f"{mark}{state:8} {_fmt_cost(cost) if name in todo else '':>8}  {name}")
+        if state == "partial" and item.kind != "eval":  # how far it trained
+            state += f" {trained_fraction(item):.0%}"
+        print(f"{mark}{state:12} {_fmt_cost(cost) if name in todo else '':>8}  {name}")
         if name in todo:
-            print(f"                        python {' '.join(command(m, item, 1)[1:-2])}")
+            print(f"                            python {' '.join(command(m, item, 1)[1:-2])}")
     cost = f"about {_fmt_cost(total)} of CPU time" + (f" plus {unknown} not yet measured" if unknown else "")
     if todo and unknown == len(todo):
         cost = "none of them measured here yet"
