@@ -83,6 +83,16 @@ def _check_results_fit(results, arch: str, dataset: str | None) -> None:
             raise ConfigError(f"{name} holds results on {res['dataset']!r} but the model was trained on {dataset!r}.")
 
 
+def _writable_out(out, overwrite: bool) -> Path:
+    """The export's folder, checked: empty or absent unless overwriting; a killed export's staging folder removed."""
+    out = check_output_path(out, folder=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
+        raise ConfigError(f"{out} exists and is not empty; pass --overwrite (overwrite=True) to replace it.")
+    return out
+
+
 def export(source, out, *, onnx: bool = True, opset: int = DEFAULT_OPSET, results: Sequence | None = None,
            images=None, dataset: str | None = None, recipe: str | None = None, repo_id: str | None = None,
            overwrite: bool = False, dynamo: bool = False, n_check: int = 32, pgd_steps: int = 10,
@@ -99,11 +109,7 @@ def export(source, out, *, onnx: bool = True, opset: int = DEFAULT_OPSET, result
         if not quiet:
             print(msg, file=sys.stderr)
 
-    out = check_output_path(out, folder=True)
-    for stale in out.parent.glob(f".{out.name}.partial-*"):  # the staging folder of an export that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
-        raise ConfigError(f"{out} exists and is not empty; pass --overwrite (overwrite=True) to replace it.")
+    out = _writable_out(out, overwrite)
     model = source if isinstance(source, nn.Module) else load(source)
     was_training = model.training
     model.eval()
@@ -111,8 +117,9 @@ def export(source, out, *, onnx: bool = True, opset: int = DEFAULT_OPSET, result
     arch, tag = architecture_of(model), cfg.get("tag")
     model_name = repo_id.split("/")[-1] if repo_id else (f"{arch}.{tag}" if tag else arch)
     entry = ZOO.get(model_name)  # the zoo entry this folder is published as, if any
-    dataset = dataset or (cfg.get("rocl_zoo") or {}).get("dataset") or (entry.dataset if entry is not None else None)
-    recipe = recipe or (entry.recipe if entry is not None else (cfg.get("rocl_zoo") or {}).get("recipe"))
+    made = cfg.get("rocl_zoo") or {}
+    dataset = dataset or made.get("dataset") or (entry.dataset if entry is not None else None)
+    recipe = recipe or (entry.recipe if entry is not None else made.get("recipe"))
     parsed = read_results(list(results) if results is not None else _source_results(source))
     _check_results_fit(parsed, arch, dataset)
     if not parsed:

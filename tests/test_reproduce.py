@@ -53,6 +53,7 @@ def test_whole_matrix_runs_and_every_output_parses(toy):
     tmp, first = toy
     matrix = items(Paths(tmp / "results", tmp / "runs", tmp / "weights"), "toy")
     assert ran(first) == list(matrix)  # every item once, in dependency order
+    assert "its epochs are logged in runs/fmnist_rocl_at/metrics.jsonl" in first.stdout.replace(str(tmp) + "/", "")
     for item in matrix.values():
         for out in item.outputs:
             check_output(Path(out))

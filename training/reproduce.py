@@ -417,6 +417,8 @@ def run_item(m: Matrix, item: Item, threads: int, in_process: bool = False, proc
              eval_batch: int | None = None) -> None:
     cmd = command(m, item, threads, procs, eval_batch)
     print(f"\n=== {item.name}\n    {' '.join(cmd[1:])}", flush=True)
+    if item.kind != "eval" and item.partial:  # a training runs quietly for hours: where to follow it
+        print(f"    its epochs are logged in {_short(Path(item.partial[0]).parent / 'metrics.jsonl')}", flush=True)
     t0 = time.time()
     code = _run_here(cmd[1:]) if in_process else _run_child(cmd)
     if code:
