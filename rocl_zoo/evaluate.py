@@ -74,10 +74,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
     # AutoAttack is the slowest attack by far; its subset is a prefix of the sanity checks' fixed permutation
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     aa_idx = perm[:autoattack_examples] if 0 < autoattack_examples < len(y) else None
-    jobs = [(c, None) for c in cfgs]
-    if source_model is not None:
-        jobs += [({**c, "name": f"transfer-{c['name']}", "transfer_from": source_name}, source_model)
-                 for c in cfgs if c["attack"] in ("fgsm", "pgd")]
+    jobs = _attack_jobs(cfgs, source_model, source_name)
     log = None
     if resume is not None:
         settings = {"jobs": [c for c, _ in jobs], "eps": eps, "norm": norm, "batch_size": batch_size, "seed": seed,
@@ -102,7 +99,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
         out["resumed_batches"] = resumed  # attacked by an earlier, interrupted run: its wall time is not in here
     if aa_names:
         out["autoattack_n_examples"] = len(per_example[aa_names[0]])
-    if aa_names and aa_idx is not None:
+    if aa_names and aa_idx is not None:  # the weaker attacks on AutoAttack's images, to compare like with like
         out["autoattack_subset"] = {"n_examples": len(aa_idx), "clean_acc": _pct(_min_on(per_example, clean_names,
                                                                                           aa_idx)),
                                     "pgd_acc": _pct(_min_on(per_example, white_pgd, aa_idx))}
@@ -116,6 +113,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
         barrier()  # no process removes the batches it kept (and its siblings') while another may still fail
         log.remove()
     return out
+
+
+def _attack_jobs(cfgs: list[dict], source_model: nn.Module | None, source_name: str | None) -> list[tuple]:
+    """(attack config, the model whose gradients it follows: None = the model itself) for each attack, and each
+    white-box one again as a transfer from `source_model` where there is one."""
+    jobs = [(c, None) for c in cfgs]
+    if source_model is not None:
+        jobs += [({**c, "name": f"transfer-{c['name']}", "transfer_from": source_name}, source_model)
+                 for c in cfgs if c["attack"] in ("fgsm", "pgd")]
+    return jobs
 
 
 def _output_dim(model: nn.Module, source_model: nn.Module | None, source_name: str | None, x: torch.Tensor) -> int:
