@@ -38,7 +38,7 @@ from torch.profiler import record_function
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .errors import ConfigError, RoclZooError
-from .utils import atomic_write, remove_stale_temporaries, write_json
+from .utils import atomic_write, hardware_clock, hardware_threads, remove_stale_temporaries, write_json
 
 CHECKPOINT_FORMAT = "rocl_zoo.train/2"
 CORRUPT_HINT = "Delete it to restart the run from its beginning, or pass --overwrite."
@@ -67,6 +67,17 @@ def epoch_spans(epochs: list[dict], key: str, default) -> str:
     if len(spans) < 2:
         return spans[0][0] if spans else default
     return "; ".join(f"{v} (epoch {a})" if a == b else f"{v} (epochs {a}-{b})" for v, a, b in spans)
+
+
+def epoch_hardware(rec: dict, default: str | None) -> str | None:
+    """The machine an epoch record ran on: its own line (a resumed run's epochs may name another), else `default`,
+    the run's."""
+    return rec.get("hardware") or default
+
+
+def epoch_cost(rec: dict, default_hardware: str | None) -> float:
+    """An epoch's seconds of its machine's clock: CPU threads x wall time, a GPU's wall time."""
+    return rec.get("time_s", 0) * hardware_threads(epoch_hardware(rec, default_hardware))
 
 
 def trained_precision(epochs: list[dict], default: str) -> str:
@@ -167,15 +178,12 @@ class RunFolder:
         """What the run cost (None before its first epoch): epochs run, the epoch the `shipped` export holds
         ('best': the best held-out epoch; else the last), its hardware, and hours of that hardware's clock (CPU:
         threads x wall, as the held-out curves count; GPU: wall)."""
-        from .utils import hardware_clock, hardware_threads
-
         epochs = self.epochs()
         if not epochs:
             return None
         hardware = json.loads(self.config.read_text()).get("hardware") if self.config.exists() else None
-        machines = [r.get("hardware") or hardware for r in epochs]  # a resumed run's epochs may name another
-        hours = sum(r.get("time_s", 0) * hardware_threads(m) for r, m in zip(epochs, machines)) / 3600  # GPU: 1
-        clocks = sorted({hardware_clock(m) for m in machines})
+        hours = sum(epoch_cost(r, hardware) for r in epochs) / 3600
+        clocks = sorted({hardware_clock(epoch_hardware(r, hardware)) for r in epochs})
         best = epochs[-1].get("heldout_best_epoch") if shipped == "best" else None
         return {"run": self.path.name, "epochs": epochs[-1]["epoch"], "shipped_epoch": best or epochs[-1]["epoch"],
                 "hardware": epoch_spans(epochs, "hardware", hardware), "clock": " + ".join(clocks),

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from rocl_zoo.data import ImageTensorDataset
-from rocl_zoo.loop import RunFolder, best_epoch
-from rocl_zoo.utils import hardware_clock, hardware_threads
+from rocl_zoo.loop import RunFolder, best_epoch, epoch_cost
+from rocl_zoo.utils import hardware_clock
 
 
 def split(ds: ImageTensorDataset, n: int, seed: int) -> tuple[ImageTensorDataset, ImageTensorDataset]:
@@ -87,8 +87,7 @@ def curve(run: Path, epochs: list[dict] | None = None) -> list[dict]:
     n, clock = config.get("holdout"), hardware_clock(config.get("hardware"))
     rows, minutes = [], 0.0
     for rec in epochs if epochs is not None else folder.epochs():
-        # each epoch at its own machine's threads: a resumed run may have gone on elsewhere
-        minutes += rec.get("time_s", 0) / 60 * hardware_threads(rec.get("hardware") or config.get("hardware"))
+        minutes += epoch_cost(rec, config.get("hardware")) / 60  # a resumed run may have gone on elsewhere
         if "heldout_pgd" in rec:
             rows.append({"epoch": rec["epoch"], "clean": rec["heldout_clean"], "pgd": rec["heldout_pgd"], "n": n,
                          "best": rec["heldout_best_epoch"], "minutes": round(minutes), "clock": clock})

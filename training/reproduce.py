@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from rocl_zoo.eval_progress import partial_files
-from rocl_zoo.loop import RunFolder
+from rocl_zoo.loop import RunFolder, epoch_cost, epoch_hardware
 from rocl_zoo.utils import hardware_clock, hardware_threads, write_json
 from training.matrix import SCALES, TRAIN_IMAGES, Item, Paths, entry_items, items as matrix_items, stand_ins
 from training.recipes import get_recipe
@@ -277,10 +277,15 @@ def evaluated_images(item: Item) -> dict:
     return done
 
 
+def run_folder(item: Item) -> RunFolder | None:
+    """The run folder a training, fine-tuning or head item resumes from (None for an evaluation's .partial file)."""
+    return RunFolder(Path(item.partial[0]).parent) if item.partial and item.kind != "eval" else None
+
+
 def trained_fraction(item: Item) -> float:
     """How much of an interrupted training, fine-tuning or head run is done: its last logged step over its steps, or
     (a fine-tuning's config counts epochs) its last finished epoch over its epochs; 0 when none."""
-    run = RunFolder(Path(item.partial[0]).parent) if item.partial else None
+    run = run_folder(item)
     if run is None or not run.checkpoint.is_file():
         return 0.0
     cfg = json.loads(run.config.read_text())
@@ -292,13 +297,13 @@ def trained_fraction(item: Item) -> float:
 def own_rate_left(item: Item, precision: str) -> float | None:
     """CPU-seconds left of an interrupted run, at the median of the epochs it ran on a CPU in `precision`: its own
     measure beats what recipes alike measured elsewhere. None before such an epoch."""
-    run = RunFolder(Path(item.partial[0]).parent) if item.partial else None
+    run = run_folder(item)
     if run is None or not run.config.is_file():
         return None
     cfg = json.loads(run.config.read_text())
-    costs = [r["time_s"] * hardware_threads(machine) for r in run.epochs()
+    costs = [epoch_cost(r, cfg.get("hardware")) for r in run.epochs()
              if r.get("time_s") and r.get("precision", cfg.get("precision", "fp32")) == precision
-             and hardware_clock(machine := r.get("hardware") or cfg.get("hardware")) != "GPU"]
+             and hardware_clock(epoch_hardware(r, cfg.get("hardware"))) != "GPU"]
     if not costs or not cfg.get("epochs"):
         return None
     return statistics.median(costs) * cfg["epochs"] * (1 - trained_fraction(item))
@@ -417,8 +422,8 @@ def run_item(m: Matrix, item: Item, threads: int, in_process: bool = False, proc
              eval_batch: int | None = None) -> None:
     cmd = command(m, item, threads, procs, eval_batch)
     print(f"\n=== {item.name}\n    {' '.join(cmd[1:])}", flush=True)
-    if item.kind != "eval" and item.partial:  # a training runs quietly for hours: where to follow it
-        print(f"    its epochs are logged in {_short(Path(item.partial[0]).parent / 'metrics.jsonl')}", flush=True)
+    if (run := run_folder(item)) is not None:  # a training runs quietly for hours: where to follow it
+        print(f"    its epochs are logged in {_short(run.metrics)}", flush=True)
     t0 = time.time()
     code = _run_here(cmd[1:]) if in_process else _run_child(cmd)
     if code:
