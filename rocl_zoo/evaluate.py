@@ -97,12 +97,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
         out["transfer_from"] = source_name
     if resumed:
         out["resumed_batches"] = resumed  # attacked by an earlier, interrupted run: its wall time is not in here
-    if aa_names:
-        out["autoattack_n_examples"] = len(per_example[aa_names[0]])
-    if aa_names and aa_idx is not None:  # the weaker attacks on AutoAttack's images, to compare like with like
-        out["autoattack_subset"] = {"n_examples": len(aa_idx), "clean_acc": _pct(_min_on(per_example, clean_names,
-                                                                                          aa_idx)),
-                                    "pgd_acc": _pct(_min_on(per_example, white_pgd, aa_idx))}
+    out.update(_autoattack_fields(per_example, aa_names, aa_idx, clean_names, white_pgd))
     if sanity:  # under torchrun every process runs its share of their batches, as of the attacks' (merged alike)
         out["sanity"] = _sanity(net, x, y, perm[:min(sanity_examples, len(y))], results, per_example, white_pgd,
                                 aa_names, aa_idx, eps=eps, norm=norm, num_classes=num_classes,
@@ -113,6 +108,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
         barrier()  # no process removes the batches it kept (and its siblings') while another may still fail
         log.remove()
     return out
+
+
+def _autoattack_fields(per_example: dict, aa_names: list, aa_idx, clean_names: list, white_pgd: list) -> dict:
+    """How many images AutoAttack ran on and, on a subset, the weaker attacks' accuracy on the same images (to
+    compare like with like)."""
+    if not aa_names:
+        return {}
+    fields = {"autoattack_n_examples": len(per_example[aa_names[0]])}
+    if aa_idx is not None:
+        fields["autoattack_subset"] = {"n_examples": len(aa_idx),
+                                       "clean_acc": _pct(_min_on(per_example, clean_names, aa_idx)),
+                                       "pgd_acc": _pct(_min_on(per_example, white_pgd, aa_idx))}
+    return fields
 
 
 def _attack_jobs(cfgs: list[dict], source_model: nn.Module | None, source_name: str | None) -> list[tuple]:

@@ -115,11 +115,7 @@ def export(source, out, *, onnx: bool = True, opset: int = DEFAULT_OPSET, result
     model.eval()
     cfg = getattr(model, "pretrained_cfg", None) or {}
     arch, tag = architecture_of(model), cfg.get("tag")
-    model_name = repo_id.split("/")[-1] if repo_id else (f"{arch}.{tag}" if tag else arch)
-    entry = ZOO.get(model_name)  # the zoo entry this folder is published as, if any
-    made = cfg.get("rocl_zoo") or {}
-    dataset = dataset or made.get("dataset") or (entry.dataset if entry is not None else None)
-    recipe = recipe or (entry.recipe if entry is not None else made.get("recipe"))
+    model_name, entry, dataset, recipe = _published_as(arch, cfg, repo_id, dataset, recipe)
     parsed = read_results(list(results) if results is not None else _source_results(source))
     _check_results_fit(parsed, arch, dataset)
     if not parsed:
@@ -157,6 +153,18 @@ def export(source, out, *, onnx: bool = True, opset: int = DEFAULT_OPSET, result
             model.pretrained_cfg = cfg
     say(f"wrote {out}: " + ", ".join(files))
     return out
+
+
+def _published_as(arch: str, cfg: dict, repo_id: str | None, dataset: str | None, recipe: str | None) -> tuple:
+    """(model name, its zoo entry or None, dataset, recipe) of the folder: the caller's words first, then the zoo
+    entry's, then what the model's config says made it."""
+    tag = cfg.get("tag")
+    model_name = repo_id.split("/")[-1] if repo_id else (f"{arch}.{tag}" if tag else arch)
+    entry = ZOO.get(model_name)
+    made = cfg.get("rocl_zoo") or {}
+    dataset = dataset or made.get("dataset") or (entry.dataset if entry is not None else None)
+    recipe = recipe or (entry.recipe if entry is not None else made.get("recipe"))
+    return model_name, entry, dataset, recipe
 
 
 def _onnx_with_parity(model: nn.Module, stage: Path, *, dataset, images, opset, dynamo, n_check, pgd_steps, eps,

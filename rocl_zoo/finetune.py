@@ -184,16 +184,9 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
     s = resolve_settings(mode, dataset_name, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
                          momentum=momentum, milestones=milestones, eps=eps, alpha=alpha, steps=steps, norm=norm,
                          beta=beta)
-    suite = attacks or DEFAULT_ATTACKS
-    if autoattack and "autoattack" not in suite:
-        suite += ",autoattack"
-    parse_attacks(suite, s["eps"], norm)  # a bad attack list fails before any slow work
+    suite = _attack_suite(attacks, autoattack, s["eps"], norm)
     device = resolve_device(device)
-    out = check_output_path(out, folder=True) if out is not None else None
-    existing = _existing_outputs(out) if out is not None else []
-    if existing and not (resume or overwrite):
-        raise ConfigError(f"{out} already holds a fine-tuning run ({', '.join(existing)}). Pass --resume to continue "
-                          f"it, --overwrite to start it again, or choose another --out.")
+    out = _check_out(out, resume=resume, overwrite=overwrite)
 
     # Everything that can fail on the model or the data happens before anything is written.
     encoder, source = _resolve_model(model, device)
@@ -229,6 +222,27 @@ def finetune(model, dataset, *, mode: str = "linear", out=None, test=None, epoch
         if progress:
             tqdm.write(f"wrote {out / CLASSIFIER_DIR} and {out / RESULTS_NAME} (training {train_time:.0f} s)")
     return FinetuneResult(clf, results, metrics, out, config)
+
+
+def _attack_suite(attacks: str | None, autoattack: bool, eps: float, norm: str) -> str:
+    """The evaluation's attack list (AutoAttack added when asked for), checked before any slow work."""
+    suite = attacks or DEFAULT_ATTACKS
+    if autoattack and "autoattack" not in suite:
+        suite += ",autoattack"
+    parse_attacks(suite, eps, norm)
+    return suite
+
+
+def _check_out(out, *, resume: bool, overwrite: bool) -> Path | None:
+    """The output folder, refused where it holds a run that neither --resume nor --overwrite names."""
+    if out is None:
+        return None
+    out = check_output_path(out, folder=True)
+    existing = _existing_outputs(out)
+    if existing and not (resume or overwrite):
+        raise ConfigError(f"{out} already holds a fine-tuning run ({', '.join(existing)}). Pass --resume to continue "
+                          f"it, --overwrite to start it again, or choose another --out.")
+    return out
 
 
 def _check_counts(*, resume: bool, overwrite: bool, val_fraction: float, **counts) -> None:

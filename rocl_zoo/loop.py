@@ -302,6 +302,36 @@ def _apply_gradients(opt: torch.optim.Optimizer, objective: torch.Tensor) -> Non
         opt.step()
 
 
+def _restore(model: nn.Module, opt: torch.optim.Optimizer, ckpt: dict | None) -> tuple[int, dict, list[dict]]:
+    """Load a checkpoint into the model, the optimiser and the RNG; return its step, running sums and epochs."""
+    if ckpt is None:
+        return 0, _new_running(), []
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    set_rng_state(ckpt["rng"])
+    return ckpt["step"], ckpt["running"], list(ckpt["epochs"])
+
+
+def _machine_fields(precision: str | None, config: dict | None) -> dict:
+    """What an epoch record says of the machine that ran it (a resumed run's epochs may name another)."""
+    fields = {"precision": precision} if precision else {}
+    if config and config.get("hardware"):
+        fields["hardware"] = config["hardware"]
+    return fields
+
+
+class _Throughput:
+    """Images per second since the last read."""
+
+    def __init__(self):
+        self.images, self.since = 0, time.perf_counter()
+
+    def read(self) -> float:
+        now = time.perf_counter()
+        rate, self.images, self.since = self.images / max(now - self.since, 1e-9), 0, now
+        return rate
+
+
 def _step_record(out, step: int, steps_per_epoch: int, lr: float, images_per_s: float) -> dict:
     """The log line of one optimiser step: loss, the step function's own logs, lr and throughput."""
     return dict(record="step", step=step, epoch=round(step / steps_per_epoch, 4), loss=float(out.loss),
@@ -326,12 +356,7 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, step_fn: Callable, 
     ends its message (how the caller's user continues the run).
     """
     stop = total if stop is None else min(stop, total)
-    step, running, epochs = 0, _new_running(), []
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"])
-        step, running, epochs = ckpt["step"], ckpt["running"], list(ckpt["epochs"])
+    step, running, epochs = _restore(model, opt, ckpt)
 
     saved_config = json.loads(json.dumps(config or {}, default=str))  # plain types only: weights_only loads it
 
@@ -343,7 +368,7 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, step_fn: Callable, 
         barrier()
 
     bar = progress_bar(stop, step, progress and main, desc)
-    meter_t, meter_n = time.perf_counter(), 0
+    meter = _Throughput()
     with _StopSignals() as signalled:
         while step < stop:
             epoch = step // steps_per_epoch
@@ -354,22 +379,18 @@ def train_loop(model: nn.Module, opt: torch.optim.Optimizer, step_fn: Callable, 
             out = step_fn(step, step_generator(seed, step))
             _apply_gradients(opt, out.objective)
             step += 1
-            n = out.batch_size
-            _accumulate(running, out, n, out.labels, time.perf_counter() - t0)
-            meter_n += n
+            _accumulate(running, out, out.batch_size, out.labels, time.perf_counter() - t0)
+            meter.images += out.batch_size
             bar.update(1)
             if log_every and (step % log_every == 0 or step == stop) and run is not None:
-                now = time.perf_counter()
-                rec = _step_record(out, step, steps_per_epoch, lr, meter_n / max(now - meter_t, 1e-9))
-                meter_t, meter_n = now, 0
+                rec = _step_record(out, step, steps_per_epoch, lr, meter.read())
                 run.log(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_s']:.0f}")
             epoch_done = step % steps_per_epoch == 0
             if epoch_done:
                 rec = _epoch_record(epoch, step, running)
                 rec.update(on_epoch_end(epoch) if on_epoch_end is not None else {})
-                rec.update(lr=lr, **({"precision": precision} if precision else {}),
-                           **({"hardware": config["hardware"]} if config and config.get("hardware") else {}))
+                rec.update(lr=lr, **_machine_fields(precision, config))
                 epochs.append(rec)
                 if run is not None:
                     run.log(rec)

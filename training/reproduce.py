@@ -497,7 +497,7 @@ def _short(path: Path) -> Path:
     return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.reproduce", description=__doc__.split("\n")[0],
                                 epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("names", nargs="*", help="zoo entries, item names or prefixes (eval/cnn4_rocl.fmnist_at), or "
@@ -525,6 +525,11 @@ def main(argv=None) -> int:
     p.add_argument("--in-process", action="store_true",
                    help="run the commands in this process instead of one process each (saves seconds of start-up "
                         "per command: the toy scale's test uses it)")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.procs > 1 and args.in_process:
         p.error("--procs starts processes: it does not go with --in-process.")
@@ -541,16 +546,8 @@ def main(argv=None) -> int:
         return 0
     if args.record:
         return record_by_hand(m, selected)
-    done: set[str] = set()
     try:
-        while todo:  # planned again after each item: what it changed may make others stale
-            name = todo[0]
-            if name in done:
-                raise SystemExit(f"{name} ran but is still {m.state(m.items[name])}: its outputs do not match the "
-                                 f"matrix (see training/matrix.py).")
-            run_item(m, m.items[name], args.threads, args.in_process, args.procs, args.eval_batch)
-            done.add(name)
-            todo = m.plan(selected)
+        done = run_plan(m, selected, args)
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to continue.", file=sys.stderr)
         return 130
@@ -563,6 +560,22 @@ def main(argv=None) -> int:
             subprocess.run([sys.executable, str(ROOT / "scripts" / "update_readme.py")], check=True)
     print(f"{len(done)} items run; everything selected is done.")
     return 0
+
+
+def run_plan(m: Matrix, selected: list[str], args: argparse.Namespace) -> set[str]:
+    """Run what the selection needs, planning again after each item (what it changed may make others stale);
+    return the names run."""
+    done: set[str] = set()
+    todo = m.plan(selected)
+    while todo:
+        name = todo[0]
+        if name in done:
+            raise SystemExit(f"{name} ran but is still {m.state(m.items[name])}: its outputs do not match the "
+                             f"matrix (see training/matrix.py).")
+        run_item(m, m.items[name], args.threads, args.in_process, args.procs, args.eval_batch)
+        done.add(name)
+        todo = m.plan(selected)
+    return done
 
 
 def cost_markdown(results_root: Path = ROOT / "results", arch: str = "cnn4_rocl") -> str:
