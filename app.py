@@ -247,85 +247,99 @@ def header(demo: L.Demo) -> tuple[gr.Markdown, gr.Dropdown]:
 
 def build_app(demo: L.Demo) -> gr.Blocks:
     """The page. Each event's api_name is the endpoint gradio_client calls, and an MCP tool with --mcp."""
-    h = make_handlers(demo)
-    name, baseline = demo.models[L.ROBUST].name, demo.baseline.name
     # delete_cache: Gradio's copies of uploads and results older than an hour go, checked every 30 minutes.
     with gr.Blocks(title="rocl-zoo: robust self-supervised encoders", delete_cache=(1800, 3600)) as app:
         table, model = header(demo)
-
-        with gr.Row():
-            with gr.Column(scale=2):
-                image = checked_image(type="filepath", image_mode=None, label="Image", height=260,
-                                      sources=["upload", "clipboard"], elem_id="input-image",
-                                      elem_classes="pixelated")
-                gr.Examples(examples=[[str(p)] for p in demo.examples.gallery_examples()], inputs=[image],
-                            label="Examples: Fashion-MNIST test images, scikit-image samples",
-                            examples_per_page=16)
-            with gr.Column(scale=5):
-                note = gr.Markdown(elem_id="true-class")
-                with gr.Row():
-                    view = gr.Image(label="What the models see", format="png", height=240, interactive=False,
-                                    elem_id="model-view", elem_classes="pixelated")
-                    label_robust = gr.Label(num_top_classes=demo.topk, label=f"{name}: clean", elem_id="pred-robust")
-                    label_base = gr.Label(num_top_classes=demo.topk, label=f"{baseline}: clean",
-                                          elem_id="pred-baseline")
-
-        gr.Markdown("## Attack")
-        with gr.Row():
-            method = checked_choice(gr.Dropdown(choices=[(label, key) for key, (label, _) in L.METHODS.items()],
-                                                value="pgd_linf", label="Method", elem_id="method"))
-            eps = gr.Number(value=L.DEMO_EPS, elem_id="eps",
-                            label=f"eps (l-inf <= {L.EPS_MAX['linf']:g}, l2 <= {L.EPS_MAX['l2']:g})")
-            steps = gr.Number(value=L.DEMO_STEPS, precision=0, label=f"steps (1-{L.STEPS_MAX}; FGSM: 1)",
-                              elem_id="steps")
-            target = checked_choice(gr.Radio(choices=target_choices(name, baseline), value=L.ROBUST, elem_id="target",
-                                             label="Attacked model (white-box; the other sees the same image, a "
-                                                   "transfer)"))
-            run = gr.Button("Run attack", variant="primary", elem_id="run-attack")
-        summary = gr.Markdown(elem_id="summary")
-        with gr.Row():
-            adversarial = gr.Image(label="Adversarial image", type="filepath", image_mode=None, format="png",
-                                   height=220, interactive=False,
-                                   elem_id="adversarial", elem_classes="pixelated")
-            perturbation = gr.Image(label="Perturbation (amplified; grey = unchanged)", format="png", height=220,
-                                    interactive=False, elem_id="perturbation", elem_classes="pixelated")
-            after_robust = gr.Label(num_top_classes=demo.topk, label=f"{name}: attacked", elem_id="after-robust")
-            after_base = gr.Label(num_top_classes=demo.topk, label=f"{baseline}: attacked",
-                                  elem_id="after-baseline")
-        plot = gr.LinePlot(x="eps", y="confidence", color="model", y_lim=[0, 1], height=300,
-                           title="Confidence in the tracked class against eps (each model attacked white-box)",
-                           x_title="eps", y_title="confidence", elem_id="curve")
-
-        gr.Markdown("## Feature space: nearest bundled Fashion-MNIST examples (cosine similarity of features)")
-        similarity = gr.Markdown(elem_id="similarity")
-        galleries = []
-        for role, title in ((L.ROBUST, "Model under test"), (L.BASELINE, baseline)):
-            with gr.Row():
-                galleries += [gr.Gallery(label=f"{title}: {which} image's neighbours", columns=5,
-                                         rows=1, height=150, object_fit="contain", allow_preview=False,
-                                         elem_classes="pixelated", elem_id=f"nn-{role}-{which}")
-                              for which in ("clean", "attacked")]
-
-        # A new image (or model) clears the old attack (its results would describe another), then predicts.
-        attack_outputs = [adversarial, perturbation, summary, after_robust, after_base, plot]
-        predict_io = ([image, model], [label_robust, label_base, view, note])
-        neighbours_io = ([image, adversarial, model], [similarity, *galleries])
-        image.change(h.reset_attack, None, attack_outputs, api_name="reset_attack", api_visibility="undocumented") \
-            .then(h.predict, *predict_io, api_name="predict") \
-            .success(h.neighbours, *neighbours_io, api_name="neighbours")
-        model.change(h.select_model, model, [table, label_robust, after_robust, target], api_name="select_model",
-                     api_visibility="undocumented") \
-            .success(h.reset_attack, None, attack_outputs, api_name="reset_attack_model",
-                     api_visibility="undocumented") \
-            .then(h.predict, *predict_io, api_name="predict_model", api_visibility="undocumented") \
-            .success(h.neighbours, *neighbours_io, api_name="neighbours_model", api_visibility="undocumented")
-        # The attack first (fast), then the neighbours and the slower eps sweep, each its own endpoint.
-        run.click(h.attack, [image, method, eps, steps, target, model],
-                  [adversarial, perturbation, summary, after_robust, after_base], api_name="attack") \
-            .success(h.neighbours, *neighbours_io, api_name="neighbours_attacked", api_visibility="undocumented") \
-            .success(h.robustness_curve, [image, method, eps, steps, model], plot, api_name="robustness_curve")
+        ui = SimpleNamespace(table=table, model=model, **vars(input_panel(demo)), **vars(attack_panel(demo)),
+                             **vars(feature_panel(demo)))
+        wire_events(make_handlers(demo), ui)
     app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     return app
+
+
+def input_panel(demo: L.Demo) -> SimpleNamespace:
+    """The image to classify, with examples, what the models see and each one's clean prediction."""
+    name, baseline = demo.models[L.ROBUST].name, demo.baseline.name
+    with gr.Row():
+        with gr.Column(scale=2):
+            image = checked_image(type="filepath", image_mode=None, label="Image", height=260,
+                                  sources=["upload", "clipboard"], elem_id="input-image", elem_classes="pixelated")
+            gr.Examples(examples=[[str(p)] for p in demo.examples.gallery_examples()], inputs=[image],
+                        label="Examples: Fashion-MNIST test images, scikit-image samples", examples_per_page=16)
+        with gr.Column(scale=5):
+            note = gr.Markdown(elem_id="true-class")
+            with gr.Row():
+                view = gr.Image(label="What the models see", format="png", height=240, interactive=False,
+                                elem_id="model-view", elem_classes="pixelated")
+                label_robust = gr.Label(num_top_classes=demo.topk, label=f"{name}: clean", elem_id="pred-robust")
+                label_base = gr.Label(num_top_classes=demo.topk, label=f"{baseline}: clean", elem_id="pred-baseline")
+    return SimpleNamespace(image=image, note=note, view=view, label_robust=label_robust, label_base=label_base)
+
+
+def attack_panel(demo: L.Demo) -> SimpleNamespace:
+    """The attack's settings, its results on both models and the eps sweep's plot."""
+    name, baseline = demo.models[L.ROBUST].name, demo.baseline.name
+    gr.Markdown("## Attack")
+    with gr.Row():
+        method = checked_choice(gr.Dropdown(choices=[(label, key) for key, (label, _) in L.METHODS.items()],
+                                            value="pgd_linf", label="Method", elem_id="method"))
+        eps = gr.Number(value=L.DEMO_EPS, elem_id="eps",
+                        label=f"eps (l-inf <= {L.EPS_MAX['linf']:g}, l2 <= {L.EPS_MAX['l2']:g})")
+        steps = gr.Number(value=L.DEMO_STEPS, precision=0, label=f"steps (1-{L.STEPS_MAX}; FGSM: 1)", elem_id="steps")
+        target = checked_choice(gr.Radio(choices=target_choices(name, baseline), value=L.ROBUST, elem_id="target",
+                                         label="Attacked model (white-box; the other sees the same image, a "
+                                               "transfer)"))
+        run = gr.Button("Run attack", variant="primary", elem_id="run-attack")
+    summary = gr.Markdown(elem_id="summary")
+    with gr.Row():
+        adversarial = gr.Image(label="Adversarial image", type="filepath", image_mode=None, format="png", height=220,
+                               interactive=False, elem_id="adversarial", elem_classes="pixelated")
+        perturbation = gr.Image(label="Perturbation (amplified; grey = unchanged)", format="png", height=220,
+                                interactive=False, elem_id="perturbation", elem_classes="pixelated")
+        after_robust = gr.Label(num_top_classes=demo.topk, label=f"{name}: attacked", elem_id="after-robust")
+        after_base = gr.Label(num_top_classes=demo.topk, label=f"{baseline}: attacked", elem_id="after-baseline")
+    plot = gr.LinePlot(x="eps", y="confidence", color="model", y_lim=[0, 1], height=300,
+                       title="Confidence in the tracked class against eps (each model attacked white-box)",
+                       x_title="eps", y_title="confidence", elem_id="curve")
+    return SimpleNamespace(method=method, eps=eps, steps=steps, target=target, run=run, summary=summary,
+                           adversarial=adversarial, perturbation=perturbation, after_robust=after_robust,
+                           after_base=after_base, plot=plot)
+
+
+def feature_panel(demo: L.Demo) -> SimpleNamespace:
+    """Each model's nearest bundled examples to the clean and the attacked image."""
+    gr.Markdown("## Feature space: nearest bundled Fashion-MNIST examples (cosine similarity of features)")
+    similarity = gr.Markdown(elem_id="similarity")
+    galleries = []
+    for role, title in ((L.ROBUST, "Model under test"), (L.BASELINE, demo.baseline.name)):
+        with gr.Row():
+            galleries += [gr.Gallery(label=f"{title}: {which} image's neighbours", columns=5, rows=1, height=150,
+                                     object_fit="contain", allow_preview=False, elem_classes="pixelated",
+                                     elem_id=f"nn-{role}-{which}")
+                          for which in ("clean", "attacked")]
+    return SimpleNamespace(similarity=similarity, galleries=galleries)
+
+
+def wire_events(h: SimpleNamespace, ui: SimpleNamespace) -> None:
+    """Connect the handlers to the page's components."""
+    # A new image (or model) clears the old attack (its results would describe another), then predicts.
+    attack_outputs = [ui.adversarial, ui.perturbation, ui.summary, ui.after_robust, ui.after_base, ui.plot]
+    predict_io = ([ui.image, ui.model], [ui.label_robust, ui.label_base, ui.view, ui.note])
+    neighbours_io = ([ui.image, ui.adversarial, ui.model], [ui.similarity, *ui.galleries])
+    ui.image.change(h.reset_attack, None, attack_outputs, api_name="reset_attack", api_visibility="undocumented") \
+        .then(h.predict, *predict_io, api_name="predict") \
+        .success(h.neighbours, *neighbours_io, api_name="neighbours")
+    ui.model.change(h.select_model, ui.model, [ui.table, ui.label_robust, ui.after_robust, ui.target],
+                    api_name="select_model", api_visibility="undocumented") \
+        .success(h.reset_attack, None, attack_outputs, api_name="reset_attack_model", api_visibility="undocumented") \
+        .then(h.predict, *predict_io, api_name="predict_model", api_visibility="undocumented") \
+        .success(h.neighbours, *neighbours_io, api_name="neighbours_model", api_visibility="undocumented")
+    # The attack first (fast), then the neighbours and the slower eps sweep, each its own endpoint.
+    ui.run.click(h.attack, [ui.image, ui.method, ui.eps, ui.steps, ui.target, ui.model],
+                 [ui.adversarial, ui.perturbation, ui.summary, ui.after_robust, ui.after_base], api_name="attack") \
+        .success(h.neighbours, *neighbours_io, api_name="neighbours_attacked", api_visibility="undocumented") \
+        .success(h.robustness_curve, [ui.image, ui.method, ui.eps, ui.steps, ui.model], ui.plot,
+                 api_name="robustness_curve")
 
 
 def target_choices(name: str, baseline: str) -> list[tuple[str, str]]:
