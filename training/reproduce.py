@@ -547,7 +547,7 @@ def main(argv=None) -> int:
     if args.record:
         return record_by_hand(m, selected)
     try:
-        done = run_plan(m, selected, args)
+        done = run_plan(m, selected, todo, args)
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to continue.", file=sys.stderr)
         return 130
@@ -562,11 +562,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def run_plan(m: Matrix, selected: list[str], args: argparse.Namespace) -> set[str]:
-    """Run what the selection needs, planning again after each item (what it changed may make others stale);
+def run_plan(m: Matrix, selected: list[str], todo: list[str], args: argparse.Namespace) -> set[str]:
+    """Run `todo`, the selection's plan, planning again after each item (what it changed may make others stale);
     return the names run."""
     done: set[str] = set()
-    todo = m.plan(selected)
     while todo:
         name = todo[0]
         if name in done:
