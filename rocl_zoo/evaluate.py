@@ -264,25 +264,8 @@ def _sanity(model, x, y, sub, results, per_example, white_pgd, aa_names, aa_idx,
 # ---------------------------------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m rocl_zoo.evaluate",
-        description="Evaluate the adversarial robustness of a rocl-zoo model and write a results file "
-                    "(RobustBench's keys + every attack's config). With --protocol linear / robust-linear the "
-                    "model is a frozen encoder and a linear head is trained first (SLF / ALF).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  python -m rocl_zoo.evaluate cnn4_rocl.fmnist_at --attacks clean,fgsm,pgd20,cw --eps 0.1 \\\n"
-               "      --n-examples 1000 --sanity --out results/cnn4_rocl.fmnist_at/none/Linf-0.1/attacks-n1000.json\n"
-               "      # results/<model>/<protocol>/<threat model>/<suite>-n<examples>.json: rocl_zoo.results\n"
-               "  python -m rocl_zoo.evaluate ./my_encoder --protocol robust-linear --epochs 25 --dataset cifar10\n"
-               "  python -m rocl_zoo.evaluate MODEL --transfer-from cnn4_rocl.fmnist_simclr   # black-box\n"
-               "  python -m rocl_zoo.evaluate --table results/ > results/README.md\n"
-               "  torchrun --nproc_per_node=4 -m rocl_zoo.evaluate MODEL --attacks clean,autoattack --out r.json\n"
-               "      # several processes (or machines, torchrun's rendezvous): each attacks its share of the\n"
-               "      # batches; the merged results equal a one-process run; an interrupted run resumes")
-    p.add_argument("source", nargs="?", help="zoo name (arch.tag), hf-hub:ORG/REPO[@REV] or a Hub-layout folder")
-    g = p.add_argument_group("data and threat model")
+def _add_threat_model_args(g) -> None:
+    """The data, the threat model and the attacks run against it."""
     g.add_argument("--dataset", help="dataset name (fashion_mnist, cifar10, cifar100, stl10, svhn, digits, "
                                      "imagefolder:PATH); default: the one the model was trained on")
     g.add_argument("--split", default="test", choices=["train", "test"], help="split to attack (default test)")
@@ -316,7 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gradient-masking checks (eps monotone, large eps reaches chance, more steps/restarts "
                         "do not help, black-box not stronger, AutoAttack not above PGD), flagged in the results")
     g.add_argument("--sanity-examples", type=int, default=200, help="examples the sanity checks use (default 200)")
-    g = p.add_argument_group("protocol (frozen encoder + linear head)")
+
+
+def _add_protocol_args(g) -> None:
+    """How a frozen encoder gets its linear head (SLF / ALF) before it is attacked."""
     g.add_argument("--protocol", default="none", choices=["none", "linear", "robust-linear"],
                    help="none: the model is already a classifier; linear: train a linear head on frozen features "
                         "(SLF); robust-linear: on PGD-10 examples (ALF). Default none")
@@ -336,6 +322,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to save encoder + head in the Hub layout (default: next to --out, <out>.classifier/); "
                         "until it is saved the head's training is kept in DIR.partial/, so that the same command "
                         "continues an interrupted one")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m rocl_zoo.evaluate",
+        description="Evaluate the adversarial robustness of a rocl-zoo model and write a results file "
+                    "(RobustBench's keys + every attack's config). With --protocol linear / robust-linear the "
+                    "model is a frozen encoder and a linear head is trained first (SLF / ALF).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python -m rocl_zoo.evaluate cnn4_rocl.fmnist_at --attacks clean,fgsm,pgd20,cw --eps 0.1 \\\n"
+               "      --n-examples 1000 --sanity --out results/cnn4_rocl.fmnist_at/none/Linf-0.1/attacks-n1000.json\n"
+               "      # results/<model>/<protocol>/<threat model>/<suite>-n<examples>.json: rocl_zoo.results\n"
+               "  python -m rocl_zoo.evaluate ./my_encoder --protocol robust-linear --epochs 25 --dataset cifar10\n"
+               "  python -m rocl_zoo.evaluate MODEL --transfer-from cnn4_rocl.fmnist_simclr   # black-box\n"
+               "  python -m rocl_zoo.evaluate --table results/ > results/README.md\n"
+               "  torchrun --nproc_per_node=4 -m rocl_zoo.evaluate MODEL --attacks clean,autoattack --out r.json\n"
+               "      # several processes (or machines, torchrun's rendezvous): each attacks its share of the\n"
+               "      # batches; the merged results equal a one-process run; an interrupted run resumes")
+    p.add_argument("source", nargs="?", help="zoo name (arch.tag), hf-hub:ORG/REPO[@REV] or a Hub-layout folder")
+    _add_threat_model_args(p.add_argument_group("data and threat model"))
+    _add_protocol_args(p.add_argument_group("protocol (frozen encoder + linear head)"))
     g = p.add_argument_group("output")
     g.add_argument("--out", metavar="FILE.json",
                    help="results file (default: print JSON to stdout). Finished attack batches are kept in "

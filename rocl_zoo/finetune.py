@@ -377,7 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, help=f"attack steps (default {DEFAULT_STEPS})")
     g.add_argument("--norm", default="linf", choices=["linf", "l2"], help="(default linf)")
     g.add_argument("--beta", type=float, help=f"TRADES beta (default {DEFAULT_BETA:g})")
-    g = p.add_argument_group("adapting model and data")
+    _add_adapting_args(p.add_argument_group("adapting model and data"))
+    _add_run_control_args(p.add_argument_group("evaluation and run control"))
+    return p
+
+
+def _add_adapting_args(g) -> None:
+    """How the model and the data are fitted to each other, and the validation split."""
     g.add_argument("--image-size", type=int, help="train the model at this size (default: the model's input size; "
                                                    "the data are resized to it)")
     g.add_argument("--in-chans", type=int, choices=[1, 3],
@@ -388,7 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "validation robust accuracy, not the last")
     g.add_argument("--subset", type=int, help="train on a fixed random subset of this many training images")
     g.add_argument("--download", action="store_true", help="let torchvision download the dataset")
-    g = p.add_argument_group("evaluation and run control")
+
+
+def _add_run_control_args(g) -> None:
+    """The test evaluation, checkpoints and resuming, precision and threads."""
     g.add_argument("--attacks", default=DEFAULT_ATTACKS, help="evaluation suite, as rocl_zoo.evaluate "
                                                               "(default %(default)s)")
     g.add_argument("--autoattack", action="store_true", help="add AutoAttack (standard) to the evaluation")
@@ -408,7 +417,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     add_runtime_args(g)
     g.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
 
 
 def _milestones_arg(text):
