@@ -24,7 +24,7 @@ def test_device_script_prepares_what_the_bare_gpu_machine_lacks_and_says_what_is
     shutil.copy(ROOT / "scripts" / "device.sh", tmp_path / "scripts")
     script = ["bash", str(tmp_path / "scripts" / "device.sh")]
     usage = subprocess.run(script, capture_output=True, text=True)
-    assert usage.returncode == 2 and "prepare | run" in usage.stderr
+    assert usage.returncode == 2 and "prepare | slim | run" in usage.stderr
     bare = subprocess.run([*script, "run", "all"], capture_output=True, text=True)
     assert bare.returncode == 2 and "device.sh prepare" in bare.stderr
     if not Path("/usr/share/datasets/fashion-mnist").is_dir():
@@ -36,6 +36,40 @@ def test_device_script_prepares_what_the_bare_gpu_machine_lacks_and_says_what_is
     assert len(list((dev / "fmnist").glob("*.gz"))) == 4
     assert (dev / "site" / "pyautoattack" / "autoattack.py").is_file() and (dev / "site" / "timm" / "__init__.py").is_file()
     assert not list(dev.rglob("*.pt")) and sum(f.stat().st_size for f in dev.rglob("*") if f.is_file()) < 45e6
+
+
+def test_device_slim_keeps_the_committed_weights_off_the_copy_sent_and_unslim_restores_the_index(tmp_path):
+    """The device tool sends tracked and untracked-not-ignored files: slim leaves the weights here but in neither
+    set, refuses to run twice or before prepare, and unslim leaves git as it was."""
+    import shutil
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              capture_output=True, text=True, check=True).stdout
+
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "device.sh", tmp_path / "scripts")
+    weights = ["rocl_zoo/weights/m/model.safetensors", "results/curves/r/best/model.safetensors"]
+    for f in [*weights, "rocl_zoo/weights/m/config.json", "README.md"]:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(b"x" * 10)
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "tree")
+    script = ["bash", str(tmp_path / "scripts" / "device.sh")]
+    early = subprocess.run([*script, "slim"], capture_output=True, text=True)
+    assert early.returncode == 2 and "prepare" in early.stderr
+    (tmp_path / ".device").mkdir()
+    (tmp_path / ".git" / "info" / "exclude").write_text("/.device/\n")
+    assert subprocess.run([*script, "slim"], capture_output=True, text=True).returncode == 0
+    sent = set(git("ls-files", "-co", "--exclude-standard").split())
+    assert sent == {"scripts/device.sh", "rocl_zoo/weights/m/config.json", "README.md"}
+    assert all((tmp_path / f).is_file() for f in weights)
+    twice = subprocess.run([*script, "slim"], capture_output=True, text=True)
+    assert twice.returncode == 2 and "unslim" in twice.stderr
+    assert subprocess.run([*script, "unslim"], capture_output=True, text=True).returncode == 0
+    assert git("status", "--porcelain") == "" and set(weights) <= set(git("ls-files").split())
+    assert (tmp_path / ".git" / "info" / "exclude").read_text() == "/.device/\n"
 
 
 def test_devpack_round_trip_keeps_each_tensor_once_and_rebuilds_files_byte_for_byte(tmp_path):
