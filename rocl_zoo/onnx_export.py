@@ -119,6 +119,31 @@ def real_inputs(model: nn.Module, dataset: str | None, n: int, images=None) -> t
                       "scikit-image is not installed. Pass images (--images a.png b.png ...).")
 
 
+def _agreement_under_attack(model: nn.Module, clf, x: torch.Tensor, y: torch.Tensor, *, labels: str, eps: float,
+                            norm: str, steps: int, atol: float, robust_tol: float) -> tuple[dict, list[str]]:
+    """PGD examples made on the PyTorch model, scored by both: what an export error near the decision boundary
+    would change. Returns the numbers and what failed."""
+    from .attacks import pgd
+
+    x_adv = pgd(model, x, y, eps=eps, steps=steps, norm=norm, random_start=True)
+    with torch.no_grad():
+        a = model(x_adv).float().numpy()
+    b = clf.logits(x_adv.numpy())
+    acc_t = float((a.argmax(1) == y.numpy()).mean() * 100)
+    acc_o = float((b.argmax(1) == y.numpy()).mean() * 100)
+    diff = float(np.abs(a - b).max())
+    report = {"attack": f"pgd{steps}", "eps": eps, "norm": norm, "n": len(y), "labels": labels,
+              "robust_acc_torch": acc_t, "robust_acc_onnx": acc_o,
+              "top1_agreement": float((a.argmax(1) == b.argmax(1)).mean() * 100), "max_abs_diff": diff}
+    failures = []
+    if not abs(acc_t - acc_o) <= robust_tol:
+        failures.append(f"robust accuracy under PGD-{steps} is {acc_t:.2f} % in PyTorch but {acc_o:.2f} % "
+                        f"in ONNX Runtime (tolerance {robust_tol} point)")
+    if not diff <= atol:
+        failures.append(f"max |logit difference| on adversarial inputs is {diff:.3g} > {atol:g}")
+    return report, failures
+
+
 def verify_onnx(model: nn.Module, onnx_path, *, x_real: torch.Tensor, y_real: torch.Tensor | None = None,
                 real_desc: str = "real images", n_random: int = 16, eps: float = 8 / 255, norm: str = "linf",
                 pgd_steps: int = 10, atol: float = LOGIT_ATOL, robust_tol: float = ROBUST_ACC_TOL) -> dict:
@@ -154,24 +179,12 @@ def verify_onnx(model: nn.Module, onnx_path, *, x_real: torch.Tensor, y_real: to
             if agree < 100:
                 failures.append(f"top-1 agreement on {what} inputs is {agree:.2f} % < 100 %")
     if model.num_classes and pgd_steps > 0 and eps > 0:
-        from .attacks import pgd
-
-        y = y_real if y_real is not None else torch.from_numpy(a_all[n_random:].argmax(1))
-        x_adv = pgd(model, x_real, y, eps=eps, steps=pgd_steps, norm=norm, random_start=True)
-        a, b = torch_logits(x_adv), clf.logits(x_adv.numpy())
-        acc_t = float((a.argmax(1) == y.numpy()).mean() * 100)
-        acc_o = float((b.argmax(1) == y.numpy()).mean() * 100)
-        diff = float(np.abs(a - b).max())
-        report.update(adversarial={"attack": f"pgd{pgd_steps}", "eps": eps, "norm": norm, "n": len(y),
-                                   "labels": "dataset labels" if y_real is not None else "PyTorch predictions",
-                                   "robust_acc_torch": acc_t, "robust_acc_onnx": acc_o,
-                                   "top1_agreement": float((a.argmax(1) == b.argmax(1)).mean() * 100),
-                                   "max_abs_diff": diff})
-        if not abs(acc_t - acc_o) <= robust_tol:
-            failures.append(f"robust accuracy under PGD-{pgd_steps} is {acc_t:.2f} % in PyTorch but {acc_o:.2f} % "
-                            f"in ONNX Runtime (tolerance {robust_tol} point)")
-        if not diff <= atol:
-            failures.append(f"max |logit difference| on adversarial inputs is {diff:.3g} > {atol:g}")
+        y, labels = (y_real, "dataset labels") if y_real is not None else (
+            torch.from_numpy(a_all[n_random:].argmax(1)), "PyTorch predictions")
+        report["adversarial"], adv_failures = _agreement_under_attack(
+            model, clf, x_real, y, labels=labels, eps=eps, norm=norm, steps=pgd_steps, atol=atol,
+            robust_tol=robust_tol)
+        failures += adv_failures
     if failures:
         raise ExportError("the ONNX model does not reproduce the PyTorch model: " + "; ".join(failures) +
                           ". Nothing was written. Try --dynamo or another --opset, and report the model if it persists.")
