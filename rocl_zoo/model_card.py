@@ -137,7 +137,8 @@ def _budget(rz: dict) -> list[str]:
     stages = rz.get("training_budget") or []
     if not stages:
         return []
-    lines = ["## Training budget", "", "| Run | Epochs run | Epoch shipped | Hardware | Time |", "|---|---:|---:|---|---:|"]
+    lines = ["", "## Training budget", "",
+             "| Run | Epochs run | Epoch shipped | Hardware | Time |", "|---|---:|---:|---|---:|"]
     for s in stages:
         lines.append(f"| `{s['run']}` | {s['epochs']} | {s['shipped_epoch']} | {s['hardware']} | "
                      f"{s['hours']:.2f} {s['clock']}-hours |")

@@ -66,7 +66,7 @@ def test_release_writes_folder_registry_and_check(tmp_path, monkeypatch, capsys)
     assert record["metrics"]["autoattack_results"] == "cnn4_rocl.fmnist/results_Linf-0.1-autoattack-n20.json"
     assert (weights / "cnn4_rocl.fmnist" / "model.safetensors").is_file()
     card = (weights / "cnn4_rocl.fmnist" / "README.md").read_text()
-    assert "## Training budget" in card and "| 2 | 2 | a CPU, 2 cores, 2 torch threads | 3.00 CPU-hours |" in card
+    assert "\n\n## Training budget\n" in card and "| 2 | 2 | a CPU, 2 cores, 2 torch threads | 3.00 CPU-hours |" in card
     registry = (weights / zoo.REGISTRY_NAME).read_text()
     assert record["sha256"] in registry
     assert record["metrics"]["check"]["n_examples"] == 40
