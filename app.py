@@ -146,6 +146,23 @@ def make_handlers(demo: L.Demo) -> SimpleNamespace:
     baseline = demo.baseline.name
 
     @user_errors
+    def select_model(model):
+        """The page's parts that name the model under test."""
+        name = demo.pair(model)[L.ROBUST].name
+        return (demo.table(model), gr.Label(label=f"{name}: clean"), gr.Label(label=f"{name}: attacked"),
+                gr.Radio(choices=target_choices(name, baseline)))
+
+    def reset_attack():
+        return None, None, "", None, None, None
+
+    return SimpleNamespace(**vars(image_handlers(demo, png)), **vars(attack_handlers(demo, png)),
+                           select_model=select_model, reset_attack=reset_attack)
+
+
+def image_handlers(demo: L.Demo, png: PngStore) -> SimpleNamespace:
+    """What the page says of an image as it is: both models' predictions, its neighbours in feature space."""
+
+    @user_errors
     def predict(image, model):
         """Classify an image with the model under test and the standard model: each one's top 5 classes.
 
@@ -159,6 +176,31 @@ def make_handlers(demo: L.Demo) -> SimpleNamespace:
         note = (f"True class: **{r['true']}** (a bundled Fashion-MNIST test image)." if r["true"] else
                 "True class unknown: the attack tracks the attacked model's clean prediction.")
         return r[L.ROBUST], r[L.BASELINE], png(r["view"]), note
+
+    @user_errors
+    def neighbours(image, adversarial, model):
+        """The bundled Fashion-MNIST images nearest to an image (and to its adversarial version) in each model's
+        feature space.
+
+        Args:
+            image: an image file
+            adversarial: its adversarial version (an attack's first output), or none
+            model: the model under test, a zoo entry of the page's list
+        """
+        if image is None:
+            return "", [], [], [], []
+        r = demo.neighbours(image, adversarial, model=model)
+        sims = [f"{v['name']} {v['similarity']:.2f}" for v in r.values() if v["similarity"] is not None]
+        text = ("Cosine similarity of the clean and attacked image's features: " + ", ".join(sims) + "." if sims
+                else "Run an attack to see the attacked image's neighbours.")
+        return (text, r[L.ROBUST]["clean"], r[L.ROBUST]["attacked"], r[L.BASELINE]["clean"],
+                r[L.BASELINE]["attacked"])
+
+    return SimpleNamespace(predict=predict, neighbours=neighbours)
+
+
+def attack_handlers(demo: L.Demo, png: PngStore) -> SimpleNamespace:
+    """Attacking an image: one attack and what it changed, or the confidence curve over budgets."""
 
     @user_errors
     def attack(image, method, eps, steps, target, model):
@@ -191,37 +233,7 @@ def make_handlers(demo: L.Demo) -> SimpleNamespace:
 
         return pd.DataFrame(demo.curve(image, method, eps, steps, model))
 
-    @user_errors
-    def neighbours(image, adversarial, model):
-        """The bundled Fashion-MNIST images nearest to an image (and to its adversarial version) in each model's
-        feature space.
-
-        Args:
-            image: an image file
-            adversarial: its adversarial version (an attack's first output), or none
-            model: the model under test, a zoo entry of the page's list
-        """
-        if image is None:
-            return "", [], [], [], []
-        r = demo.neighbours(image, adversarial, model=model)
-        sims = [f"{v['name']} {v['similarity']:.2f}" for v in r.values() if v["similarity"] is not None]
-        text = ("Cosine similarity of the clean and attacked image's features: " + ", ".join(sims) + "." if sims
-                else "Run an attack to see the attacked image's neighbours.")
-        return (text, r[L.ROBUST]["clean"], r[L.ROBUST]["attacked"], r[L.BASELINE]["clean"],
-                r[L.BASELINE]["attacked"])
-
-    @user_errors
-    def select_model(model):
-        """The page's parts that name the model under test."""
-        name = demo.pair(model)[L.ROBUST].name
-        return (demo.table(model), gr.Label(label=f"{name}: clean"), gr.Label(label=f"{name}: attacked"),
-                gr.Radio(choices=target_choices(name, baseline)))
-
-    def reset_attack():
-        return None, None, "", None, None, None
-
-    return SimpleNamespace(predict=predict, attack=attack, robustness_curve=robustness_curve, neighbours=neighbours,
-                           select_model=select_model, reset_attack=reset_attack)
+    return SimpleNamespace(attack=attack, robustness_curve=robustness_curve)
 
 
 def header(demo: L.Demo) -> tuple[gr.Markdown, gr.Dropdown]:
