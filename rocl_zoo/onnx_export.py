@@ -119,6 +119,11 @@ def real_inputs(model: nn.Module, dataset: str | None, n: int, images=None) -> t
                       "scikit-image is not installed. Pass images (--images a.png b.png ...).")
 
 
+@torch.no_grad()
+def _torch_logits(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    return model(x).float().numpy()
+
+
 def _agreement_under_attack(model: nn.Module, clf, x: torch.Tensor, y: torch.Tensor, *, labels: str, eps: float,
                             norm: str, steps: int, atol: float, robust_tol: float) -> tuple[dict, list[str]]:
     """PGD examples made on the PyTorch model, scored by both: what an export error near the decision boundary
@@ -126,9 +131,7 @@ def _agreement_under_attack(model: nn.Module, clf, x: torch.Tensor, y: torch.Ten
     from .attacks import pgd
 
     x_adv = pgd(model, x, y, eps=eps, steps=steps, norm=norm, random_start=True)
-    with torch.no_grad():
-        a = model(x_adv).float().numpy()
-    b = clf.logits(x_adv.numpy())
+    a, b = _torch_logits(model, x_adv), clf.logits(x_adv.numpy())
     acc_t = float((a.argmax(1) == y.numpy()).mean() * 100)
     acc_o = float((b.argmax(1) == y.numpy()).mean() * 100)
     diff = float(np.abs(a - b).max())
@@ -153,15 +156,11 @@ def verify_onnx(model: nn.Module, onnx_path, *, x_real: torch.Tensor, y_real: to
     clf = OnnxClassifier(onnx_path, providers=["CPUExecutionProvider"], verify=False)
     model.eval()
 
-    @torch.no_grad()
-    def torch_logits(x):
-        return model(x).float().numpy()
-
     report = {"atol": atol, "real_inputs": real_desc}
     c, h, w = model_input_size(model)
     x_rand = torch.rand(n_random, c, h, w, generator=torch.Generator().manual_seed(0))
     xs = torch.cat([x_rand, x_real])
-    a_all = torch_logits(xs)  # one PyTorch pass for both checks
+    a_all = _torch_logits(model, xs)  # one PyTorch pass for both checks
     # ONNX Runtime at batch sizes 1 and n-1, neither the export's: this also checks the dynamic batch axis.
     b_all = np.concatenate([clf.logits(xs[:1].numpy()), clf.logits(xs[1:].numpy())])
     report["onnx_batch_sizes"] = [1, len(xs) - 1]
