@@ -241,6 +241,33 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, loss: s
     return project(x + eps * grad.sign(), x, eps, "linf").detach()
 
 
+def _still_standing(worst: "_WorstCase") -> torch.Tensor | None:
+    """The examples no iterate has fooled yet (None: all of them, so the run needs no indexing)."""
+    idx = (~worst.success).nonzero().squeeze(1)
+    return None if idx.numel() == worst.success.numel() else idx
+
+
+def _pgd_run(model, x, y, worst, idx, *, eps, alpha, steps, norm, random_start, loss, targeted, keep_best,
+             early_stop, generator):
+    """One PGD run from its own start on the examples idx (None: all), its iterates scored into `worst`."""
+    x0, y0 = (x, y) if idx is None else (x[idx], y[idx])
+    x_adv = random_init(x0, eps, norm, generator) if (random_start and eps > 0) else x0.clone()
+    for _ in range(steps):
+        logits, value, grad = _input_grad(model, x_adv, y0, loss, targeted)
+        if keep_best:  # score the iterate this step's forward just saw
+            succ = worst.update(idx, x_adv, logits, value, y0)
+            if early_stop and bool(succ.any()):
+                live = ~succ
+                idx = (torch.arange(x.shape[0], device=x.device) if idx is None else idx)[live]
+                x0, y0, x_adv, grad = x0[live], y0[live], x_adv[live], grad[live]
+                if idx.numel() == 0:
+                    return
+        x_adv = ascent_step(x_adv, x0, grad, alpha, eps, norm)
+    with torch.no_grad():
+        logits = model(x_adv)
+        worst.update(idx, x_adv, logits, per_example_loss(logits, y0, loss, targeted), y0)
+
+
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float | None = None, steps: int = 20,
         norm: str = "linf", random_start: bool = True, restarts: int = 1, loss: str = "ce", targeted: bool = False,
         keep_best: bool = True, early_stop: bool = False, eval_mode: bool = True,
@@ -268,35 +295,15 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
     keep_best = keep_best or early_stop
     alpha = madry_step(eps, steps) if alpha is None else float(alpha)
     x = x.detach()
-    n = x.shape[0]
     worst = _WorstCase(x, targeted)
     with attack_mode(model, eval_mode):
         for _ in range(restarts):
-            idx = None  # None = every example; early_stop narrows it to those still classified correctly
-            if early_stop:
-                idx = (~worst.success).nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    break
-                if idx.numel() == n:
-                    idx = None
-            x0, y0 = (x, y) if idx is None else (x[idx], y[idx])
-            x_adv = random_init(x0, eps, norm, generator) if (random_start and eps > 0) else x0.clone()
-            for _ in range(steps):
-                logits, value, grad = _input_grad(model, x_adv, y0, loss, targeted)
-                if keep_best:  # score the iterate this step's forward just saw
-                    succ = worst.update(idx, x_adv, logits, value, y0)
-                    if early_stop and bool(succ.any()):
-                        live = ~succ
-                        idx = (torch.arange(n, device=x.device) if idx is None else idx)[live]
-                        x0, y0, x_adv, grad = x0[live], y0[live], x_adv[live], grad[live]
-                        if idx.numel() == 0:
-                            break
-                x_adv = ascent_step(x_adv, x0, grad, alpha, eps, norm)
+            idx = _still_standing(worst) if early_stop else None
             if idx is not None and idx.numel() == 0:
-                continue
-            with torch.no_grad():
-                logits = model(x_adv)
-                worst.update(idx, x_adv, logits, per_example_loss(logits, y0, loss, targeted), y0)
+                break
+            _pgd_run(model, x, y, worst, idx, eps=eps, alpha=alpha, steps=steps, norm=norm,
+                     random_start=random_start, loss=loss, targeted=targeted, keep_best=keep_best,
+                     early_stop=early_stop, generator=generator)
     return worst.x.detach()
 
 
@@ -412,6 +419,29 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
 #   duration (no weight-gradient kernels run), and `.grad` of the parameters is never touched.
 
 
+def _instance_start(x, eps, random_start, delta_init, generator):
+    """The instance attack's first iterate: x + delta_init, x + uniform noise in [-eps, eps], or x."""
+    if delta_init is not None:
+        return (x + delta_init.to(x).clamp(-eps, eps)).clamp(0, 1)
+    if random_start and eps > 0:
+        noise = torch.rand(x.shape, generator=generator, device=generator.device if generator else x.device)
+        return (x + (2 * noise.to(x) - 1) * eps).clamp(0, 1)
+    return x.clone()
+
+
+def _instance_loss(z_adv, z_target, targets, temperature, detach_other_side, gather):
+    """NT-Xent of the adversarial anchors against their targets; targets = (all target rows, local offset)."""
+    if not detach_other_side:
+        return nt_xent(z_adv, z_target, temperature, detach_other_side=False)
+    # Only the adversarial anchors' rows depend on x_adv; the target rows are a constant.
+    targets_all, t_offset = targets
+    adv_all, a_offset = gather(z_adv.detach()) if gather is not None else (z_adv.detach(), 0)
+    m = adv_all.shape[0]
+    rows = torch.arange(z_adv.shape[0], device=z_adv.device)
+    return contrastive_rows(z_adv, torch.cat([adv_all, targets_all]), a_offset + rows,
+                            (m + t_offset + rows)[:, None], temperature, detach_other_side=True).sum()
+
+
 def instance_attack(model: nn.Module, x: torch.Tensor, x_target: torch.Tensor, eps: float = 8 / 255,
                     alpha: float = 0.007, steps: int = 7, temperature: float = 0.5, random_start: bool = True,
                     delta_init: torch.Tensor | None = None, generator: torch.Generator | None = None,
@@ -434,33 +464,16 @@ def instance_attack(model: nn.Module, x: torch.Tensor, x_target: torch.Tensor, e
     if gather is not None and not detach_other_side:
         raise ConfigError("a gathered (multi-rank) instance attack needs detach_other_side=True.")
     x = x.detach()
-    if delta_init is not None:
-        x_adv = (x + delta_init.to(x).clamp(-eps, eps)).clamp(0, 1)
-    elif random_start and eps > 0:
-        noise = torch.rand(x.shape, generator=generator, device=generator.device if generator else x.device)
-        x_adv = (x + (2 * noise.to(x) - 1) * eps).clamp(0, 1)
-    else:
-        x_adv = x.clone()
+    x_adv = _instance_start(x, eps, random_start, delta_init, generator)
     if steps <= 0:
         return x_adv.detach()
-    n = x.shape[0]
     with attack_mode(model, eval_mode):
         with torch.no_grad():
             z_target = model(x_target).float()
-        targets_all, t_offset = gather(z_target) if gather is not None else (z_target, 0)
+        targets = gather(z_target) if gather is not None else (z_target, 0)
         for _ in range(steps):
             x_adv.requires_grad_(True)
-            z_adv = model(x_adv).float()
-            if detach_other_side:
-                # Only the adversarial anchors' rows depend on x_adv; the target rows are a constant.
-                adv_all, a_offset = gather(z_adv.detach()) if gather is not None else (z_adv.detach(), 0)
-                m = adv_all.shape[0]
-                columns = torch.cat([adv_all, targets_all])
-                rows = torch.arange(n, device=x.device)
-                loss = contrastive_rows(z_adv, columns, a_offset + rows, (m + t_offset + rows)[:, None],
-                                        temperature, detach_other_side=True).sum()
-            else:
-                loss = nt_xent(z_adv, z_target, temperature, detach_other_side=False)
+            loss = _instance_loss(model(x_adv).float(), z_target, targets, temperature, detach_other_side, gather)
             (grad,) = torch.autograd.grad(loss, x_adv)
             with torch.no_grad():
                 x_adv = x_adv.detach() + alpha * grad.sign()
