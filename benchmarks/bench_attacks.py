@@ -37,7 +37,7 @@ def bench(fn, sync) -> float:
     return time.perf_counter() - t
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="cnn4_rocl:1:28:128,resnet18_rocl:3:32:16",
                    help="comma-separated arch:channels:size:batch (default %(default)s)")
@@ -48,32 +48,61 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
     p.add_argument("--torchattacks-path", help="folder holding the torchattacks package (pip --target)")
-    args = p.parse_args(argv)
+    return p
 
+
+def import_torchattacks(path: str | None):
+    """torchattacks if importable (from `path` too), else None with a line on how to install it beside us."""
+    if path:
+        sys.path.append(path)
+    try:
+        import torchattacks
+    except ImportError:
+        print("torchattacks is not importable: install it for the benchmark only, e.g.\n"
+              "  pip install --no-deps --target /tmp/ta torchattacks   # then --torchattacks-path /tmp/ta\n"
+              "(never into the runtime environment: it pins requests~=2.25.1). Timing ours alone.\n")
+        return None
+    return torchattacks
+
+
+def attack_rates(model, x, y, args, torchattacks, sync) -> dict[str, tuple[float, float]]:
+    """Images/s (best, median) of each attack on (x, y), timed interleaved after one warm-up run each."""
+    from rocl_zoo.attacks import pgd
+
+    eps, alpha, steps = args.eps, args.eps / 10, args.steps
+    runs = {"ours": lambda: pgd(model, x, y, eps, alpha=alpha, steps=steps, random_start=True),
+            "ours-last": lambda: pgd(model, x, y, eps, alpha=alpha, steps=steps, random_start=True,
+                                     keep_best=False)}
+    if torchattacks is not None:
+        ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+        runs["torchattacks"] = lambda: ta(x, y)
+    runs["ours-early"] = lambda: pgd(model, x, y, eps, alpha=alpha, steps=steps, random_start=True,
+                                     early_stop=True)
+    for fn in runs.values():  # warm-up: allocator, kernels, lazy init
+        bench(fn, sync)
+    times = {k: [] for k in runs}
+    for _ in range(args.repeats):
+        for k, fn in runs.items():
+            times[k].append(bench(fn, sync))
+    return {k: (len(x) / min(v), len(x) / statistics.median(v)) for k, v in times.items()}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     sys.path.insert(0, ".")
     import timm
 
     import rocl_zoo  # noqa: F401  (registers the architectures)
-    from rocl_zoo.attacks import pgd
     from rocl_zoo.utils import hardware_name, resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.torchattacks_path:
-        sys.path.append(args.torchattacks_path)
-    try:
-        import torchattacks
-    except ImportError:
-        torchattacks = None
-        print("torchattacks is not importable: install it for the benchmark only, e.g.\n"
-              "  pip install --no-deps --target /tmp/ta torchattacks   # then --torchattacks-path /tmp/ta\n"
-              "(never into the runtime environment: it pins requests~=2.25.1). Timing ours alone.\n")
+    torchattacks = import_torchattacks(args.torchattacks_path)
     device = resolve_device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    eps, alpha, steps = args.eps, args.eps / 10, args.steps
     print(f"hardware: {hardware_name(device)}")
     print(f"torch {torch.__version__}, torchattacks {getattr(torchattacks, '__version__', 'n/a')}")
-    print(f"PGD-{steps} l-inf eps {eps:.5f} step {alpha:.5f}, random start, CE loss, eval mode; "
+    print(f"PGD-{args.steps} l-inf eps {args.eps:.5f} step {args.eps / 10:.5f}, random start, CE loss, eval mode; "
           f"{args.repeats} interleaved timed runs after a warm-up; images/s best / median\n")
     header = (f"{'model':<15}{'input':>9}{'batch':>6}{'ours':>15}{'ours-last':>15}{'torchattacks':>15}"
               f"{'ratio':>7}{'ratio-last':>11}{'ours-early':>15}")
@@ -87,21 +116,7 @@ def main(argv=None) -> int:
         x = torch.rand(b, c, s, s, device=device)
         with torch.no_grad():
             y = model(x).argmax(1)  # every example starts correctly classified
-        runs = {"ours": lambda: pgd(model, x, y, eps, alpha=alpha, steps=steps, random_start=True),
-                "ours-last": lambda: pgd(model, x, y, eps, alpha=alpha, steps=steps, random_start=True,
-                                         keep_best=False)}
-        if torchattacks is not None:
-            ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
-            runs["torchattacks"] = lambda: ta(x, y)
-        runs["ours-early"] = lambda: pgd(model, x, y, eps, alpha=alpha, steps=steps, random_start=True,
-                                         early_stop=True)
-        for fn in runs.values():  # warm-up: allocator, kernels, lazy init
-            bench(fn, sync)
-        times = {k: [] for k in runs}
-        for _ in range(args.repeats):
-            for k, fn in runs.items():
-                times[k].append(bench(fn, sync))
-        rate = {k: (b / min(v), b / statistics.median(v)) for k, v in times.items()}
+        rate = attack_rates(model, x, y, args, torchattacks, sync)
         cell = lambda k: f"{rate[k][0]:.1f} / {rate[k][1]:.1f}" if k in rate else "n/a"  # noqa: E731
         ratio = lambda k: f"{rate[k][1] / rate['torchattacks'][1]:.2f}x" if "torchattacks" in rate else "n/a"  # noqa
         print(f"{arch:<15}{f'{c}x{s}x{s}':>9}{b:>6}{cell('ours'):>15}{cell('ours-last'):>15}"
