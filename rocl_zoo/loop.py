@@ -176,15 +176,16 @@ class RunFolder:
 
     def budget(self, shipped: str = "") -> dict | None:
         """What the run cost (None before its first epoch): epochs run, the epoch the `shipped` export holds
-        ('best': the best held-out epoch; else the last), its hardware, and hours of that hardware's clock (CPU:
-        threads x wall, as the held-out curves count; GPU: wall)."""
+        ('best': the best held-out epoch; a keep_best fine-tuning's classifier: its best validation epoch; else the
+        last), its hardware, and hours of that hardware's clock (CPU: threads x wall, as the held-out curves count;
+        GPU: wall)."""
         epochs = self.epochs()
         if not epochs:
             return None
         hardware = json.loads(self.config.read_text()).get("hardware") if self.config.exists() else None
         hours = sum(epoch_cost(r, hardware) for r in epochs) / 3600
         clocks = sorted({hardware_clock(epoch_hardware(r, hardware)) for r in epochs})
-        best = epochs[-1].get("heldout_best_epoch") if shipped == "best" else None
+        best = epochs[-1].get("heldout_best_epoch") if shipped == "best" else epochs[-1].get("best_epoch")
         return {"run": self.path.name, "epochs": epochs[-1]["epoch"], "shipped_epoch": best or epochs[-1]["epoch"],
                 "hardware": epoch_spans(epochs, "hardware", hardware), "clock": " + ".join(clocks),
                 "hours": round(hours, 2)}

@@ -97,6 +97,10 @@ def test_a_runs_budget_counts_cpu_threads_and_gpu_wall_time(tmp_path):
     assert RunFolder(tmp_path).budget("best") == {"run": tmp_path.name, "epochs": 2, "shipped_epoch": 1, "clock": "CPU",
                                                   "hardware": "a CPU, 2 cores, 2 torch threads", "hours": 2.0}
     assert RunFolder(tmp_path).budget("encoder")["shipped_epoch"] == 2
+    kept = [{**r, "best_epoch": 1} for r in recs]  # a keep_best fine-tuning: its classifier holds epoch 1
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    assert RunFolder(tmp_path).budget("classifier")["shipped_epoch"] == 1
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     (tmp_path / "config.json").write_text(json.dumps({"hardware": "NVIDIA H200 (CUDA 13.0)"}))
     assert RunFolder(tmp_path).budget("best")["hours"] == 1.0 and RunFolder(tmp_path / "none").budget() is None
     # resumed on another machine: each epoch counts at its own machine's threads, and the card names both

@@ -488,7 +488,7 @@ def show(m: Matrix, names: list[str], todo: list[str], after: list[str]) -> None
     cost = f"about {_fmt_cost(total)} of CPU time" + (f" plus {unknown} not yet measured" if unknown else "")
     if todo and unknown == len(todo):
         cost = "none of them measured here yet"
-    print(f"\n{len(todo)} items to run, {cost}.")
+    print(f"\n{len(todo)} item{'' if len(todo) == 1 else 's'} to run, {cost}.")
 
 
 def _short(path: Path) -> Path:
