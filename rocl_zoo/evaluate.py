@@ -47,6 +47,13 @@ from .threat import THREAT_MODELS, alf_step, default_eps, eps_str, parse_eps
 from .utils import check_output_path, hardware_name, remove_stale_temporaries, resolve_device, write_json
 
 
+def _attacked_views(model: nn.Module, source_model: nn.Module | None, probe: torch.Tensor):
+    """The model and the transfer source as the attacks see them: BatchNorm folded where that gives the same logits
+    on `probe` (`rocl_zoo.attacks.checked_attack_view`)."""
+    net = A.checked_attack_view(model, probe)
+    return net, A.checked_attack_view(source_model, probe) if source_model is not None else None
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="clean,pgd20", eps: float = 8 / 255,
              norm: str = "linf", batch_size: int = 256, seed: int = 0, source_model: nn.Module | None = None,
              source_name: str | None = None, sanity: bool = False, sanity_examples: int = 200,
@@ -81,12 +88,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks="cle
                     "autoattack_examples": autoattack_examples, "device": device.type}  # GPU numbers differ a bit
         log = EvalProgress(resume, evaluation_fingerprint(model, x, y, settings, source_model), progress=progress)
     resumed = len(log.batches) if log else 0
-    net, source_net = model, source_model
-    if fold_bn:  # after the fingerprint, which names the model's own weights
-        probe = x[:8].to(device)
-        net = A.checked_attack_view(model, probe)
-        source_net = A.checked_attack_view(source_model, probe) if source_model is not None else None
-        jobs = [(c, source_net if src is not None else None) for c, src in jobs]
+    # after the fingerprint, which names the model's own weights
+    net, source_net = _attacked_views(model, source_model, x[:8].to(device)) if fold_bn else (model, source_model)
+    jobs = [(c, source_net if src is not None else None) for c, src in jobs]
     results, per_example = _run_jobs(net, x, y, jobs, aa_idx, batch_size=batch_size, seed=seed, progress=progress,
                                      log=log, resumed=resumed)
     clean_names, white_pgd, aa_names = _names_by_role(results, norm, eps)
